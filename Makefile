@@ -1,0 +1,22 @@
+# Two entry points (see README): `make demo` runs the main job, `make test` runs every check.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test docs
+
+# torch is pinned to the CPU build on disk *before* anything else, so no package can pull a CUDA build.
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q torch==2.13.0
+
+demo: $(BIN)/python
+	$(BIN)/pip install -q -e .
+	$(BIN)/dnallm-nb demo --out reports/demo
+
+test: $(BIN)/python
+	$(BIN)/pip install -q -e ".[dev]"
+	bash scripts/test.sh
+
+docs: $(BIN)/python
+	$(BIN)/python scripts/build_docs.py
