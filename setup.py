@@ -31,5 +31,11 @@ setuptools.setup(
     install_requires=requirement_list("requirements"),
     extras_require={"dev": requirement_list("dev_requirements"), "cuda": requirement_list("cuda_requirements")},
     entry_points={"console_scripts": cfg["console_scripts"].split(), "nbdev": [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "License :: OSI Approved :: Apache Software License",
+        "Intended Audience :: Science/Research",
+        "Topic :: Scientific/Engineering :: Bio-Informatics",
+    ],
     zip_safe=False,
 )
