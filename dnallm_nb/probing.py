@@ -137,15 +137,16 @@ def kmer_features(sequences: Iterable[str], k: int, *, normalize: bool = True, c
         np.divide(out, total, out=out, where=total > 0)
     return out
 
-# %% ../nbs/09_probing.ipynb #3eb29c32
+# %% ../nbs/09_probing.ipynb #7770e7d8
 def gc_content(sequences: Iterable[str]) -> np.ndarray:
     "GC fraction among the A/C/G/T bases of each sequence, float64 (n, 1); NaN for a sequence with only N."
     codes, lengths = _encode(sequences)
-    row = np.repeat(np.arange(len(lengths)), lengths + 1)[:len(codes)]
-    gc = np.bincount(row, weights=(codes == 1) | (codes == 2), minlength=len(lengths))
-    acgt = np.bincount(row, weights=codes < 4, minlength=len(lengths))
+    starts = np.concatenate([[0], np.cumsum(lengths + 1)[:-1]])
+    def per_sequence(mask):  # sum of `mask` over each sequence, via a running total
+        total = np.concatenate([[0], np.cumsum(mask, dtype=np.int64)])
+        return total[starts + lengths] - total[starts]
     with np.errstate(invalid="ignore"):
-        return (gc / acgt)[:, None]
+        return (per_sequence((codes == 1) | (codes == 2)) / per_sequence(codes < 4))[:, None]
 
 # %% ../nbs/09_probing.ipynb #593b291c
 def make_dna_task(n: int = 1000, length: int = 200, *, motif: str | None = None,
@@ -174,10 +175,10 @@ def make_dna_task(n: int = 1000, length: int = 200, *, motif: str | None = None,
         seqs[pos[:, None], start[:, None] + np.arange(len(motif))] = np.frombuffer(motif.upper().encode(), np.uint8)
     return [row.tobytes().decode("ascii") for row in seqs], y
 
-# %% ../nbs/09_probing.ipynb #79f72e6d
+# %% ../nbs/09_probing.ipynb #5a59c5d1
 def rc_groups(sequences: Iterable[str]) -> np.ndarray:
     "Group id (n,) per sequence; a sequence, its reverse complement and exact copies (any case) share one."
-    seqs = _sequence_list(sequences)
+    seqs = [validate_dna(s, name=str(i)) for i, s in enumerate(_sequence_list(sequences))]
     canonical = [min(s.upper(), reverse_complement(s.upper())) for s in seqs]  # one call per sequence
     return pd.factorize(pd.Series(canonical))[0]
 
@@ -274,7 +275,7 @@ def _check_groups(groups, n: int) -> np.ndarray | None:
         raise ValueError("groups has missing values; give every sample a group id.")
     return groups
 
-# %% ../nbs/09_probing.ipynb #221f978e
+# %% ../nbs/09_probing.ipynb #efdad2d4
 def _check_n_splits(cv: int, y: np.ndarray, groups: np.ndarray | None, task: str, inferred: bool) -> None:
     "Fail early, with the fix, when `cv` folds cannot all get test samples (of every class)."
     if cv < 2:
@@ -316,7 +317,7 @@ def _check_folds(folds: Folds, y: np.ndarray, groups: np.ndarray | None, task: s
                 raise ValueError(f"fold {f}: {name} must be a non-empty array of sample indices in [0, {n}).")
         if np.intersect1d(train, test).size:
             raise ValueError(f"fold {f}: samples {np.intersect1d(train, test)[:5].tolist()} are in both train and test.")
-        tested[test] += 1
+        np.add.at(tested, test, 1)
         if groups is not None and np.intersect1d(groups[train], groups[test]).size:
             g = np.intersect1d(groups[train], groups[test])[:3].tolist()
             raise ValueError(f"fold {f}: groups {g} are in both train and test (leakage); "
@@ -344,16 +345,21 @@ def make_folds(y, *, groups=None, cv=5, task: str | None = None, random_state: i
         cv = _splitter(int(cv), task, groups is not None, random_state)
     if hasattr(cv, "split"):
         cv = cv.split(np.zeros((len(y), 1)), y, groups)
-    folds = [(np.asarray(train), np.asarray(test)) for train, test in cv]
+    try:
+        folds = [(np.asarray(train), np.asarray(test)) for train, test in cv]
+    except (TypeError, ValueError):
+        raise TypeError(f"cv must be a number of folds, a scikit-learn splitter or a list of (train, test) index "
+                        f"pairs, got {type(cv).__name__}.") from None
     _check_folds(folds, y, groups, task)
     return folds
 
-# %% ../nbs/09_probing.ipynb #05eddbb4
+# %% ../nbs/09_probing.ipynb #aee3ca3f
 class GlobalScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     """Centre each feature and divide all features by one shared scale (the root mean feature variance),
     keeping their relative variances; for count/frequency features such as `kmer_features`."""
 
     def fit(self, X, y=None) -> GlobalScaler:
+        "Learn the feature means and the shared scale from `X` (n, n_features)."
         X = np.asarray(X, dtype=np.float64)
         self.mean_ = X.mean(0)                           # (n_features,)
         self.scale_ = float(np.sqrt(X.var(0).mean())) or 1.0  # 1.0 when every feature is constant
@@ -361,19 +367,20 @@ class GlobalScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         return self
 
     def transform(self, X) -> np.ndarray:
+        "Centred features divided by the shared scale, float64 (n, n_features)."
         return (np.asarray(X, dtype=np.float64) - self.mean_) / self.scale_
 
 
 SCALERS = {"standard": StandardScaler, "global": GlobalScaler, None: None}
 
-# %% ../nbs/09_probing.ipynb #ee5d086e
+# %% ../nbs/09_probing.ipynb #e06faae5
 ESTIMATORS = ("auto", "logistic", "ridge", "mlp")
 _FACTORIES = {  # (name, is classification) -> estimator
     ("logistic", True): lambda seed: LogisticRegression(max_iter=2000),
     ("ridge", True): lambda seed: RidgeClassifier(),
     ("ridge", False): lambda seed: Ridge(),
-    ("mlp", True): lambda seed: MLPClassifier((64,), early_stopping=True, max_iter=500, random_state=seed),
-    ("mlp", False): lambda seed: MLPRegressor((64,), early_stopping=True, max_iter=500, random_state=seed),
+    ("mlp", True): lambda seed: MLPClassifier(hidden_layer_sizes=(64,), early_stopping=True, max_iter=500, random_state=seed),
+    ("mlp", False): lambda seed: MLPRegressor(hidden_layer_sizes=(64,), early_stopping=True, max_iter=500, random_state=seed),
 }
 
 
@@ -583,16 +590,16 @@ def _plot_regression(r: ProbeResult, ax) -> None:
            title=f"R² {s['r2']:.3f}, Pearson {s['pearson']:.3f}, Spearman {s['spearman']:.3f}")
     ax.legend()
 
-# %% ../nbs/09_probing.ipynb #d867d23c
+# %% ../nbs/09_probing.ipynb #f18b35bb
 def probe(X, y, *, groups=None, estimator="auto", cv=5, task: str | None = None, scale: str | None = "standard",
           permute_labels: bool = False, random_state: int = 0) -> ProbeResult:
     """Cross-validated probe of target `y` (n,) from features `X` (n, d).
 
     Folds come from `make_folds(y, groups=groups, cv=cv, task=task, random_state=random_state)`, or
     pass precomputed folds as `cv` to compare probes on identical test sets. `scale` is fitted per fold:
-    "standard" (per-feature z-score; embeddings), "global" (`GlobalScaler`; k-mer counts/frequencies) or None. `permute_labels=True`
-    gives the shuffled-label control: labels are permuted within each test fold (seeded), folds unchanged.
-    Deterministic for a given `random_state`."""
+    "standard" (per-feature z-score; embeddings), "global" (`GlobalScaler`; k-mer counts/frequencies)
+    or None. `permute_labels=True` gives the shuffled-label control: labels are permuted within each
+    test fold (seeded), folds unchanged. Deterministic for a given `random_state`."""
     X = _check_X(X)
     y = _check_y(y, len(X))
     task = _resolve_task(y, task)

@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 __all__ = ['logger', 'SCAN_CHUNK', 'FAST_CPU_MODULE', 'selective_scan_ref', 'ssd_scan_ref', 'ScanBackend',
            'register_scan_backend', 'available_scan_backends', 'resolve_scan_backend', 'selective_scan', 'ssd_scan']
 
-# %% ../nbs/03_scan.ipynb #0c545472
+# %% ../nbs/03_scan.ipynb #07f0590e
 SCAN_CHUNK = 256
 "Tokens whose discretised terms the reference scans materialise at once (bounds their memory)."
 
@@ -41,10 +41,12 @@ def selective_scan_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
     for start in range(0, u.shape[-1], SCAN_CHUNK):
         t = slice(start, start + SCAN_CHUNK)
         decay = torch.exp(torch.einsum("bdl,dn->bldn", delta[..., t], A))  # (batch, l, d_inner, N)
-        states = torch.einsum("bdl,bnl,bdl->bldn", delta[..., t], B[..., t], u[..., t])  # drive terms, become states
-        for i in range(states.shape[1]):
-            state = states[:, i].addcmul_(decay[:, i], state)  # s_t = decay_t * s_{t-1} + drive_t
-        ys.append(torch.einsum("bldn,bnl->bdl", states, C[..., t]))
+        drive = torch.einsum("bdl,bnl,bdl->bldn", delta[..., t], B[..., t], u[..., t])
+        states = []
+        for i in range(drive.shape[1]):
+            state = torch.addcmul(drive[:, i], decay[:, i], state)  # s_t = decay_t * s_{t-1} + drive_t
+            states.append(state)
+        ys.append(torch.einsum("bldn,bnl->bdl", torch.stack(states, dim=1), C[..., t]))
     y = torch.cat(ys, dim=-1)  # (batch, d_inner, L)
     if D is not None:
         y = y + u * D.float()[:, None]
@@ -52,7 +54,7 @@ def selective_scan_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
         y = y * F.silu(z.float())
     return y.to(dtype)
 
-# %% ../nbs/03_scan.ipynb #63ed84e2
+# %% ../nbs/03_scan.ipynb #ee1940f5
 def ssd_scan_ref(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                  D: torch.Tensor | None = None, dt_bias: torch.Tensor | None = None, dt_softplus: bool = False,
                  chunk_size: int = 256) -> torch.Tensor:
@@ -77,16 +79,18 @@ def ssd_scan_ref(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     for start in range(0, x.shape[1], SCAN_CHUNK):
         t = slice(start, start + SCAN_CHUNK)
         decay = torch.exp(dt[:, t] * A)[..., None, None]  # (batch, l, H, 1, 1)
-        states = torch.einsum("blh,blhp,blhn->blhpn", dt[:, t], x[:, t], B[:, t])  # drive terms, become states
-        for i in range(states.shape[1]):
-            state = states[:, i].addcmul_(decay[:, i], state)  # S_t = decay_t * S_{t-1} + drive_t
-        ys.append(torch.einsum("blhpn,blhn->blhp", states, C[:, t]))
+        drive = torch.einsum("blh,blhp,blhn->blhpn", dt[:, t], x[:, t], B[:, t])
+        states = []
+        for i in range(drive.shape[1]):
+            state = torch.addcmul(drive[:, i], decay[:, i], state)  # S_t = decay_t * S_{t-1} + drive_t
+            states.append(state)
+        ys.append(torch.einsum("blhpn,blhn->blhp", torch.stack(states, dim=1), C[:, t]))
     y = torch.cat(ys, dim=1)  # (batch, L, H, P)
     if D is not None:
         y = y + x * D.float()[:, None]
     return y.to(dtype)
 
-# %% ../nbs/03_scan.ipynb #06f97ad2
+# %% ../nbs/03_scan.ipynb #47e151e0
 @dataclass(frozen=True)
 class ScanBackend:
     "A named implementation of both scans."
@@ -114,7 +118,7 @@ def register_scan_backend(name: str, selective_scan_fn: Callable, ssd_scan_fn: C
 
 register_scan_backend("reference", selective_scan_ref, ssd_scan_ref, lambda device: True)
 
-# %% ../nbs/03_scan.ipynb #39767827
+# %% ../nbs/03_scan.ipynb #61273c28
 def _mamba_ssm_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
     return selective_scan_fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
@@ -144,7 +148,7 @@ def _load_optional_backends() -> None:
         register_scan_backend("cuda", _mamba_ssm_selective_scan, _mamba_ssm_ssd_scan,
                               lambda device: torch.device(device).type == "cuda")
 
-# %% ../nbs/03_scan.ipynb #55cb1e64
+# %% ../nbs/03_scan.ipynb #97c88dd4
 def available_scan_backends(device: torch.device | str | None = None) -> list[str]:
     "Names of the registered backends (those that can run on `device`, if given), in preference order."
     _load_optional_backends()
@@ -175,7 +179,7 @@ def resolve_scan_backend(name: str | ScanBackend = "auto", device: torch.device 
                          f"use one of {available_scan_backends(device)} or 'auto'.")
     return backend
 
-# %% ../nbs/03_scan.ipynb #6ce4aaa5
+# %% ../nbs/03_scan.ipynb #e520d30c
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    backend: str | ScanBackend | None = None) -> torch.Tensor:
     "Mamba-1 selective scan (see `selective_scan_ref` for shapes) on the chosen backend."

@@ -123,3 +123,12 @@ def test_released_tokenizer_config_loads_without_remote_code():
         tokenizer = CaduceusTokenizer.from_pretrained(GOLDEN / folder)
         assert ids(tokenizer, "ACGTN") == [7, 8, 9, 10, 11, 1]
         assert tokenizer.model_max_length == 131072 and tokenizer.padding_side == "left" and tokenizer.strict
+
+
+def test_auto_tokenizer_reads_released_caduceus_checkpoints_without_remote_code():
+    import dnallm_nb.modeling  # noqa: F401  registers model_type "caduceus" with AutoConfig
+
+    for folder in ("caduceus-ph-tiny", "caduceus-ps-tiny"):
+        tokenizer = AutoTokenizer.from_pretrained(GOLDEN / folder, trust_remote_code=False)
+        assert type(tokenizer) is CaduceusTokenizer
+        assert ids(tokenizer, "acgtn") == [7, 8, 9, 10, 11, 1]
