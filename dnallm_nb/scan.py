@@ -16,10 +16,19 @@ import torch.nn.functional as F
 logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['logger', 'SCAN_CHUNK', 'FAST_CPU_MODULE', 'selective_scan_ref', 'ssd_scan_ref', 'ScanBackend',
+__all__ = ['logger', 'SCAN_CHUNK', 'FAST_CPU_MODULE', 'linear_recurrence', 'selective_scan_ref', 'ssd_scan_ref', 'ScanBackend',
            'register_scan_backend', 'available_scan_backends', 'resolve_scan_backend', 'selective_scan', 'ssd_scan']
 
-# %% ../nbs/03_scan.ipynb #07f0590e
+# %% ../nbs/03_scan.ipynb #7bbc9daa
+def linear_recurrence(decay: torch.Tensor, drive: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+    "States of s_t = decay_t * s_{t-1} + drive_t along dim 1, from `state` (s_{-1}); decay broadcasts against drive."
+    states = []
+    for decay_t, drive_t in zip(decay.unbind(1), drive.unbind(1)):
+        state = torch.addcmul(drive_t, decay_t, state)
+        states.append(state)
+    return torch.stack(states, dim=1)
+
+# %% ../nbs/03_scan.ipynb #bbe51e03
 SCAN_CHUNK = 256
 "Tokens whose discretised terms the reference scans materialise at once (bounds their memory)."
 
@@ -42,11 +51,9 @@ def selective_scan_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
         t = slice(start, start + SCAN_CHUNK)
         decay = torch.exp(torch.einsum("bdl,dn->bldn", delta[..., t], A))  # (batch, l, d_inner, N)
         drive = torch.einsum("bdl,bnl,bdl->bldn", delta[..., t], B[..., t], u[..., t])
-        states = []
-        for i in range(drive.shape[1]):
-            state = torch.addcmul(drive[:, i], decay[:, i], state)  # s_t = decay_t * s_{t-1} + drive_t
-            states.append(state)
-        ys.append(torch.einsum("bldn,bnl->bdl", torch.stack(states, dim=1), C[..., t]))
+        states = linear_recurrence(decay, drive, state)  # (batch, l, d_inner, N)
+        state = states[:, -1]
+        ys.append(torch.einsum("bldn,bnl->bdl", states, C[..., t]))
     y = torch.cat(ys, dim=-1)  # (batch, d_inner, L)
     if D is not None:
         y = y + u * D.float()[:, None]
@@ -54,7 +61,7 @@ def selective_scan_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
         y = y * F.silu(z.float())
     return y.to(dtype)
 
-# %% ../nbs/03_scan.ipynb #ee1940f5
+# %% ../nbs/03_scan.ipynb #736b0c1c
 def ssd_scan_ref(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                  D: torch.Tensor | None = None, dt_bias: torch.Tensor | None = None, dt_softplus: bool = False,
                  chunk_size: int = 256) -> torch.Tensor:
@@ -80,17 +87,15 @@ def ssd_scan_ref(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
         t = slice(start, start + SCAN_CHUNK)
         decay = torch.exp(dt[:, t] * A)[..., None, None]  # (batch, l, H, 1, 1)
         drive = torch.einsum("blh,blhp,blhn->blhpn", dt[:, t], x[:, t], B[:, t])
-        states = []
-        for i in range(drive.shape[1]):
-            state = torch.addcmul(drive[:, i], decay[:, i], state)  # S_t = decay_t * S_{t-1} + drive_t
-            states.append(state)
-        ys.append(torch.einsum("blhpn,blhn->blhp", torch.stack(states, dim=1), C[:, t]))
+        states = linear_recurrence(decay, drive, state)  # (batch, l, H, P, N)
+        state = states[:, -1]
+        ys.append(torch.einsum("blhpn,blhn->blhp", states, C[:, t]))
     y = torch.cat(ys, dim=1)  # (batch, L, H, P)
     if D is not None:
         y = y + x * D.float()[:, None]
     return y.to(dtype)
 
-# %% ../nbs/03_scan.ipynb #47e151e0
+# %% ../nbs/03_scan.ipynb #6f100035
 @dataclass(frozen=True)
 class ScanBackend:
     "A named implementation of both scans."
@@ -118,7 +123,7 @@ def register_scan_backend(name: str, selective_scan_fn: Callable, ssd_scan_fn: C
 
 register_scan_backend("reference", selective_scan_ref, ssd_scan_ref, lambda device: True)
 
-# %% ../nbs/03_scan.ipynb #61273c28
+# %% ../nbs/03_scan.ipynb #b17b92d0
 def _mamba_ssm_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
     return selective_scan_fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
@@ -148,7 +153,7 @@ def _load_optional_backends() -> None:
         register_scan_backend("cuda", _mamba_ssm_selective_scan, _mamba_ssm_ssd_scan,
                               lambda device: torch.device(device).type == "cuda")
 
-# %% ../nbs/03_scan.ipynb #97c88dd4
+# %% ../nbs/03_scan.ipynb #964a6385
 def available_scan_backends(device: torch.device | str | None = None) -> list[str]:
     "Names of the registered backends (those that can run on `device`, if given), in preference order."
     _load_optional_backends()
@@ -179,7 +184,7 @@ def resolve_scan_backend(name: str | ScanBackend = "auto", device: torch.device 
                          f"use one of {available_scan_backends(device)} or 'auto'.")
     return backend
 
-# %% ../nbs/03_scan.ipynb #e520d30c
+# %% ../nbs/03_scan.ipynb #02d8d3d3
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
                    backend: str | ScanBackend | None = None) -> torch.Tensor:
     "Mamba-1 selective scan (see `selective_scan_ref` for shapes) on the chosen backend."

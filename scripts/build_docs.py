@@ -317,10 +317,14 @@ def build(out: Path, nbs_path: Path | None = None, work: Path | None = None, job
                                                  copyright=cfg.get("copyright", ""), version=cfg.get("version", ""),
                                                  timeout=timeout))
 
-    # kernels run this venv's python; plots render inline whatever MPLBACKEND the caller exported; no progress-bar widgets
+    # kernels run this venv's python; plots render inline whatever MPLBACKEND the caller exported; no progress-bar
+    # widgets; no network; torch/numpy threads split between the notebooks executed at once
     os.environ["JUPYTER_PATH"] = str(_kernelspec_dir(work / "jupyter")) + os.pathsep + os.environ.get("JUPYTER_PATH", "")
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     os.environ["TQDM_DISABLE"] = "1"
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # an offline build: no waiting on an unreachable hub
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # kernels running side by side share the cores, not oversubscribe
+        os.environ.setdefault(var, str(max(1, len(os.sched_getaffinity(0)) // _jobs(jobs))))
     os.environ.setdefault("PYDEVD_DISABLE_FILE_VALIDATION", "1")
     logging.getLogger("traitlets").setLevel(logging.WARNING)  # no "Executing notebook with kernel" chatter
 

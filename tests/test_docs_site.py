@@ -158,14 +158,14 @@ def run_chromium(exe: str, *args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="session")
 def doms(site, chromium) -> dict[Path, Page]:
     "Each notebook's page as headless Chromium renders it (`--dump-dom`), parsed."
-    pages = [site / page_of(nb) for nb in notebooks()]
+    pages = [site / page_of(nb) for nb in notebooks() if (site / page_of(nb)).exists()]
 
     def dump(page: Path) -> Page:
         res = run_chromium(chromium, "--dump-dom", page.as_uri())
         assert res.returncode == 0 and "<html" in res.stdout, f"Chromium could not render {page}:\n{res.stderr[-2000:]}"
         return Page(res.stdout)
     with ThreadPoolExecutor(2) as pool:
-        return dict(zip(pages, pool.map(dump, [p for p in pages if p.exists()])))
+        return dict(zip(pages, pool.map(dump, pages)))
 
 
 # ---- the built site --------------------------------------------------------------------------------------------

@@ -1,0 +1,81 @@
+"""The fast CPU scan backend ("cpu", dnallm_nb.fastscan) inside whole models.
+
+Golden checkpoints still match upstream with it; random models give the reference backend's outputs at awkward
+lengths and batch sizes; RCPS models stay RC-equivariant. The scan-level comparisons live in nbs/06_fastscan.ipynb.
+"""
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from dnallm_nb.configuration import CaduceusConfig
+from dnallm_nb.modeling import CaduceusForMaskedLM, CaduceusModel, flip_strands, reverse_complement_ids
+
+GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
+FAMILIES = ["caduceus-ph-tiny", "caduceus-ps-tiny", "plantcaduceus-tiny", "plantcad2-tiny"]
+TOL = 1e-4
+CADUCEUS_COMPLEMENT = {0: 0, 1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 6, 7: 10, 8: 9, 9: 8, 10: 7, 11: 11}
+
+
+def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return (a.float() - b.float()).abs().max().item()
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_golden_outputs_with_cpu_backend(family):
+    folder = GOLDEN / family
+    golden = load_file(folder / "golden.safetensors")
+    model = CaduceusForMaskedLM.from_pretrained(folder, scan_backend="cpu").eval()
+    assert model.scan_backend == "cpu"
+    with torch.no_grad():
+        for tag in ("short", "long"):
+            ids = golden[f"{tag}.input_ids"]
+            out = model(ids, output_hidden_states=True)
+            assert max_diff(out.logits, golden[f"{tag}.logits"]) <= TOL, tag
+            assert max_diff(out.hidden_states[-1], golden[f"{tag}.last_hidden_state"]) <= TOL, tag
+            expected = golden[f"{tag}.hidden_states"]
+            assert len(out.hidden_states) == expected.shape[0]
+            for i, (got, want) in enumerate(zip(out.hidden_states, expected)):
+                assert max_diff(got, want) <= TOL, f"{tag} hidden_states[{i}]"
+            if f"{tag}.rc_logits" in golden:
+                rc_ids = reverse_complement_ids(ids, torch.tensor(model.config.complement_ids))
+                assert max_diff(model(rc_ids).logits, golden[f"{tag}.rc_logits"]) <= TOL, tag
+
+
+def small_config(kind: str) -> CaduceusConfig:
+    "Random-init configs with awkward sizes: d_inner not a multiple of the kernel's 32 channels, 3 heads."
+    if kind == "mamba2":
+        return CaduceusConfig(d_model=96, n_layer=2, vocab_size=12, rcps=True, complement_map=CADUCEUS_COMPLEMENT,
+                              mixer_type="mamba2", ssm_cfg=dict(d_state=16, headdim=64, chunk_size=256))
+    return CaduceusConfig(d_model=40, n_layer=2, vocab_size=12, rcps=kind == "ps", complement_map=CADUCEUS_COMPLEMENT,
+                          mixer_type="mamba1", ssm_cfg=dict(d_state=16))
+
+
+@pytest.mark.parametrize("kind", ["ph", "ps", "mamba2"])
+@pytest.mark.parametrize("length", [1, 3, 1031])
+def test_cpu_backend_matches_reference_in_the_model(kind, length):
+    torch.manual_seed(0)
+    model = CaduceusModel(small_config(kind)).eval()
+    ids = torch.randint(7, 12, (2, length))
+    outputs = {}
+    with torch.no_grad():
+        for backend in ("cpu", "reference"):
+            model.scan_backend = backend
+            assert model.scan_backend == backend
+            outputs[backend] = model(ids, output_hidden_states=True).hidden_states
+    for i, (fast, ref) in enumerate(zip(outputs["cpu"], outputs["reference"])):
+        assert max_diff(fast, ref) <= TOL, f"hidden_states[{i}]"
+
+
+@pytest.mark.parametrize("kind", ["ps", "mamba2"])
+def test_rcps_model_stays_equivariant_with_cpu_backend(kind):
+    torch.manual_seed(1)
+    model = CaduceusModel(small_config(kind)).eval()
+    model.scan_backend = "cpu"
+    ids = torch.randint(7, 12, (2, 777))
+    rc_ids = reverse_complement_ids(ids, torch.tensor(model.config.complement_ids))
+    with torch.no_grad():
+        h, h_rc = model(ids).last_hidden_state, model(rc_ids).last_hidden_state
+    assert max_diff(h_rc, flip_strands(h)) <= 1e-5
