@@ -25,7 +25,7 @@ __all__ = ['logger', 'KERNEL_SOURCE', 'KERNEL_FUNCTIONS', 'SSD_CHUNK', 'SSD_WIND
            'kernel_build_flags', 'kernel_extension_name', 'load_kernels', 'cpu_backend_available', 'reference_gradient',
            'selective_scan_cpu', 'ssd_scan_cpu']
 
-# %% ../nbs/06_fastscan.ipynb #a5938fb9
+# %% ../nbs/06_fastscan.ipynb #e5af5403
 KERNEL_SOURCE = r"""
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -48,9 +48,7 @@ struct FlushDenormals {
 #endif
 };
 
-constexpr int DC = 32;  // channels per task: the SIMD axis of the Mamba-1 scan
-constexpr int T = 64;   // time steps per tile
-constexpr int NB = 4;   // states updated together (kept in registers)
+constexpr int T = 64;  // time steps per tile of the Mamba-1 scan
 constexpr float kDecayCut = -60.f;  // SSD decays below exp(-60) ~ 1e-26 are set to exactly 0 (keeps GEMM inputs normal)
 
 inline float bits_to_float(int32_t i) { float f; std::memcpy(&f, &i, 4); return f; }
@@ -110,6 +108,7 @@ struct View3 {  // a float (batch, channel, time) tensor, any strides
 View3 view3(const torch::Tensor& t) { return {t.data_ptr<float>(), t.stride(0), t.stride(1), t.stride(2)}; }
 
 // tile[t][c] = v[b, c0 + c, t0 + t] for c < cn (zero for cn <= c < DC), t < tn.
+template <int DC>
 inline void load_tile(const View3& v, int64_t b, int64_t c0, int cn, int64_t t0, int tn, float (&tile)[T][DC]) {
   const float* p = v.p + b * v.sb + c0 * v.sc + t0 * v.st;
   if (v.sc == 1 && cn == DC) {  // channels contiguous: vector copies
@@ -147,7 +146,7 @@ struct Mamba1Args {
 };
 
 // Advance NBV states of DC channels over one time tile; add <C_t, s_t> to yt.
-template <int NBV>
+template <int DC, int NBV>
 inline void scan_states(float* __restrict s, const float* __restrict a, const float (&dt)[T][DC],
                         const float (&du)[T][DC], const float* __restrict Bt, const float* __restrict Ct,
                         float (&yt)[T][DC], int tn) {
@@ -168,7 +167,9 @@ inline void scan_states(float* __restrict s, const float* __restrict a, const fl
     for (int c = 0; c < DC; ++c) s[j * DC + c] = sr[j][c];
 }
 
-// The whole sequence b for channels [c0, c0 + DC): state (N x DC) stays in cache.
+// The whole sequence b for channels [c0, c0 + DC): the state (N x DC) stays in cache. DC channels are the SIMD
+// axis; NB states are updated together in registers.
+template <int DC, int NB>
 void mamba1_block(const Mamba1Args& g, int64_t b, int64_t c0) {
   const int cn = (int)std::min<int64_t>(DC, g.d_inner - c0);
   const int64_t N = g.N;
@@ -205,9 +206,9 @@ void mamba1_block(const Mamba1Args& g, int64_t b, int64_t c0) {
     load_states(g.C, b, N, t0, tn, Ct.data());
     int64_t n0 = 0;
     for (; n0 + NB <= N; n0 += NB)
-      scan_states<NB>(s.data() + n0 * DC, a.data() + n0 * DC, dt, du, Bt.data() + n0 * T, Ct.data() + n0 * T, yt, tn);
+      scan_states<DC, NB>(s.data() + n0 * DC, a.data() + n0 * DC, dt, du, Bt.data() + n0 * T, Ct.data() + n0 * T, yt, tn);
     for (; n0 < N; ++n0)
-      scan_states<1>(s.data() + n0 * DC, a.data() + n0 * DC, dt, du, Bt.data() + n0 * T, Ct.data() + n0 * T, yt, tn);
+      scan_states<DC, 1>(s.data() + n0 * DC, a.data() + n0 * DC, dt, du, Bt.data() + n0 * T, Ct.data() + n0 * T, yt, tn);
     for (int t = 0; t < tn; ++t) {
       float* out = g.y + (b * g.L + t0 + t) * g.d_inner + c0;
       if (g.has_z) {
@@ -226,6 +227,14 @@ void mamba1_block(const Mamba1Args& g, int64_t b, int64_t c0) {
     }
   }
 }
+template <int DC, int NB>
+void run_mamba1(const Mamba1Args& g, int64_t batch) {
+  const int64_t blocks = (g.d_inner + DC - 1) / DC;
+  at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
+    FlushDenormals ftz;
+    for (int64_t i = begin; i < end; ++i) mamba1_block<DC, NB>(g, i / blocks, (i % blocks) * DC);
+  });
+}
 }  // namespace
 
 // Mamba-1 selective scan, float32. u, delta, z: (batch, d_inner, L) any strides; A: (d_inner, N);
@@ -239,11 +248,12 @@ torch::Tensor mamba1_scan(torch::Tensor u, torch::Tensor delta, torch::Tensor A,
                A.data_ptr<float>(), has_D ? D.data_ptr<float>() : nullptr, has_bias ? delta_bias.data_ptr<float>() : nullptr,
                A.stride(0), A.stride(1), has_D ? D.stride(0) : 0, has_bias ? delta_bias.stride(0) : 0,
                L, A.size(1), d_inner, has_z, delta_softplus};
-  const int64_t blocks = (d_inner + DC - 1) / DC;
-  at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
-    FlushDenormals ftz;
-    for (int64_t i = begin; i < end; ++i) mamba1_block(g, i / blocks, (i % blocks) * DC);
-  });
+  // 64-channel tasks read longer contiguous rows (faster); 32-channel tasks when 64 would leave threads idle.
+  if (batch * ((d_inner + 63) / 64) >= at::get_num_threads()) {
+    run_mamba1<64, 2>(g, batch);
+  } else {
+    run_mamba1<32, 4>(g, batch);
+  }
   return y;
 }
 
@@ -448,7 +458,7 @@ def selective_scan_cpu(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
     return reference_gradient(_mamba1_forward, selective_scan_ref, (u, delta, A, B, C, D, z, delta_bias),
                               dict(delta_softplus=delta_softplus))
 
-# %% ../nbs/06_fastscan.ipynb #7de5ca2b
+# %% ../nbs/06_fastscan.ipynb #bcb5ecd0
 SSD_CHUNK = 64
 "Longest SSD chunk the CPU kernel uses (tokens)."
 SSD_WINDOW_ELEMENTS = 1 << 19
@@ -524,5 +534,5 @@ def ssd_scan_cpu(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     return reference_gradient(lambda *t, **kw: _ssd_forward(*t, **kw).to(x.dtype), ssd_scan_ref,
                               (x, dt, A, B, C, D, dt_bias), dict(dt_softplus=dt_softplus, chunk_size=chunk_size))
 
-# %% ../nbs/06_fastscan.ipynb #a375214f
+# %% ../nbs/06_fastscan.ipynb #bae1ae3a
 register_scan_backend("cpu", selective_scan_cpu, ssd_scan_cpu, cpu_backend_available)

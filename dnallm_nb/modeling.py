@@ -133,7 +133,7 @@ def mixer_arguments(config: CaduceusConfig, mixer_type: str) -> dict:
         raise ValueError(f"Mamba-2 options {bad} are not implemented; supported values: {_MAMBA2_FIXED}.")
     return {k: v for k, v in args.items() if k not in _IGNORED_ARGS and k not in _MAMBA2_FIXED}
 
-# %% ../nbs/04_modeling.ipynb #3d09717f
+# %% ../nbs/04_modeling.ipynb #4362df62
 def inverse_softplus(x: torch.Tensor) -> torch.Tensor:
     "y with softplus(y) = x."
     return x + torch.log(-torch.expm1(-x))
@@ -146,7 +146,7 @@ def sample_dt(n: int, dt_min: float, dt_max: float, floor: float) -> torch.Tenso
 
 def causal_depthwise_conv(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     "Depthwise conv1d, left-padded so position t sees t-k+1..t. (B, C, L) -> (B, C, L)"
-    return conv(x)[..., : x.shape[-1]]
+    return conv(x.contiguous())[..., : x.shape[-1]]  # CPU depthwise conv is ~8x slower on strided input
 
 
 class Mamba1Mixer(nn.Module):
@@ -671,18 +671,20 @@ class CaduceusForMaskedLM(CaduceusPreTrainedModel):
                                         residual_states=out.residual_states)
         return result if (return_dict if return_dict is not None else self.config.return_dict) else result.to_tuple()
 
-# %% ../nbs/04_modeling.ipynb #cbb0a05a
+# %% ../nbs/04_modeling.ipynb #401a9f21
 POOLINGS = ("mean", "max", "first", "last", "center")
 
 
 def pool_positions(h: torch.Tensor, pooling: str) -> torch.Tensor:
-    "Pool (B, L, d) over positions -> (B, d)."
+    "Pool (..., L, d) over positions -> (..., d); `center` averages the two middle positions on even lengths (RC-symmetric)."
     if pooling == "mean":
-        return h.mean(dim=1)
+        return h.mean(dim=-2)
     if pooling == "max":
-        return h.amax(dim=1)
-    index = {"first": 0, "last": h.shape[1] - 1, "center": (h.shape[1] - 1) // 2}[pooling]
-    return h[:, index]
+        return h.amax(dim=-2)
+    length = h.shape[-2]
+    if pooling == "center":
+        return h[..., (length - 1) // 2, :].add(h[..., length // 2, :]) / 2
+    return h[..., {"first": 0, "last": length - 1}[pooling], :]
 
 
 def sequence_classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: CaduceusConfig) -> torch.Tensor:
