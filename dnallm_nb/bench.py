@@ -24,7 +24,7 @@ from .scan import ScanBackend
 __all__ = ['CADUCEUS_COMPLEMENT', 'PLANT_COMPLEMENT', 'CASES', 'case_config', 'model_flops', 'gemm_rate', 'Measurement',
            'measure', 'measure_in_subprocess', 'build_parser', 'main']
 
-# %% ../nbs/12_bench.ipynb #7bcb9c5a
+# %% ../nbs/12_bench.ipynb #3131e640
 CADUCEUS_COMPLEMENT = {0: 0, 1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 6, 7: 10, 8: 9, 9: 8, 10: 7, 11: 11}
 PLANT_COMPLEMENT = {0: 0, 1: 1, 2: 2, 3: 6, 4: 5, 5: 4, 6: 3, 7: 7}
 
@@ -37,17 +37,18 @@ def case_config(case: str, n_layer: int | None = None) -> CaduceusConfig:
 
 
 CASES: dict[str, dict] = {
-    "ph": dict(title="Caduceus-Ph 131k", lengths=[1024, 8192, 32768, 131072], tokens=(7, 11),
+    "ph": dict(title="Caduceus-Ph 131k", lengths=[1024, 8192, 32768, 131072], tokens=(7, 11), reference_max_length=8192,
                config=dict(d_model=256, n_layer=16, vocab_size=12, rcps=False, complement_map=CADUCEUS_COMPLEMENT,
                            mixer_type="mamba1", ssm_cfg=dict(d_state=16, d_conv=4, expand=2))),
-    "ps": dict(title="Caduceus-PS 131k", lengths=[1024, 8192, 32768, 131072], tokens=(7, 11),
+    "ps": dict(title="Caduceus-PS 131k", lengths=[1024, 8192, 32768, 131072], tokens=(7, 11), reference_max_length=8192,
                config=dict(d_model=256, n_layer=16, vocab_size=12, rcps=True, complement_map=CADUCEUS_COMPLEMENT,
                            mixer_type="mamba1", ssm_cfg=dict(d_state=16, d_conv=4, expand=2))),
-    "plantcad2-small": dict(title="PlantCAD2-Small", lengths=[8192], tokens=(3, 7),
+    "plantcad2-small": dict(title="PlantCAD2-Small", lengths=[8192], tokens=(3, 7), reference_max_length=1024,
                             config=dict(d_model=768, n_layer=24, vocab_size=8, rcps=True, complement_map=PLANT_COMPLEMENT,
                                         mixer_type="mamba2", ssm_cfg=dict(d_state=64, d_conv=4, expand=2, headdim=64))),
 }
-"Benchmark cases: the released configurations (random weights), their default lengths and base-token id range."
+"""Benchmark cases: the released configurations (random weights), default lengths, base-token id range, and the
+longest input the full-depth reference runs on by default (the reference SSD scan is slower still)."""
 
 # %% ../nbs/12_bench.ipynb #98429620
 _scan_flops = [0]
@@ -144,7 +145,7 @@ def _worker(spec: dict) -> None:
         torch.set_num_threads(threads)
     print(json.dumps(asdict(measure(**spec))))
 
-# %% ../nbs/12_bench.ipynb #97b22341
+# %% ../nbs/12_bench.ipynb #9c4372c3
 def build_parser() -> argparse.ArgumentParser:
     "Arguments of `dnallm-nb bench`."
     p = argparse.ArgumentParser(prog="dnallm-nb bench", description="Throughput, peak RSS and FLOP rate of Caduceus "
@@ -156,11 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", default="cpu", help="scan backend to measure (default cpu)")
     p.add_argument("--repeats", type=int, default=2, help="forwards per measurement, best is kept (default 2; "
                    "1 above 8,192 tokens)")
-    p.add_argument("--reference-max-length", type=int, default=8192,
-                   help="run the full reference backend up to this length (default 8192; 0 = never)")
-    p.add_argument("--reference-layers", type=int, default=0,
+    p.add_argument("--reference-max-length", type=int,
+                   help="run the full-depth reference backend up to this length (default: per case, 8192 for "
+                   "Caduceus, 1024 for PlantCAD2; 0 = never)")
+    p.add_argument("--reference-layers", type=int, default=2,
                    help="above that length, time the reference on this many layers and scale to the full model "
-                   "(default 0 = skip)")
+                   "(default 2; 0 = skip)")
     p.add_argument("--threads", type=int, help="torch threads in every measurement (default: PyTorch's)")
     p.add_argument("--json", help="also write the measurements to this JSON file")
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -200,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
             repeats = args.repeats if length <= 8192 else 1
             m = measure_in_subprocess(case, length, args.backend, args.batch, repeats=repeats, threads=threads)
             ref, scale = None, 1.0
-            if length <= args.reference_max_length:
+            limit = CASES[case]["reference_max_length"] if args.reference_max_length is None else args.reference_max_length
+            if length <= limit:
                 ref = measure_in_subprocess(case, length, "reference", args.batch, repeats=1, threads=threads,
                                             count_flops=False)
             elif args.reference_layers:
@@ -213,10 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     if gemm:
         notes.append(f"GEMM rate (2048² float32, measured before each case): {min(gemm) / 1e9:.0f}–{max(gemm) / 1e9:.0f} GFLOP/s.")
     if any(r["reference"] is None for r in results):
-        notes.append(f"reference not run above {args.reference_max_length:,} tokens (too slow); "
-                     "--reference-layers K estimates it from K layers.")
+        notes.append("reference not run on the longer inputs (too slow); --reference-layers K estimates it from K layers.")
     if any(r["reference_scale"] != 1 for r in results):
-        notes.append("~ = reference timed on --reference-layers layers and scaled by n_layer / K.")
+        notes.append(f"~ = reference timed on {args.reference_layers} layers and scaled by n_layer / {args.reference_layers}.")
     for note in notes:
         print("note:", note)
     if args.json:

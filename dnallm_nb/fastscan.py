@@ -23,9 +23,9 @@ logger = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['logger', 'KERNEL_SOURCE', 'KERNEL_FUNCTIONS', 'SSD_CHUNK', 'SSD_WINDOW_ELEMENTS', 'FastScanBuildError',
            'kernel_build_flags', 'kernel_extension_name', 'load_kernels', 'cpu_backend_available', 'reference_gradient',
-           'selective_scan_cpu', 'ssd_scan_cpu']
+           'selective_scan_cpu', 'ssd_scan_cpu', 'causal_conv1d_cpu']
 
-# %% ../nbs/06_fastscan.ipynb #e5af5403
+# %% ../nbs/06_fastscan.ipynb #4794ad8b
 KERNEL_SOURCE = r"""
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -312,10 +312,157 @@ torch::Tensor ssd_chunk_states(torch::Tensor Sc, torch::Tensor decay, torch::Ten
   });
   return Sin;
 }
+
+namespace {
+struct View4 {  // a float (batch, time, head, headdim) tensor, any strides
+  const float* p;
+  int64_t sb, st, sh, sp;
+};
+View4 view4(const torch::Tensor& t) { return {t.data_ptr<float>(), t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
+
+// tile[q * P + p] = v[b, t0 + q, h, p] for q < qn (zero for qn <= q < Q), reading along the contiguous axis.
+inline void load_head_tile(const View4& v, int64_t b, int64_t t0, int64_t qn, int64_t Q, int64_t h, int64_t P,
+                           float* __restrict tile) {
+  const float* base = v.p + b * v.sb + t0 * v.st + h * v.sh;
+  if (v.st == 1) {
+    for (int64_t p = 0; p < P; ++p)
+      for (int64_t q = 0; q < qn; ++q) tile[q * P + p] = base[q + p * v.sp];
+  } else {
+    for (int64_t q = 0; q < qn; ++q) {
+      const float* row = base + q * v.st;
+#pragma omp simd
+      for (int64_t p = 0; p < P; ++p) tile[q * P + p] = row[p * v.sp];
+    }
+  }
+  std::fill(tile + qn * P, tile + Q * P, 0.f);
+}
+}  // namespace
+
+// SSD inputs of one window of n tokens (chunks of Q, the last one zero-padded). x: (batch, n, H, P) any strides;
+// dt: (batch, chunks, Q, H) float32 and cum: (batch, chunks, Q, H) float64, contiguous. Returns
+// dx = x·dt as (batch, chunks, H, Q, P) and xd = x·dt·exp(cum_end - cum) as (batch, chunks, Q, H, P).
+std::vector<torch::Tensor> ssd_chunk_inputs(torch::Tensor x, torch::Tensor dt, torch::Tensor cum) {
+  const int64_t batch = dt.size(0), chunks = dt.size(1), Q = dt.size(2), H = dt.size(3), P = x.size(3), n = x.size(1);
+  auto dx = torch::empty({batch, chunks, H, Q, P}, dt.options());
+  auto xd = torch::empty({batch, chunks, Q, H, P}, dt.options());
+  const View4 xv = view4(x);
+  const float* dtp = dt.data_ptr<float>();
+  const double* cp = cum.data_ptr<double>();
+  float* dxp = dx.data_ptr<float>();
+  float* xdp = xd.data_ptr<float>();
+  at::parallel_for(0, batch * chunks * H, 1, [&](int64_t begin, int64_t end) {
+    FlushDenormals ftz;
+    std::vector<float> tile(Q * P);
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t bc = i / H, h = i % H, b = bc / chunks, c = bc % chunks;
+      load_head_tile(xv, b, c * Q, std::min(Q, n - c * Q), Q, h, P, tile.data());
+      const float* d = dtp + bc * Q * H;
+      const double* cm = cp + bc * Q * H;
+      for (int64_t q = 0; q < Q; ++q) {
+        const float s = d[q * H + h];
+        const float arg = (float)(cm[(Q - 1) * H + h] - cm[q * H + h]);
+        const float e = arg > kDecayCut ? fexp(arg) : 0.f;
+        float* o1 = dxp + ((bc * H + h) * Q + q) * P;
+        float* o2 = xdp + ((bc * Q + q) * H + h) * P;
+        const float* xq = tile.data() + q * P;
+#pragma omp simd
+        for (int64_t p = 0; p < P; ++p) { o1[p] = xq[p] * s; o2[p] = xq[p] * s * e; }
+      }
+    }
+  });
+  return {dx, xd};
+}
+
+// SSD output of one window: out[b, c*Q + q, h, p] = Yin[b, c, h / hpg, q, (h % hpg)*P + p] * exp(cum[b, c, q, h])
+//   + Y[b, c, h, q, p] + D[h] * x[b, c*Q + q, h, p], for the window's n tokens. out, x: (batch, n, H, P) any strides;
+// Yin: (batch, chunks, G, Q, hpg*P), Y: (batch, chunks, H, Q, P), cum: (batch, chunks, Q, H) float64, contiguous;
+// D: (H,) or empty.
+void ssd_combine(torch::Tensor out, torch::Tensor Yin, torch::Tensor Y, torch::Tensor cum, torch::Tensor x, torch::Tensor D) {
+  const int64_t batch = Y.size(0), chunks = Y.size(1), H = Y.size(2), Q = Y.size(3), P = Y.size(4), n = out.size(1);
+  const int64_t G = Yin.size(2), hpg = H / G;
+  const bool has_D = D.numel() > 0;
+  const View4 xv = view4(x), ov = view4(out);
+  float* op = out.data_ptr<float>();
+  const float* yin = Yin.data_ptr<float>();
+  const float* yp = Y.data_ptr<float>();
+  const double* cp = cum.data_ptr<double>();
+  const float* Dp = has_D ? D.data_ptr<float>() : nullptr;
+  at::parallel_for(0, batch * chunks * H, 1, [&](int64_t begin, int64_t end) {
+    FlushDenormals ftz;
+    std::vector<float> tile(Q * P, 0.f);
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t bc = i / H, h = i % H, b = bc / chunks, c = bc % chunks, qn = std::min(Q, n - c * Q);
+      const float Dh = has_D ? Dp[h * D.stride(0)] : 0.f;
+      if (has_D) load_head_tile(xv, b, c * Q, qn, Q, h, P, tile.data());
+      for (int64_t q = 0; q < qn; ++q) {
+        const float arg = (float)cp[(bc * Q + q) * H + h];
+        const float e = arg > kDecayCut ? fexp(arg) : 0.f;
+        const float* a = yin + ((bc * G + h / hpg) * Q + q) * hpg * P + (h % hpg) * P;
+        const float* r = yp + ((bc * H + h) * Q + q) * P;
+        const float* xq = tile.data() + q * P;
+        float* o = op + b * ov.sb + (c * Q + q) * ov.st + h * ov.sh;
+        if (ov.sp == 1) {
+#pragma omp simd
+          for (int64_t p = 0; p < P; ++p) o[p] = a[p] * e + r[p] + Dh * xq[p];
+        } else {
+          for (int64_t p = 0; p < P; ++p) o[p * ov.sp] = a[p] * e + r[p] + Dh * xq[p];
+        }
+      }
+    }
+  });
+}
+
+// Causal depthwise convolution along time, optionally followed by SiLU: y[b, t, c] = act(bias[c] +
+// sum_k w[c, k] * x[b, t - K + 1 + k, c]) with x = 0 before the start. x: (batch, L, C) any strides; w: (C, K);
+// bias: (C,) or empty. Returns y as (batch, L, C) contiguous float32.
+torch::Tensor causal_conv1d(torch::Tensor x, torch::Tensor w, torch::Tensor bias, bool silu) {
+  const int64_t batch = x.size(0), L = x.size(1), Cn = x.size(2), K = w.size(1);
+  auto y = torch::empty({batch, L, Cn}, x.options());
+  const float* xp = x.data_ptr<float>();
+  const int64_t sb = x.stride(0), st = x.stride(1), sc = x.stride(2);
+  std::vector<float> wt(K * Cn), bv(Cn, 0.f);  // taps transposed to (K, C): vector loads along channels
+  const float* wp = w.data_ptr<float>();
+  for (int64_t c = 0; c < Cn; ++c) {
+    for (int64_t k = 0; k < K; ++k) wt[k * Cn + c] = wp[c * w.stride(0) + k * w.stride(1)];
+    if (bias.numel()) bv[c] = bias.data_ptr<float>()[c * bias.stride(0)];
+  }
+  constexpr int64_t TB = 256;  // time steps per task
+  const int64_t blocks = (L + TB - 1) / TB;
+  float* yp = y.data_ptr<float>();
+  at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
+    FlushDenormals ftz;
+    std::vector<float> row(Cn);
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t b = i / blocks, t0 = (i % blocks) * TB, t1 = std::min(L, t0 + TB);
+      for (int64_t t = t0; t < t1; ++t) {
+        float* out = yp + (b * L + t) * Cn;
+        std::copy(bv.begin(), bv.end(), out);
+        for (int64_t k = 0; k < K; ++k) {
+          const int64_t s = t - K + 1 + k;
+          if (s < 0) continue;
+          const float* in = xp + b * sb + s * st;
+          const float* wk = wt.data() + k * Cn;
+          if (sc == 1) {
+#pragma omp simd
+            for (int64_t c = 0; c < Cn; ++c) out[c] += wk[c] * in[c];
+          } else {
+            for (int64_t c = 0; c < Cn; ++c) out[c] += wk[c] * in[c * sc];
+          }
+        }
+        if (silu) {
+#pragma omp simd
+          for (int64_t c = 0; c < Cn; ++c) out[c] = fsilu(out[c]);
+        }
+      }
+    }
+  });
+  return y;
+}
 """
 "C++ source of the CPU kernels (compiled by `load_kernels`)."
 
-KERNEL_FUNCTIONS = ("mamba1_scan", "ssd_decay_mask", "ssd_chunk_states")
+KERNEL_FUNCTIONS = ("mamba1_scan", "ssd_decay_mask", "ssd_chunk_states", "ssd_chunk_inputs", "ssd_combine",
+                    "causal_conv1d")
 
 # %% ../nbs/06_fastscan.ipynb #e6db50f6
 class FastScanBuildError(RuntimeError):
@@ -458,10 +605,10 @@ def selective_scan_cpu(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
     return reference_gradient(_mamba1_forward, selective_scan_ref, (u, delta, A, B, C, D, z, delta_bias),
                               dict(delta_softplus=delta_softplus))
 
-# %% ../nbs/06_fastscan.ipynb #bcb5ecd0
+# %% ../nbs/06_fastscan.ipynb #ee2ccf68
 SSD_CHUNK = 64
 "Longest SSD chunk the CPU kernel uses (tokens)."
-SSD_WINDOW_ELEMENTS = 1 << 19
+SSD_WINDOW_ELEMENTS = 1 << 18
 "Tokens per window × batch × heads × max(chunk, headdim·N/chunk) stays below this (bounds memory, fits in cache)."
 _DECAY_CUT = -60.0  # decays below exp(-60) are exactly 0 (as in the C++ mask)
 
@@ -482,37 +629,32 @@ def _ssd_forward(x, dt, A, B, C, D=None, dt_bias=None, dt_softplus=False, chunk_
     if dt_softplus:
         dt = F.softplus(dt)
     a = dt * A.to(f32)  # (b, L, H) log-decay per step
+    D = torch.empty(0) if D is None else D.to(f32)
     window = max(Q, SSD_WINDOW_ELEMENTS // (b * H * max(Q, P * N // Q)) // Q * Q)
     y = torch.empty(b, L, H, P)
     state = torch.zeros(b, H, P * N)  # carried across windows
     for t0 in range(0, L, window):
         t1 = min(L, t0 + window)
-        n = t1 - t0
-        nc = -(-n // Q)
-        xs, dts, As, Bs, Cs = x[:, t0:t1], dt[:, t0:t1], a[:, t0:t1], B[:, t0:t1], C[:, t0:t1]
-        if nc * Q > n:  # pad the last chunk with steps that neither decay nor add anything
-            pad = nc * Q - n
-            xs, Bs, Cs = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (xs, Bs, Cs))
+        nc = -(-(t1 - t0) // Q)
+        dts, As, Bs, Cs = dt[:, t0:t1], a[:, t0:t1], B[:, t0:t1], C[:, t0:t1]
+        if nc * Q > t1 - t0:  # pad the last chunk with steps that neither decay nor add anything (x is padded in C++)
+            pad = nc * Q - (t1 - t0)
             dts, As = (F.pad(t, (0, 0, 0, pad)) for t in (dts, As))
+            Bs, Cs = (F.pad(t, (0, 0, 0, 0, 0, pad)) for t in (Bs, Cs))
+        dts = dts.reshape(b, nc, Q, H).contiguous()
         cum = As.reshape(b, nc, Q, H).double().cumsum(2)  # (b, nc, Q, H)
         Bc = Bs.reshape(b, nc, Q, G, N).transpose(2, 3)  # (b, nc, G, Q, N)
         Cc = Cs.reshape(b, nc, Q, G, N).transpose(2, 3)
-        xq, dq = xs.reshape(b, nc, Q, H, P), dts.reshape(b, nc, Q, H, 1)
         # intra-chunk: Y = (C Bᵀ ∘ decay mask) (Δ x), one Q×Q matrix per head
         M = kernels.ssd_decay_mask(torch.matmul(Cc, Bc.transpose(-1, -2)).contiguous(), cum.transpose(2, 3).contiguous())
-        dx = torch.mul(xq.transpose(2, 3), dq.transpose(2, 3), out=torch.empty(b, nc, H, Q, P))
+        dx, xd = kernels.ssd_chunk_inputs(x[:, t0:t1], dts, cum)  # Δx (b, nc, H, Q, P); Δx·decay-to-end (b, nc, Q, H, P)
         Y = torch.matmul(M, dx)  # (b, nc, H, Q, P)
         # each chunk's end state from zero: (heads·P × Q) @ (Q × N) per group
-        xd = xq * (dq[..., 0] * _decay(cum[:, :, -1:] - cum))[..., None]  # (b, nc, Q, H, P)
         Sc = torch.matmul(xd.view(b, nc, Q, G, hpg * P).permute(0, 1, 3, 4, 2), Bc)  # (b, nc, G, hpg·P, N)
-        # state entering each chunk, then its contribution exp(cum_i) C_i S_in
+        # state entering each chunk; its contribution exp(cum_i) C_i S_in; plus the intra-chunk part and D x
         S_in = kernels.ssd_chunk_states(Sc.view(b, nc, H, P * N), _decay(cum[:, :, -1]), state)
         Yin = torch.matmul(Cc, S_in.view(b, nc, G, hpg * P, N).transpose(-1, -2))  # (b, nc, G, Q, hpg·P)
-        Yin = Yin.view(b, nc, G, Q, hpg, P).transpose(2, 3).reshape(b, nc * Q, H, P)
-        torch.addcmul(Y.transpose(2, 3).reshape(b, nc * Q, H, P)[:, :n], Yin[:, :n],
-                      _decay(cum).view(b, nc * Q, H, 1)[:, :n], out=y[:, t0:t1])
-    if D is not None:
-        y.addcmul_(x, D.to(f32)[:, None])
+        kernels.ssd_combine(y[:, t0:t1], Yin.contiguous(), Y, cum, x[:, t0:t1], D)
     return y
 
 
@@ -534,5 +676,32 @@ def ssd_scan_cpu(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     return reference_gradient(lambda *t, **kw: _ssd_forward(*t, **kw).to(x.dtype), ssd_scan_ref,
                               (x, dt, A, B, C, D, dt_bias), dict(dt_softplus=dt_softplus, chunk_size=chunk_size))
 
-# %% ../nbs/06_fastscan.ipynb #bae1ae3a
+# %% ../nbs/06_fastscan.ipynb #b1b71ad8
+def _causal_conv1d_ref(x, weight, bias=None, silu=False):
+    "Definition: F.conv1d over time, left-padded by K-1, on (batch, L, channels)."
+    y = F.conv1d(x.transpose(1, 2), weight.reshape(weight.shape[0], 1, -1), bias, padding=weight.shape[-1] - 1,
+                 groups=weight.shape[0])[..., : x.shape[1]].transpose(1, 2)
+    return F.silu(y) if silu else y
+
+
+def _causal_conv1d_forward(x, weight, bias=None, silu=False):
+    none = torch.empty(0)
+    w = weight.reshape(weight.shape[0], -1).float()
+    y = load_kernels().causal_conv1d(x.float(), w, none if bias is None else bias.float(), bool(silu))
+    return y.to(x.dtype)
+
+
+def causal_conv1d_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                      silu: bool = False) -> torch.Tensor:
+    """Causal depthwise convolution over time of x: (batch, L, channels), any strides, then SiLU if `silu`.
+
+    weight: (channels, 1, K) as in `nn.Conv1d(groups=channels)`, or (channels, K); bias: (channels,). Output
+    (batch, L, channels), contiguous, in x's dtype: y[t] = bias + Σ_k weight[:, k] · x[t - K + 1 + k]."""
+    if x.dim() != 3 or weight.shape[0] != x.shape[2] or weight.numel() % weight.shape[0]:
+        raise ValueError(f"x must be (batch, L, channels) and weight (channels, 1, K); got x {tuple(x.shape)}, "
+                         f"weight {tuple(weight.shape)}.")
+    _check_shapes(dict(x=x, bias=bias), dict(x=tuple(x.shape), bias=(x.shape[2],)), "channels last")
+    return reference_gradient(_causal_conv1d_forward, _causal_conv1d_ref, (x, weight, bias), dict(silu=silu))
+
+# %% ../nbs/06_fastscan.ipynb #704a7ac9
 register_scan_backend("cpu", selective_scan_cpu, ssd_scan_cpu, cpu_backend_available)

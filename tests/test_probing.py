@@ -1,8 +1,10 @@
 """Probes, features, leakage-free folds and controls (dnallm_nb.probing)."""
 from itertools import product
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import GroupKFold, StratifiedKFold
@@ -11,8 +13,11 @@ from threadpoolctl import threadpool_limits
 
 import dnallm_nb.probing as probing
 from dnallm_nb.dna import InvalidSequenceError, reverse_complement
-from dnallm_nb.probing import (GlobalScaler, ProbeResult, combine_groups, compare_probes, gc_content, interval_groups,
-                               kmer_features, kmer_names, make_dna_task, make_folds, probe, rc_groups)
+from dnallm_nb.embeddings import extract_embeddings
+from dnallm_nb.load import load_model_and_tokenizer
+from dnallm_nb.probing import (CONTROLS, GlobalScaler, LayerProbeResult, ProbeResult, combine_groups, compare_probes,
+                               gc_content, interval_groups, kmer_features, kmer_names, make_dna_task, make_folds, probe,
+                               probe_layers, random_init_like, rc_groups)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -390,3 +395,208 @@ def test_probe_errors(small, make_call, error, message):
     X, y = small
     with pytest.raises(error, match=message):
         make_call(X, y)
+
+
+# ---------------------------------------------------------------- probe_layers
+
+GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
+LAYER_NAMES = [f"{kind}layer {layer}" for kind in ("", "random-init ", "shuffled ") for layer in (0, 1, 2)]
+ALL_NAMES = LAYER_NAMES + [f"{k}-mers" for k in range(1, 7)] + ["GC content"]
+
+
+def same_folds(a, b):
+    return len(a) == len(b) and all(np.array_equal(x, y) for fa, fb in zip(a, b) for x, y in zip(fa, fb))
+
+
+@pytest.fixture(scope="module")
+def ps_model():
+    model, tokenizer = load_model_and_tokenizer(GOLDEN / "caduceus-ps-tiny")
+    return model, tokenizer
+
+
+@pytest.fixture(scope="module")
+def layer_run(ps_model):
+    "probe_layers with every control on a planted-motif task (200 x 100 bp), and the model's state before the call."
+    model, tokenizer = ps_model
+    seqs, y = make_dna_task(200, 100, motif="TATAAT", random_state=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    rng_before = torch.random.get_rng_state()
+    result = probe_layers(model, tokenizer, seqs, y, progress=False)
+    return seqs, y, result, before, rng_before
+
+
+def test_probe_layers_runs_with_all_controls(layer_run):
+    seqs, y, res, _, _ = layer_run
+    assert isinstance(res, LayerProbeResult) and list(res.results) == ALL_NAMES
+    assert res.layers == [0, 1, 2] and res.task == "binary" and res.primary_metric == "auroc"
+    assert res.results["shuffled layer 1"].permuted_labels and not res.results["layer 1"].permuted_labels
+    assert repr(res).startswith("LayerProbeResult(binary, n=200, layers=[0, 1, 2], folds=5, 16 probes; best layer ")
+    assert "best baseline 6-mers" in repr(res)
+    assert res.best_layer == max(res.layers, key=lambda layer: res.results[f"layer {layer}"].fold_metrics["auroc"].mean())
+    # embeddings are standardised per feature, k-mer frequencies scaled globally
+    assert type(res.results["layer 2"].pipeline[0]).__name__ == "StandardScaler"
+    assert all(type(res.results[f"{k}-mers"].pipeline[0]) is GlobalScaler for k in range(1, 7))
+    assert res.results["6-mers"]._X.shape == (200, 4096) and res.results["GC content"]._X.shape == (200, 1)
+
+
+def test_probe_layers_uses_one_set_of_folds(layer_run):
+    seqs, y, res, _, _ = layer_run
+    assert same_folds(res.folds, make_folds(y, groups=rc_groups(seqs), cv=5, random_state=0))
+    assert all(same_folds(r.folds, res.folds) for r in res.results.values())  # every layer and every control
+    assert (res.groups == rc_groups(seqs)).all()
+    assert res.compare().index.tolist() == ALL_NAMES  # compare_probes checks the folds too
+
+
+def test_kmer_control_finds_the_planted_motif(layer_run):
+    _, _, res, _, _ = layer_run
+    assert res.results["6-mers"].summary().loc["auroc", "mean"] >= 0.95
+    assert res.best_baseline() == "6-mers" and res.best_baseline(kmers_only=True) == "6-mers"
+    for layer in (0, 1, 2):  # shuffled labels: chance, with the per-fold label counts kept
+        shuffled = res.results[f"shuffled layer {layer}"]
+        assert abs(shuffled.summary().loc["auroc", "mean"] - 0.5) < 0.1
+        for _, test in res.folds:
+            assert np.bincount(shuffled.y_true[test]).tolist() == np.bincount(layer_run[1][test]).tolist()
+
+
+def test_summary_rows_match_the_probes(layer_run):
+    _, _, res, _, _ = layer_run
+    table = res.summary()
+    assert table.index.tolist() == [0, 1, 2] and table.index.name == "layer"
+    others = [c for m in ["accuracy", "balanced_accuracy", "mcc", "f1", "auprc"] for c in (m, f"{m}_sd")]
+    assert table.columns.tolist() == ["auroc", "auroc_sd", "random_init", "shuffled", "sel_shuffled", "sel_shuffled_sd",
+                                      "sel_baseline", "sel_baseline_sd"] + others
+    assert table.attrs["baseline"] == "6-mers"
+    for layer in (0, 1, 2):
+        model = res.results[f"layer {layer}"].fold_metrics["auroc"]
+        shuffled = res.results[f"shuffled layer {layer}"].fold_metrics["auroc"]
+        kmer = res.results["6-mers"].fold_metrics["auroc"]
+        row = table.loc[layer]
+        assert row["auroc"] == model.mean() and row["auroc_sd"] == model.std()
+        assert row["random_init"] == res.results[f"random-init layer {layer}"].fold_metrics["auroc"].mean()
+        assert row["shuffled"] == shuffled.mean()
+        assert np.isclose(row["sel_shuffled"], (model - shuffled).mean()) and np.isclose(row["sel_shuffled_sd"], (model - shuffled).std())
+        assert np.isclose(row["sel_baseline"], (model - kmer).mean()) and np.isclose(row["sel_baseline_sd"], (model - kmer).std())
+        assert row["mcc"] == res.results[f"layer {layer}"].fold_metrics["mcc"].mean()
+    mcc = res.summary("mcc")
+    assert mcc.columns[:2].tolist() == ["mcc", "mcc_sd"] and "auroc" in mcc.columns
+    with pytest.raises(ValueError, match="unknown metric 'r2' for a binary probe"):
+        res.summary("r2")
+
+
+def test_layer_plot_has_curves_error_bars_bands_and_chance(layer_run):
+    _, y, res, _, _ = layer_run
+    ax = res.plot().axes[0]
+    bars = {c.get_label(): c for c in ax.containers}
+    assert list(bars) == ["model", "random-init model", "shuffled labels"]
+    for label, style in [("model", "-"), ("random-init model", "--"), ("shuffled labels", "-")]:
+        line, _, (yerr,) = bars[label].lines
+        assert line.get_linestyle() == style and len(line.get_ydata()) == 3 and len(yerr.get_segments()) == 3
+    model_means = [res.results[f"layer {layer}"].fold_metrics["auroc"].mean() for layer in (0, 1, 2)]
+    assert np.allclose(bars["model"].lines[0].get_ydata(), model_means)
+    labelled = {line.get_label(): line for line in ax.get_lines() if not line.get_label().startswith("_")}
+    assert list(labelled) == ["6-mers (mean ± sd)", "GC content (mean ± sd)", "chance"]
+    assert labelled["chance"].get_ydata()[0] == 0.5 and len(ax.patches) == 2
+    assert ax.get_xticks().tolist() == [0, 1, 2]
+    assert res.plot("mcc").axes[0].get_lines()[-1].get_ydata()[0] == 0       # chance MCC
+    assert res.plot("auprc").axes[0].get_lines()[-1].get_ydata()[0] == y.mean()  # chance AUPRC = prevalence
+    import matplotlib.pyplot as plt
+    plt.close("all")
+
+
+def test_probe_layers_leaves_the_model_and_global_rng_alone(ps_model, layer_run):
+    model, _ = ps_model
+    _, _, _, before, rng_before = layer_run
+    assert before.keys() == model.state_dict().keys()
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert torch.equal(rng_before, torch.random.get_rng_state()) and not model.training
+
+
+def test_random_init_control_embeds_a_seeded_fresh_model(ps_model, layer_run):
+    model, tokenizer = ps_model
+    seqs, _, res, _, _ = layer_run
+    fresh = random_init_like(model, 0)
+    assert type(fresh) is type(model) and not fresh.training and fresh.config.to_dict() == model.config.to_dict()
+    assert all(torch.equal(a, b) for a, b in zip(fresh.state_dict().values(), random_init_like(model, 0).state_dict().values()))
+    assert not torch.equal(fresh.state_dict()["backbone.embeddings.word_embeddings.embedding.weight"],
+                           model.state_dict()["backbone.embeddings.word_embeddings.embedding.weight"])
+    emb = extract_embeddings(fresh, tokenizer, seqs, layers="all", progress=False)
+    for layer in (0, 1, 2):
+        assert np.array_equal(res.results[f"random-init layer {layer}"]._X, emb[layer])
+        assert not np.array_equal(res.results[f"layer {layer}"]._X, emb[layer])
+    with pytest.raises(TypeError, match="drop 'random_init' from controls"):
+        random_init_like(torch.nn.Linear(2, 2))
+
+
+def test_probe_layers_is_deterministic(ps_model):
+    model, tokenizer = ps_model
+    seqs, y = make_dna_task(80, 60, motif="TATAAT", random_state=3)
+    a, b = (probe_layers(model, tokenizer, seqs, y, kmer_k=(2,), cv=3, progress=False) for _ in range(2))
+    assert list(a.results) == LAYER_NAMES + ["2-mers", "GC content"]
+    assert a.summary().equals(b.summary()) and a.compare().equals(b.compare())
+    assert all((a.results[n].scores == b.results[n].scores).all() for n in a.results)
+    c = probe_layers(model, tokenizer, seqs, y, kmer_k=(2,), cv=3, progress=False, random_state=1)
+    assert not same_folds(a.folds, c.folds)
+
+
+def test_probe_layers_controls_subset_layers_and_regression():
+    model, tokenizer = load_model_and_tokenizer(GOLDEN / "caduceus-ph-tiny")  # plain layout: two passes for rc
+    seqs, _ = make_dna_task(90, 60, gc=(0.3, 0.7), random_state=4)
+    y = gc_content(seqs)[:, 0]
+    res = probe_layers(model, tokenizer, seqs, y, layers=[-1, 1], controls=["shuffled", "gc"], cv=3, progress=False)
+    assert res.task == "regression" and res.layers == [2, 1] and res.primary_metric == "r2"
+    assert list(res.results) == ["layer 2", "layer 1", "shuffled layer 2", "shuffled layer 1", "GC content"]
+    assert res.results["GC content"].summary().loc["r2", "mean"] > 0.99 and res.best_baseline() == "GC content"
+    assert res.summary().columns[:7].tolist() == ["r2", "r2_sd", "shuffled", "sel_shuffled", "sel_shuffled_sd",
+                                                   "sel_baseline", "sel_baseline_sd"]
+    assert res.plot().axes[0].get_lines()[-1].get_label() == "chance"
+    bare = probe_layers(model, tokenizer, seqs[:30], y[:30], layers=-1, controls=False, cv=3, progress=False)
+    assert list(bare.results) == ["layer 2"] and bare.best_baseline() is None
+    assert bare.summary().columns.tolist() == ["r2", "r2_sd", "pearson", "pearson_sd", "spearman", "spearman_sd"]
+    assert "best baseline" not in repr(bare) and bare.by_layer("shuffled") == {}
+    import matplotlib.pyplot as plt
+    assert len(bare.plot().axes[0].containers) == 1
+    plt.close("all")
+
+
+def test_probe_layers_keeps_groups_and_strand_pairs_together(ps_model):
+    model, tokenizer = ps_model
+    seqs, y = make_dna_task(40, 50, motif="TATAAT", random_state=5)
+    both, y2 = seqs + [reverse_complement(s) for s in seqs], np.concatenate([y, y])
+    blocks = np.arange(80) % 40 // 4  # 10 genomic blocks
+    res = probe_layers(model, tokenizer, both, y2, layers=-1, groups=blocks, controls=False, cv=3, progress=False)
+    f = fold_of(res.folds)
+    assert (f[:40] == f[40:]).all() and all(len(set(f[blocks == b])) == 1 for b in range(10))
+    plain = probe_layers(model, tokenizer, both, y2, layers=-1, rc_safe=False, controls=False, cv=3, progress=False)
+    assert plain.groups is None and same_folds(plain.folds, make_folds(y2, cv=3))
+
+
+@pytest.mark.parametrize("kwargs, error, message", [
+    (dict(controls=["kmers"]), ValueError, r"unknown control 'kmers'.*'random_init'"),
+    (dict(controls="shuffle"), ValueError, "unknown control 'shuffle'"),
+    (dict(y=np.zeros(200, dtype=int)[:-1]), ValueError, "200 sequences but y has 199 entries"),
+    (dict(y=np.zeros(200, dtype=int)), ValueError, "single class 0"),
+    (dict(y=np.zeros((200, 2))), ValueError, "1-D"),
+    (dict(pooling="none"), ValueError, "one per sequence"),
+    (dict(pooling="avg"), ValueError, "unknown pooling 'avg'"),
+    (dict(kmer_k=(4, 7)), ValueError, "1 to 6"),
+    (dict(kmer_k=(), controls=["kmer"]), ValueError, "kmer_k is empty"),
+    (dict(sequences="ACGT"), TypeError, "wrap it in a list"),
+    (dict(groups=np.arange(200) % 3), ValueError, "only 3 distinct groups for cv=5"),
+    (dict(groups=np.arange(10)), ValueError, "one id per sample"),
+    (dict(task="multiclass"), ValueError, "task='binary'"),
+    (dict(estimator="svm"), ValueError, "unknown estimator 'svm'"),
+    (dict(layers=3), IndexError, "layer 3 is out of range"),
+])
+def test_probe_layers_errors(ps_model, layer_run, kwargs, error, message):
+    model, tokenizer = ps_model
+    seqs, y, _, _, _ = layer_run
+    call = dict(sequences=seqs, y=y, controls=False, progress=False) | kwargs
+    with pytest.raises(error, match=message):
+        probe_layers(model, tokenizer, call.pop("sequences"), call.pop("y"), **call)
+
+
+def test_probe_layers_rejects_bad_dna(ps_model):
+    model, tokenizer = ps_model
+    with pytest.raises(InvalidSequenceError, match=r"'1'.*'X'"):
+        probe_layers(model, tokenizer, ["ACGT", "ACXT"], [0, 1], progress=False)
+    assert CONTROLS == ("kmer", "gc", "random_init", "shuffled")
