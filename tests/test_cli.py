@@ -6,10 +6,11 @@ from pathlib import Path
 
 def test_console_script_demo_writes_report(tmp_path: Path):
     exe = Path(sys.executable).with_name("dnallm-nb")
-    result = subprocess.run([str(exe), "demo", "--out", str(tmp_path / "r")], capture_output=True, text=True)
+    result = subprocess.run([str(exe), "demo", "--out", str(tmp_path / "r"), "--n-sequences", "20", "--window", "32"],
+                            capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "report written to" in result.stdout
-    assert (tmp_path / "r" / "README.md").exists()
+    assert "report written to" in result.stdout and "RC symmetry**: PASSED" in result.stdout
+    assert {p.name for p in (tmp_path / "r").iterdir()} >= {"summary.md", "layer_curve.png", "layer_probe.csv"}
 
 
 def test_console_script_rejects_unknown_command():
