@@ -23,8 +23,9 @@ LAYOUTS: tuple[str, ...] = ("plain", "ps")
 # %% auto #0
 __all__ = ['Layout', 'LAYOUTS', 'HEADS', 'CONJOINED_VIEWS', 'reverse_complement_ids', 'check_layout', 'align_rc_output',
            'strand_invariant_view', 'conjoin', 'align_rc_logits', 'conjoin_logits', 'model_layout',
-           'model_complement_map', 'tokenize_without_specials', 'hidden_state_names', 'hidden_views', 'logit_views',
-           'pooled_views', 'RCReport', 'check_rc_equivariance', 'UnsharedRCPSMixer', 'rcps_blocks', 'break_rc_sharing']
+           'model_complement_map', 'tokenize_without_specials', 'hidden_state_names', 'resolve_layers', 'hidden_views',
+           'logit_views', 'pooled_views', 'RCReport', 'check_rc_equivariance', 'UnsharedRCPSMixer', 'rcps_blocks',
+           'break_rc_sharing']
 
 # %% ../nbs/07_rc.ipynb #c9fae27b
 def reverse_complement_ids(
@@ -160,25 +161,31 @@ def _rc_pair(tokenizer, name: str, seq: str, complement_map: list[int]) -> tuple
                          "load both with load_model_and_tokenizer.")
     return ids, ids_rc
 
-# %% ../nbs/07_rc.ipynb #11dd3d9e
+# %% ../nbs/07_rc.ipynb #f4716088
 def hidden_state_names(n_states: int) -> list[str]:
     "Names of the `hidden_states` entries of a Caduceus model (SPEC §5): embeddings, mixer outputs, final norm."
     return ["embeddings", *[f"mixer {i}" for i in range(n_states - 2)], "final norm"]
 
 
-def _resolve_layers(layers: str | int | Sequence[int], n_states: int) -> list[int]:
-    "Indices into hidden_states selected by `layers` ('all', an int or ints, negatives counted from the end)."
-    if isinstance(layers, int):
-        layers = [layers]
+def resolve_layers(layers: int | Sequence[int] | str, n_entries: int) -> list[int]:
+    "Normalise `layers` (an int, a list of ints, or 'all') to distinct non-negative indices below `n_entries`."
     if isinstance(layers, str):
         if layers != "all":
-            raise ValueError(f"layers={layers!r}: use 'all' or a list of hidden_states indices.")
-        return list(range(n_states))
-    bad = [i for i in layers if not -n_states <= i < n_states]
-    if bad:
-        raise ValueError(f"layers {bad} out of range: this model returns {n_states} hidden states "
-                         f"({', '.join(hidden_state_names(n_states))}); use indices in [{-n_states}, {n_states}) or 'all'.")
-    return sorted({i % n_states for i in layers})
+            raise ValueError(f"layers={layers!r}: use an int, a list of ints, or 'all'.")
+        return list(range(n_entries))
+    items = [layers] if isinstance(layers, (int, np.integer)) else list(layers)
+    if not items:
+        raise ValueError("layers is empty; ask for at least one layer (e.g. -1, the last).")
+    resolved: list[int] = []
+    for layer in items:
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
+            raise TypeError(f"layer {layer!r} is not an int; use ints (negative count from the end) or 'all'.")
+        if not -n_entries <= layer < n_entries:
+            raise IndexError(f"layer {layer} is out of range: this model has {n_entries} entries "
+                             f"(valid indices {-n_entries}..{n_entries - 1}, or 'all').")
+        if int(layer) % n_entries not in resolved:
+            resolved.append(int(layer) % n_entries)
+    return resolved
 
 # %% ../nbs/07_rc.ipynb #7ddd108b
 def hidden_views(h: torch.Tensor, h_rc: torch.Tensor, layout: Layout) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
@@ -334,7 +341,7 @@ class _ErrorTally:
                                   rel_err=s["max_abs"] / s["max_ref"] if s["max_ref"] else 0.0)
                              for (v, l), s in ((k, self.stats[k]) for k in keys)])
 
-# %% ../nbs/07_rc.ipynb #542fcdde
+# %% ../nbs/07_rc.ipynb #56cf6f5e
 def check_rc_equivariance(
     model: torch.nn.Module,  # a Caduceus-family model: CaduceusModel, CaduceusForMaskedLM, ...
     tokenizer,  # its tokenizer (called with add_special_tokens=False)
@@ -362,7 +369,7 @@ def check_rc_equivariance(
                 input_ids = torch.stack([pairs[i][0] for i in rows] + [pairs[i][1] for i in rows]).to(device)  # (2n, L)
                 hidden, logits = _forward(model, input_ids)
                 if selected is None:
-                    selected, layer_names = _resolve_layers(layers, len(hidden)), hidden_state_names(len(hidden))
+                    selected, layer_names = sorted(resolve_layers(layers, len(hidden))), hidden_state_names(len(hidden))
                 outputs = [(layer_names[k], hidden_views(hidden[k][:n], hidden[k][n:], layout)) for k in selected]
                 if logits is not None and logits.dim() == 3:  # per-position (MLM) logits
                     comp = model_complement_map(model, logits.shape[-1])
