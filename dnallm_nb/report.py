@@ -67,12 +67,11 @@ def _summary_markdown(model_label: str, task: str, n: int, window: int, rc_repor
     ]
     return "\n".join(lines) + "\n"
 
-# %% ../nbs/13_report.ipynb #c0f45fe2
+# %% ../nbs/13_report.ipynb #a8561471
 def run_journey(out: str | Path = "reports/demo", model: str | Path | None = None, task: str = "ath_tis",
                 n_sequences: int = 300, window: int = 128, seed: int = 0, progress: bool = True) -> Path:
     "Load a model (default: the random-init demo stand-in), check RC symmetry, probe every layer with controls on `task`; write the report folder and return `summary.md`'s path."
-    import matplotlib
-    from dnallm_nb.probing import combine_groups, interval_groups, probe_layers
+    from dnallm_nb.probing import interval_groups, probe_layers
     from dnallm_nb.rc import check_rc_equivariance
     started = time.time()
     out = Path(out)
@@ -85,16 +84,15 @@ def run_journey(out: str | Path = "reports/demo", model: str | Path | None = Non
         model_obj, tokenizer = load_model_and_tokenizer(model)
         model_label = f"`{model}`"
     sample = task_sample(task, n_sequences, window, seed)
-    with matplotlib.rc_context({"backend": "Agg"} if matplotlib.get_backend().lower() == "agg" else {}):
-        rc_report = check_rc_equivariance(model_obj, tokenizer, dict(zip(sample.index.astype(str)[:8], sample.sequence[:8])))
-        rc_report.summary().to_csv(out / "rc_check.csv", index=False)
-        rc_report.plot().savefig(out / "rc_check.png", dpi=120, bbox_inches="tight")
-        groups = interval_groups(sample.chrom, sample.start, sample.end)
-        layers = probe_layers(model_obj, tokenizer, list(sample.sequence), sample.label.to_numpy(), groups=groups,
-                              random_state=seed, progress=progress)
-        layers.summary().to_csv(out / "layer_probe.csv")
-        layers.compare().to_csv(out / "controls.csv")
-        layers.plot().savefig(out / "layer_curve.png", dpi=120, bbox_inches="tight")
+    rc_report = check_rc_equivariance(model_obj, tokenizer, dict(zip(sample.index.astype(str)[:8], sample.sequence[:8])))
+    rc_report.summary().to_csv(out / "rc_check.csv", index=False)
+    rc_report.plot().savefig(out / "rc_check.png", dpi=120, bbox_inches="tight")
+    groups = interval_groups(sample.chrom, sample.start, sample.end)
+    layers = probe_layers(model_obj, tokenizer, list(sample.sequence), sample.label.to_numpy(), groups=groups,
+                          random_state=seed, progress=progress)
+    layers.summary().to_csv(out / "layer_probe.csv")
+    layers.compare().to_csv(out / "controls.csv")
+    layers.plot().savefig(out / "layer_curve.png", dpi=120, bbox_inches="tight")
     summary = out / "summary.md"
     summary.write_text(_summary_markdown(model_label, task, len(sample), window, rc_report, layers, time.time() - started))
     return summary
