@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .scan import register_scan_backend, selective_scan_ref, ssd_scan_ref
+from .scan import causal_conv1d_ref, register_scan_backend, selective_scan_ref, ssd_scan_ref
 
 logger = logging.getLogger(__name__)
 
@@ -458,10 +458,122 @@ torch::Tensor causal_conv1d(torch::Tensor x, torch::Tensor w, torch::Tensor bias
   });
   return y;
 }
+// Gradients of mamba1_scan. The forward is re-run per channel, keeping every state (L x N floats per thread), then
+// the adjoint state runs backwards in time. dB and dC sum over channels, so each of `groups` channel groups writes
+// its own partial sums (batch, groups, L, N); the caller adds them up. Returns du, ddelta, dz as (batch, L, d_inner),
+// dA (d_inner, N), dB_parts, dC_parts (batch, groups, L, N), dD, ddelta_bias (d_inner,).
+std::vector<torch::Tensor> mamba1_scan_backward(torch::Tensor u, torch::Tensor delta, torch::Tensor A, torch::Tensor B,
+                                                torch::Tensor C, torch::Tensor D, torch::Tensor z,
+                                                torch::Tensor delta_bias, bool delta_softplus, torch::Tensor grad) {
+  const int64_t batch = u.size(0), d_inner = u.size(1), L = u.size(2), N = A.size(1);
+  const bool has_z = z.numel() > 0, has_D = D.numel() > 0, has_bias = delta_bias.numel() > 0;
+  const int64_t groups = std::max<int64_t>(1, std::min<int64_t>(d_inner, (at::get_num_threads() + batch - 1) / batch));
+  const int64_t per_group = (d_inner + groups - 1) / groups;
+  auto f32 = u.options();
+  auto du = torch::empty({batch, L, d_inner}, f32), ddelta = torch::empty({batch, L, d_inner}, f32);
+  auto dz = torch::zeros({batch, L, d_inner}, f32);
+  auto dA = torch::zeros({d_inner, N}, f32), dD = torch::zeros({d_inner}, f32), dbias = torch::zeros({d_inner}, f32);
+  auto dB = torch::zeros({batch, groups, L, N}, f32), dC = torch::zeros({batch, groups, L, N}, f32);
+  const View3 uv = view3(u), dv = view3(delta), zv = has_z ? view3(z) : view3(u), Bv = view3(B), Cv = view3(C),
+              gv = view3(grad);
+  const float* Ap = A.data_ptr<float>();
+  const float* Dp = has_D ? D.data_ptr<float>() : nullptr;
+  const float* bp = has_bias ? delta_bias.data_ptr<float>() : nullptr;
+  float *dup = du.data_ptr<float>(), *ddp = ddelta.data_ptr<float>(), *dzp = dz.data_ptr<float>();
+  float *dAp = dA.data_ptr<float>(), *dDp = dD.data_ptr<float>(), *dbp = dbias.data_ptr<float>();
+  float *dBp = dB.data_ptr<float>(), *dCp = dC.data_ptr<float>();
+  at::parallel_for(0, batch * groups, 1, [&](int64_t begin, int64_t end) {
+    FlushDenormals ftz;
+    std::vector<float> Bt(L * N), Ct(L * N), states(L * N), dl(L), dsp(L), ut(L), gy(L);
+    std::vector<float> a(N), h(N), dh(N), dAc(N);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t b = task / groups, grp = task % groups;
+      const int64_t c0 = grp * per_group, c1 = std::min(d_inner, c0 + per_group);
+      for (int64_t t = 0; t < L; ++t)  // B_t, C_t time-major: one row of N per step
+        for (int64_t n = 0; n < N; ++n) {
+          Bt[t * N + n] = Bv.p[b * Bv.sb + n * Bv.sc + t * Bv.st];
+          Ct[t * N + n] = Cv.p[b * Cv.sb + n * Cv.sc + t * Cv.st];
+        }
+      float* dBg = dBp + (b * groups + grp) * L * N;
+      float* dCg = dCp + (b * groups + grp) * L * N;
+      for (int64_t c = c0; c < c1; ++c) {
+        for (int64_t n = 0; n < N; ++n) { a[n] = Ap[c * A.stride(0) + n * A.stride(1)]; h[n] = dh[n] = dAc[n] = 0.f; }
+        const float Dc = has_D ? Dp[c * D.stride(0)] : 0.f, bias = has_bias ? bp[c * delta_bias.stride(0)] : 0.f;
+        float dDc = 0.f, dbc = 0.f;
+        // forward again: states and the gate's input y0 = <C_t, h_t> + D u_t
+        for (int64_t t = 0; t < L; ++t) {
+          const float raw = dv.p[b * dv.sb + c * dv.sc + t * dv.st] + bias;
+          const float d = delta_softplus ? fsoftplus(raw) : raw;
+          dsp[t] = delta_softplus ? 1.f / (1.f + fexp(-raw)) : 1.f;  // d softplus / d raw = sigmoid
+          dl[t] = d;
+          const float uu = uv.p[b * uv.sb + c * uv.sc + t * uv.st];
+          ut[t] = uu;
+          const float* Bn = &Bt[t * N];
+          const float* Cn = &Ct[t * N];
+          float* s = &states[t * N];
+          float y0 = 0.f;
+#pragma omp simd reduction(+ : y0)
+          for (int64_t n = 0; n < N; ++n) {
+            const float v = fexp(d * a[n]) * h[n] + d * Bn[n] * uu;
+            h[n] = v;
+            s[n] = v;
+            y0 += v * Cn[n];
+          }
+          y0 += Dc * uu;
+          const float g = gv.p[b * gv.sb + c * gv.sc + t * gv.st];
+          if (has_z) {
+            const float zz = zv.p[b * zv.sb + c * zv.sc + t * zv.st], sg = 1.f / (1.f + fexp(-zz));
+            gy[t] = g * zz * sg;
+            dzp[(b * L + t) * d_inner + c] = g * y0 * sg * (1.f + zz * (1.f - sg));
+          } else {
+            gy[t] = g;
+          }
+        }
+        // backward in time: dh_t = gy_t C_t + exp(d_{t+1} a) dh_{t+1}
+        for (int64_t t = L - 1; t >= 0; --t) {
+          const float d = dl[t], uu = ut[t], g = gy[t];
+          const float* Bn = &Bt[t * N];
+          const float* Cn = &Ct[t * N];
+          const float* s = &states[t * N];
+          const float* sp = t > 0 ? &states[(t - 1) * N] : nullptr;
+          float* dBt = dBg + t * N;
+          float* dCt = dCg + t * N;
+          float dd = 0.f, duu = g * Dc;
+          dDc += g * uu;
+#pragma omp simd reduction(+ : dd, duu)
+          for (int64_t n = 0; n < N; ++n) {
+            const float prev = sp ? sp[n] : 0.f, e = fexp(d * a[n]);
+            const float adj = dh[n] + g * Cn[n];
+            dCt[n] += g * s[n];
+            dd += adj * (a[n] * e * prev + Bn[n] * uu);
+            dAc[n] += adj * d * e * prev;
+            dBt[n] += adj * d * uu;
+            duu += adj * d * Bn[n];
+            dh[n] = adj * e;
+          }
+          const float draw = dd * dsp[t];
+          dbc += draw;
+          dup[(b * L + t) * d_inner + c] = duu;
+          ddp[(b * L + t) * d_inner + c] = draw;
+        }
+        // dA, dD, ddelta_bias sum over the batch, whose elements other tasks handle: add atomically
+        for (int64_t n = 0; n < N; ++n) {
+#pragma omp atomic
+          dAp[c * N + n] += dAc[n];
+        }
+#pragma omp atomic
+        dDp[c] += dDc;
+#pragma omp atomic
+        dbp[c] += dbc;
+      }
+    }
+  });
+  return {du, ddelta, dz, dA, dB, dC, dD, dbias};
+}
 """
 "C++ source of the CPU kernels (compiled by `load_kernels`)."
 
-KERNEL_FUNCTIONS = ("mamba1_scan", "ssd_decay_mask", "ssd_chunk_states", "ssd_chunk_inputs", "ssd_combine",
+KERNEL_FUNCTIONS = ("mamba1_scan", "mamba1_scan_backward", "ssd_decay_mask", "ssd_chunk_states", "ssd_chunk_inputs", "ssd_combine",
                     "causal_conv1d")
 
 # %% ../nbs/06_fastscan.ipynb #e6db50f6
@@ -581,12 +693,37 @@ def _check_shapes(names: dict, expected: dict, layout: str) -> None:
                              "(move them with .cpu(), or use the backend of that device).")
 
 
+def _optional_f32(t: torch.Tensor | None) -> torch.Tensor:
+    "t in float32, or an empty tensor standing for None (the kernels' convention)."
+    return torch.empty(0) if t is None else t.float()
+
+
 def _mamba1_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
-    none = torch.empty(0)
-    opt = lambda t: none if t is None else t.float()
-    y = load_kernels().mamba1_scan(u.float(), delta.float(), A.float(), B.float(), C.float(), opt(D), opt(z),
-                                   opt(delta_bias), bool(delta_softplus))  # (batch, L, d_inner)
+    y = load_kernels().mamba1_scan(u.float(), delta.float(), A.float(), B.float(), C.float(), _optional_f32(D),
+                                   _optional_f32(z), _optional_f32(delta_bias), bool(delta_softplus))  # (batch, L, d_inner)
     return y.transpose(1, 2).to(u.dtype)
+
+
+class _Mamba1Scan(torch.autograd.Function):
+    "The Mamba-1 scan with the C++ backward kernel."
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+        ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
+        ctx.delta_softplus = delta_softplus
+        return _mamba1_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+
+    @staticmethod
+    def backward(ctx, grad):
+        inputs = ctx.saved_tensors
+        u, delta, A, B, C, D, z, delta_bias = inputs
+        du, ddelta, dz, dA, dB, dC, dD, dbias = load_kernels().mamba1_scan_backward(
+            u.float(), delta.float(), A.float(), B.float(), C.float(), _optional_f32(D), _optional_f32(z),
+            _optional_f32(delta_bias), bool(ctx.delta_softplus), grad.float())
+        per_channel_group = lambda g: g.sum(1).transpose(1, 2)  # (batch, groups, L, N) -> (batch, N, L)
+        grads = (du.transpose(1, 2), ddelta.transpose(1, 2), dA, per_channel_group(dB), per_channel_group(dC), dD,
+                 dz.transpose(1, 2), dbias)
+        return (*[g.to(t.dtype) if t is not None and wanted else None
+                  for g, t, wanted in zip(grads, inputs, ctx.needs_input_grad)], None)
 
 
 def selective_scan_cpu(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
@@ -602,8 +739,9 @@ def selective_scan_cpu(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
     names = dict(delta=delta, A=A, B=B, C=C, D=D, z=z, delta_bias=delta_bias)
     expected = dict(delta=(b, d, L), A=(d, N), B=(b, N, L), C=(b, N, L), D=(d,), z=(b, d, L), delta_bias=(d,))
     _check_shapes(dict(u=u, **names), dict(u=(b, d, L), **expected), f"batch={b}, d_inner={d}, L={L}, N={N}")
-    return reference_gradient(_mamba1_forward, selective_scan_ref, (u, delta, A, B, C, D, z, delta_bias),
-                              dict(delta_softplus=delta_softplus))
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias)):
+        return _Mamba1Scan.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus))
+    return _mamba1_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 
 # %% ../nbs/06_fastscan.ipynb #ee2ccf68
 SSD_CHUNK = 64
@@ -677,31 +815,21 @@ def ssd_scan_cpu(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
                               (x, dt, A, B, C, D, dt_bias), dict(dt_softplus=dt_softplus, chunk_size=chunk_size))
 
 # %% ../nbs/06_fastscan.ipynb #b1b71ad8
-def _causal_conv1d_ref(x, weight, bias=None, silu=False):
-    "Definition: F.conv1d over time, left-padded by K-1, on (batch, L, channels)."
-    y = F.conv1d(x.transpose(1, 2), weight.reshape(weight.shape[0], 1, -1), bias, padding=weight.shape[-1] - 1,
-                 groups=weight.shape[0])[..., : x.shape[1]].transpose(1, 2)
-    return F.silu(y) if silu else y
-
-
 def _causal_conv1d_forward(x, weight, bias=None, silu=False):
-    none = torch.empty(0)
     w = weight.reshape(weight.shape[0], -1).float()
-    y = load_kernels().causal_conv1d(x.float(), w, none if bias is None else bias.float(), bool(silu))
+    y = load_kernels().causal_conv1d(x.float(), w, _optional_f32(bias), bool(silu))
     return y.to(x.dtype)
 
 
 def causal_conv1d_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                       silu: bool = False) -> torch.Tensor:
-    """Causal depthwise convolution over time of x: (batch, L, channels), any strides, then SiLU if `silu`.
-
-    weight: (channels, 1, K) as in `nn.Conv1d(groups=channels)`, or (channels, K); bias: (channels,). Output
-    (batch, L, channels), contiguous, in x's dtype: y[t] = bias + Σ_k weight[:, k] · x[t - K + 1 + k]."""
+    """`causal_conv1d_ref` on CPU in one pass (C++): x (batch, L, channels), any strides -> (batch, L, channels),
+    contiguous, in x's dtype. weight: (channels, 1, K) or (channels, K); bias: (channels,)."""
     if x.dim() != 3 or weight.shape[0] != x.shape[2] or weight.numel() % weight.shape[0]:
         raise ValueError(f"x must be (batch, L, channels) and weight (channels, 1, K); got x {tuple(x.shape)}, "
                          f"weight {tuple(weight.shape)}.")
     _check_shapes(dict(x=x, bias=bias), dict(x=tuple(x.shape), bias=(x.shape[2],)), "channels last")
-    return reference_gradient(_causal_conv1d_forward, _causal_conv1d_ref, (x, weight, bias), dict(silu=silu))
+    return reference_gradient(_causal_conv1d_forward, causal_conv1d_ref, (x, weight, bias), dict(silu=silu))
 
 # %% ../nbs/06_fastscan.ipynb #704a7ac9
-register_scan_backend("cpu", selective_scan_cpu, ssd_scan_cpu, cpu_backend_available)
+register_scan_backend("cpu", selective_scan_cpu, ssd_scan_cpu, cpu_backend_available, causal_conv1d_cpu)

@@ -29,9 +29,10 @@ from .tokenization import TOKENIZER_CLASSES, CaduceusTokenizer, DNATokenizer, Pl
 _logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['TOKENIZER_FLAVOURS', 'MODEL_REGISTRY', 'SOURCES', 'CHECKPOINT_FILES', 'DTYPES', 'TASK_CLASSES', 'ModelInfo',
-           'register_model', 'list_models', 'CheckpointNotFoundError', 'close_model_names', 'resolve_checkpoint',
-           'cache_checkpoint', 'resolve_device', 'resolve_dtype', 'checkpoint_tokenizer', 'load_model_and_tokenizer']
+__all__ = ['TOKENIZER_FLAVOURS', 'MODEL_REGISTRY', 'DEMO_MODEL_NAME', 'SOURCES', 'CHECKPOINT_FILES', 'DTYPES', 'TASK_CLASSES',
+           'ModelInfo', 'register_model', 'list_models', 'CheckpointNotFoundError', 'close_model_names',
+           'resolve_checkpoint', 'cache_checkpoint', 'resolve_device', 'resolve_dtype', 'checkpoint_tokenizer',
+           'load_model_and_tokenizer']
 
 # %% ../nbs/05_load.ipynb #d9ed45bf
 @dataclass(frozen=True)
@@ -88,6 +89,11 @@ _KNOWN = [  # name, family, rc_mode, mixer, d_model, n_layer, context_length, to
 ]
 for _row in _KNOWN:
     register_model(ModelInfo(*_row), overwrite=True)
+
+DEMO_MODEL_NAME = "dnallm-nb/plant-caduceus-ps-tiny"
+"The demo model bundled with the package: a small Caduceus-PS pretrained on A. thaliana (`dnallm_nb.pretrain`)."
+register_model(ModelInfo(DEMO_MODEL_NAME, "PlantCaduceus", "PS", "mamba1", 128, 4, 512, "plant", 540_288,
+                         package_folder="assets/models/plant-caduceus-ps-tiny"), overwrite=True)
 
 # %% ../nbs/05_load.ipynb #a8f7b9a0
 class CheckpointNotFoundError(FileNotFoundError):

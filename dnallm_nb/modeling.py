@@ -32,12 +32,12 @@ logger = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['logger', 'MAMBA1_DEFAULTS', 'MAMBA2_DEFAULTS', 'WEIGHT_FILES', 'POOLINGS', 'flip_strands', 'split_strands', 'RMSNorm',
            'LayerNorm', 'make_norm', 'add_norm', 'rc_add_norm', 'resolve_mixer_type', 'mixer_arguments',
-           'inverse_softplus', 'sample_dt', 'causal_depthwise_conv', 'Mamba1Mixer', 'GatedRMSNorm', 'Mamba2Mixer',
-           'make_mixer', 'bimamba_combine', 'BiMamba', 'RCPSWrapper', 'RCPSAddNorm', 'RCPSEmbedding', 'RCPSLMHead',
-           'CaduceusBlock', 'CaduceusEmbeddings', 'CaduceusMixerModel', 'CheckpointError', 'checkpoint_keys',
-           'detect_mixer_type', 'CaduceusPreTrainedModel', 'check_unsupported_inputs', 'CaduceusOutput',
-           'CaduceusMaskedLMOutput', 'CaduceusModel', 'masked_lm_loss', 'CaduceusForMaskedLM', 'pool_positions',
-           'sequence_classification_loss', 'CaduceusForSequenceClassification']
+           'inverse_softplus', 'sample_dt', 'Mamba1Mixer', 'GatedRMSNorm', 'Mamba2Mixer', 'make_mixer',
+           'bimamba_combine', 'BiMamba', 'RCPSWrapper', 'RCPSAddNorm', 'RCPSEmbedding', 'RCPSLMHead', 'CaduceusBlock',
+           'CaduceusEmbeddings', 'CaduceusMixerModel', 'CheckpointError', 'checkpoint_keys', 'detect_mixer_type',
+           'CaduceusPreTrainedModel', 'check_unsupported_inputs', 'CaduceusOutput', 'CaduceusMaskedLMOutput',
+           'CaduceusModel', 'masked_lm_loss', 'CaduceusForMaskedLM', 'pool_positions', 'sequence_classification_loss',
+           'CaduceusForSequenceClassification']
 
 # %% ../nbs/04_modeling.ipynb #191c613a
 def flip_strands(x: torch.Tensor) -> torch.Tensor:
@@ -144,11 +144,6 @@ def sample_dt(n: int, dt_min: float, dt_max: float, floor: float) -> torch.Tenso
     return torch.exp(torch.rand(n) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=floor)
 
 
-def causal_depthwise_conv(conv: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
-    "Depthwise conv1d, left-padded so position t sees t-k+1..t. (B, C, L) -> (B, C, L)"
-    return conv(x.contiguous())[..., : x.shape[-1]]  # CPU depthwise conv is ~8x slower on strided input
-
-
 class Mamba1Mixer(nn.Module):
     "Mamba-1 mixer (mamba_ssm `Mamba`), state-dict compatible."
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank: int | str = "auto",
@@ -188,13 +183,14 @@ class Mamba1Mixer(nn.Module):
     def forward(self, u: torch.Tensor, backend: ScanBackend, proj: nn.Module | None = None) -> torch.Tensor:
         "u: (B, L, d_model) -> (B, L, d_model); `proj` lends its in_proj/out_proj (weight-tied BiMamba)."
         proj = self if proj is None else proj
-        x, z = proj.in_proj(u).transpose(1, 2).chunk(2, dim=1)  # (B, d_inner, L) each
-        x = F.silu(causal_depthwise_conv(self.conv1d, x))
-        dt, B, C = self.x_proj(x.transpose(1, 2)).split([self.dt_rank, self.d_state, self.d_state], dim=-1)  # (B, L, ·)
+        x, z = proj.in_proj(u).chunk(2, dim=-1)  # (B, L, d_inner) each
+        x = backend.causal_conv1d(x, self.conv1d.weight, self.conv1d.bias, silu=True)  # (B, L, d_inner)
+        dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)  # (B, L, ·)
         dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (B, d_inner, L); its bias goes to the scan
         A = -torch.exp(self.A_log.float())  # (d_inner, N)
-        y = backend.selective_scan(x, dt, A, B.transpose(1, 2), C.transpose(1, 2), D=self.D.float(), z=z,
-                                   delta_bias=self.dt_proj.bias.float(), delta_softplus=True)  # (B, d_inner, L)
+        y = backend.selective_scan(x.transpose(1, 2), dt, A, B.transpose(1, 2), C.transpose(1, 2), D=self.D.float(),
+                                   z=z.transpose(1, 2), delta_bias=self.dt_proj.bias.float(),
+                                   delta_softplus=True)  # (B, d_inner, L)
         return proj.out_proj(y.transpose(1, 2))
 
 # %% ../nbs/04_modeling.ipynb #34d64e32
@@ -250,7 +246,7 @@ class Mamba2Mixer(nn.Module):
         b, L, _ = u.shape
         gn = self.ngroups * self.d_state
         z, xBC, dt = proj.in_proj(u).split([self.d_inner, self.d_inner + 2 * gn, self.nheads], dim=-1)
-        xBC = F.silu(causal_depthwise_conv(self.conv1d, xBC.transpose(1, 2))).transpose(1, 2)  # (B, L, conv_dim)
+        xBC = backend.causal_conv1d(xBC, self.conv1d.weight, self.conv1d.bias, silu=True)  # (B, L, conv_dim)
         x, B, C = xBC.split([self.d_inner, gn, gn], dim=-1)
         y = backend.ssd_scan(x.reshape(b, L, self.nheads, self.headdim), dt, -torch.exp(self.A_log.float()),
                              B.reshape(b, L, self.ngroups, self.d_state), C.reshape(b, L, self.ngroups, self.d_state),

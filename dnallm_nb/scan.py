@@ -16,8 +16,9 @@ import torch.nn.functional as F
 logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['logger', 'SCAN_CHUNK', 'FAST_CPU_MODULE', 'linear_recurrence', 'selective_scan_ref', 'ssd_scan_ref', 'ScanBackend',
-           'register_scan_backend', 'available_scan_backends', 'resolve_scan_backend', 'selective_scan', 'ssd_scan']
+__all__ = ['logger', 'SCAN_CHUNK', 'FAST_CPU_MODULE', 'linear_recurrence', 'selective_scan_ref', 'ssd_scan_ref',
+           'causal_conv1d_ref', 'ScanBackend', 'register_scan_backend', 'available_scan_backends',
+           'resolve_scan_backend', 'selective_scan', 'ssd_scan']
 
 # %% ../nbs/03_scan.ipynb #7bbc9daa
 def linear_recurrence(decay: torch.Tensor, drive: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
@@ -95,14 +96,28 @@ def ssd_scan_ref(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
         y = y + x * D.float()[:, None]
     return y.to(dtype)
 
+# %% ../nbs/03_scan.ipynb #bdc5118c
+def causal_conv1d_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
+                      silu: bool = False) -> torch.Tensor:
+    """Causal depthwise convolution over time: x (batch, L, channels) -> (batch, L, channels), then SiLU if `silu`.
+
+    weight: (channels, 1, K) as in `nn.Conv1d(groups=channels)`, or (channels, K); bias: (channels,).
+    y[t] = bias + Σ_k weight[:, k] · x[t - K + 1 + k], with x = 0 before the start."""
+    channels, K = weight.shape[0], weight.shape[-1]
+    y = F.conv1d(x.transpose(1, 2).contiguous(),  # oneDNN's depthwise kernel is ~8x slower on a strided input
+                 weight.reshape(channels, 1, K), bias, padding=K - 1, groups=channels)[..., : x.shape[1]]
+    y = y.transpose(1, 2)  # (batch, L, channels)
+    return F.silu(y) if silu else y
+
 # %% ../nbs/03_scan.ipynb #6f100035
 @dataclass(frozen=True)
 class ScanBackend:
-    "A named implementation of both scans."
+    "A named implementation of both scans and the convolution before them."
     name: str
     selective_scan: Callable[..., torch.Tensor]  # signature of selective_scan_ref
     ssd_scan: Callable[..., torch.Tensor]  # signature of ssd_scan_ref
     is_available: Callable[[torch.device], bool]  # can it run on tensors of this device?
+    causal_conv1d: Callable[..., torch.Tensor] = causal_conv1d_ref  # signature of causal_conv1d_ref
 
 
 _BACKENDS: dict[str, ScanBackend] = {}
@@ -112,11 +127,12 @@ FAST_CPU_MODULE = "dnallm_nb.fastscan"
 
 
 def register_scan_backend(name: str, selective_scan_fn: Callable, ssd_scan_fn: Callable,
-                          is_available: Callable[[torch.device], bool]) -> ScanBackend:
+                          is_available: Callable[[torch.device], bool],
+                          causal_conv1d_fn: Callable = causal_conv1d_ref) -> ScanBackend:
     "Register (or replace) the scan backend `name`; `is_available(device)` says whether it can run there."
     if name == "auto":
         raise ValueError("'auto' is the selection rule, not a backend name; pick another name.")
-    backend = ScanBackend(name, selective_scan_fn, ssd_scan_fn, is_available)
+    backend = ScanBackend(name, selective_scan_fn, ssd_scan_fn, is_available, causal_conv1d_fn)
     _BACKENDS[name] = backend
     return backend
 
@@ -132,6 +148,16 @@ def _mamba_ssm_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None
 def _mamba_ssm_ssd_scan(x, dt, A, B, C, D=None, dt_bias=None, dt_softplus=False, chunk_size=256):
     from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
     return mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus)
+
+
+def _cuda_causal_conv1d(x, weight, bias=None, silu=False):
+    "The `causal_conv1d` package's kernel when it is installed (it takes the (batch, channels, L) view), else the reference."
+    try:
+        from causal_conv1d import causal_conv1d_fn
+    except ImportError:
+        return causal_conv1d_ref(x, weight, bias, silu)
+    weight = weight.reshape(weight.shape[0], -1)
+    return causal_conv1d_fn(x.transpose(1, 2), weight, bias, activation="silu" if silu else None).transpose(1, 2)
 
 
 def _load_optional_backends() -> None:
@@ -151,7 +177,7 @@ def _load_optional_backends() -> None:
         logger.debug("mamba_ssm not usable (%s); the 'cuda' scan backend is not registered", e)
     else:
         register_scan_backend("cuda", _mamba_ssm_selective_scan, _mamba_ssm_ssd_scan,
-                              lambda device: torch.device(device).type == "cuda")
+                              lambda device: torch.device(device).type == "cuda", _cuda_causal_conv1d)
 
 # %% ../nbs/03_scan.ipynb #964a6385
 def available_scan_backends(device: torch.device | str | None = None) -> list[str]:
