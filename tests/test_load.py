@@ -210,7 +210,7 @@ def test_cache_checkpoint_serves_hub_ids(tmp_path):
 
 def test_registry_table_and_extension(monkeypatch):
     table = list_models()
-    assert len(table) == 11 and set(STAND_INS) <= set(table["name"])
+    assert len(table) == 12 and set(STAND_INS) <= set(table["name"])
     assert list(table.columns[:9]) == ["name", "family", "rc_mode", "mixer", "d_model", "n_layer", "context_length",
                                        "tokenizer", "n_params"]
     monkeypatch.setattr("dnallm_nb.load.MODEL_REGISTRY", dict(MODEL_REGISTRY))
