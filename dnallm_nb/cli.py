@@ -23,7 +23,7 @@ MODULE_COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 "Sub-commands implemented by a module's own `main(argv) -> int`: name -> (module, function, help)."
 
-# %% ../nbs/90_cli.ipynb #26a76e39
+# %% ../nbs/90_cli.ipynb #90a062d2
 def build_parser() -> argparse.ArgumentParser:
     "The `dnallm-nb` argument parser, one sub-command per job."
     parser = argparse.ArgumentParser(prog="dnallm-nb", description="Caduceus-family DNA language models, natively.")
@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     demo_parser = commands.add_parser("demo", help="the main job: RC check + layer probes with controls on a real task; writes a report")
     demo_parser.add_argument("--out", default="reports/demo", help="report folder (created)")
-    demo_parser.add_argument("--model", help="registry id, hub id or checkpoint folder (default: the random-init stand-in)")
+    demo_parser.add_argument("--model", help="registry id, hub id or checkpoint folder (default: the bundled pretrained "
+                             "demo model, dnallm-nb/plant-caduceus-ps-tiny)")
     demo_parser.add_argument("--task", default="ath_tis", help="shipped benchmark task (see dnallm_nb.data.list_benchmark_tasks)")
     demo_parser.add_argument("--n-sequences", type=int, default=300, help="balanced windows to probe")
     demo_parser.add_argument("--window", type=int, default=128, help="bases around the site")

@@ -10,6 +10,7 @@ def test_console_script_demo_writes_report(tmp_path: Path):
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "report written to" in result.stdout and "RC symmetry**: PASSED" in result.stdout
+    assert "`dnallm-nb/plant-caduceus-ps-tiny`, the bundled pretrained demo model" in result.stdout  # the default model
     assert {p.name for p in (tmp_path / "r").iterdir()} >= {"summary.md", "layer_curve.png", "layer_probe.csv"}
 
 
