@@ -372,6 +372,8 @@ def demo_held_out_set(genome: Fasta, tokenizer, cfg: PretrainConfig, n_windows: 
 def _card_markdown(card: dict) -> str:
     "The model card (README.md) of the demo model, from its figures."
     acc, base = card["held_out"], card["baselines"]
+    max_steps = card["pretrain_config"]["max_steps"]
+    schedule = f" (paused; its schedule has {max_steps:,})" if card["steps"] < max_steps else ""
     rows = "\n".join(f"| {name} | {100 * value:.2f} |" for name, value in [("this model", acc["accuracy"]), *base.items()])
     return f"""---
 library_name: dnallm_nb
@@ -385,7 +387,7 @@ offline on a model that has learned something; it is far smaller than the releas
 
 - Architecture: d_model {card['config']['d_model']}, {card['config']['n_layer']} layers, Mamba-1, d_state 16; {card['n_params']:,} parameters (float32).
 - Data: {card['data']}; held out: `{card['held_out_region']}` (never trained on).
-- Training: {card['steps']:,} steps (of a {card['pretrain_config']['max_steps']:,}-step schedule) × {card['batch_size']} windows × {card['window_length']} bases = {card['tokens']:,} tokens; MLM 15% (80/10/10); AdamW lr {card['learning_rate']}, warm-up then cosine.
+- Training: {card['steps']:,} steps{schedule} × {card['batch_size']} windows × {card['window_length']} bases = {card['tokens']:,} tokens; MLM 15% (80/10/10); AdamW lr {card['learning_rate']}, warm-up then cosine.
 - Wall time: {card['wall_time_s'] / 60:.0f} min on {card['machine']}.
 
 ## Held-out masked-token accuracy (%)
