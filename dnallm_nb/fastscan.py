@@ -458,114 +458,170 @@ torch::Tensor causal_conv1d(torch::Tensor x, torch::Tensor w, torch::Tensor bias
   });
   return y;
 }
-// Gradients of mamba1_scan. The forward is re-run per channel, keeping every state (L x N floats per thread), then
-// the adjoint state runs backwards in time. dB and dC sum over channels, so each of `groups` channel groups writes
-// its own partial sums (batch, groups, L, N); the caller adds them up. Returns du, ddelta, dz as (batch, L, d_inner),
-// dA (d_inner, N), dB_parts, dC_parts (batch, groups, L, N), dD, ddelta_bias (d_inner,).
+
+namespace {
+// Backward pass of mamba1_scan for channels [c0, c0 + DC) of sequence b. Pass 1 runs the scan keeping only the state
+// entering each time tile; pass 2 walks the tiles backwards, recomputes a tile's states from its checkpoint and
+// carries the adjoint state dh backwards in time. Channels are the SIMD axis, as in the forward kernel. dB and dC
+// sum over channels: this block's sums go to dBg, dCg (L x N).
+template <int DC>
+void mamba1_backward_block(const Mamba1Args& g, const View3& gv, int64_t b, int64_t c0, float* du_out, float* ddelta_out,
+                           float* dz_out, float* dA, float* dD, float* dbias, float* dBg, float* dCg) {
+  const int cn = (int)std::min<int64_t>(DC, g.d_inner - c0);
+  const int64_t N = g.N, tiles = (g.L + T - 1) / T;
+  std::vector<float> a(N * DC, 0.f), s(N * DC, 0.f), dh(N * DC, 0.f), dAc(N * DC, 0.f), ck(tiles * N * DC);
+  std::vector<float> S((T + 1) * N * DC), Bt(N * T), Ct(N * T);
+  float Dv[DC] = {0}, bias[DC] = {0}, dDc[DC] = {0}, dbc[DC] = {0};
+  for (int c = 0; c < cn; ++c) {
+    for (int64_t n = 0; n < N; ++n) a[n * DC + c] = g.A[(c0 + c) * g.sA0 + n * g.sA1];
+    if (g.D) Dv[c] = g.D[(c0 + c) * g.sD];
+    if (g.bias) bias[c] = g.bias[(c0 + c) * g.sbias];
+  }
+  alignas(64) float ut[T][DC], dt[T][DC], sg[T][DC], du[T][DC], zt[T][DC], gt[T][DC], gy[T][DC], gu[T][DC], gd[T][DC];
+  // dt = softplus(delta + bias) (or delta + bias), sg = d dt / d delta, du = dt * u; padded channels stay zero
+  auto load_steps = [&](int64_t t0, int tn) {
+    load_tile(g.u, b, c0, cn, t0, tn, ut);
+    load_tile(g.delta, b, c0, cn, t0, tn, dt);
+    for (int t = 0; t < tn; ++t) {
+#pragma omp simd
+      for (int c = 0; c < DC; ++c) {
+        const float raw = dt[t][c] + bias[c];
+        const float d = g.softplus ? fsoftplus(raw) : raw;
+        const bool real = c < cn;
+        dt[t][c] = real ? d : 0.f;
+        sg[t][c] = g.softplus ? 1.f / (1.f + fexp(-raw)) : 1.f;
+        du[t][c] = real ? d * ut[t][c] : 0.f;
+      }
+    }
+    load_states(g.B, b, N, t0, tn, Bt.data());
+  };
+  for (int64_t k = 0; k < tiles; ++k) {  // pass 1: the state entering every tile
+    const int64_t t0 = k * T;
+    const int tn = (int)std::min<int64_t>(T, g.L - t0);
+    std::copy(s.begin(), s.end(), ck.begin() + k * N * DC);
+    load_steps(t0, tn);
+    for (int64_t n = 0; n < N; ++n)
+      for (int t = 0; t < tn; ++t) {
+        const float bv = Bt[n * T + t];
+#pragma omp simd
+        for (int c = 0; c < DC; ++c) s[n * DC + c] = fexp(dt[t][c] * a[n * DC + c]) * s[n * DC + c] + du[t][c] * bv;
+      }
+  }
+  for (int64_t k = tiles - 1; k >= 0; --k) {  // pass 2: backwards over tiles
+    const int64_t t0 = k * T;
+    const int tn = (int)std::min<int64_t>(T, g.L - t0);
+    load_steps(t0, tn);
+    load_states(g.C, b, N, t0, tn, Ct.data());
+    load_tile(gv, b, c0, cn, t0, tn, gt);
+    if (g.has_z) load_tile(g.z, b, c0, cn, t0, tn, zt);
+    std::copy(ck.begin() + k * N * DC, ck.begin() + (k + 1) * N * DC, S.begin());  // S[t + 1] = state after step t
+    float y0[T][DC];
+    for (int t = 0; t < tn; ++t)
+#pragma omp simd
+      for (int c = 0; c < DC; ++c) y0[t][c] = Dv[c] * ut[t][c];
+    for (int t = 0; t < tn; ++t)
+      for (int64_t n = 0; n < N; ++n) {
+        const float bv = Bt[n * T + t], cv = Ct[n * T + t];
+        const float* prev = &S[(t * N + n) * DC];
+        float* next = &S[((t + 1) * N + n) * DC];
+#pragma omp simd
+        for (int c = 0; c < DC; ++c) {
+          next[c] = fexp(dt[t][c] * a[n * DC + c]) * prev[c] + du[t][c] * bv;
+          y0[t][c] += next[c] * cv;
+        }
+      }
+    for (int t = 0; t < tn; ++t) {  // the gate: y = y0 * silu(z)
+#pragma omp simd
+      for (int c = 0; c < DC; ++c) {
+        const float real = c < cn ? 1.f : 0.f;
+        if (g.has_z) {
+          const float zz = zt[t][c], sgz = 1.f / (1.f + fexp(-zz));
+          gy[t][c] = real * gt[t][c] * zz * sgz;
+          zt[t][c] = real * gt[t][c] * y0[t][c] * sgz * (1.f + zz * (1.f - sgz));  // dz
+        } else {
+          gy[t][c] = real * gt[t][c];
+        }
+        dDc[c] += gy[t][c] * ut[t][c];
+        gu[t][c] = gy[t][c] * Dv[c];
+        gd[t][c] = 0.f;
+      }
+    }
+    for (int t = tn - 1; t >= 0; --t) {
+      for (int64_t n = 0; n < N; ++n) {
+        const float bv = Bt[n * T + t], cv = Ct[n * T + t];
+        const float* prev = &S[(t * N + n) * DC];
+        const float* cur = &S[((t + 1) * N + n) * DC];
+        float* dhn = &dh[n * DC];
+        float* dAn = &dAc[n * DC];
+        const float* an = &a[n * DC];
+        float dc = 0.f, db = 0.f;
+#pragma omp simd reduction(+ : dc, db)
+        for (int c = 0; c < DC; ++c) {
+          const float e = fexp(dt[t][c] * an[c]);
+          const float adj = dhn[c] + gy[t][c] * cv;
+          dc += gy[t][c] * cur[c];
+          gd[t][c] += adj * (an[c] * e * prev[c] + bv * ut[t][c]);
+          dAn[c] += adj * dt[t][c] * e * prev[c];
+          db += adj * du[t][c];
+          gu[t][c] += adj * dt[t][c] * bv;
+          dhn[c] = adj * e;
+        }
+        dCg[(t0 + t) * N + n] += dc;
+        dBg[(t0 + t) * N + n] += db;
+      }
+    }
+    for (int t = 0; t < tn; ++t) {
+      const int64_t row = (b * g.L + t0 + t) * g.d_inner + c0;
+      for (int c = 0; c < cn; ++c) {
+        const float draw = gd[t][c] * sg[t][c];
+        dbc[c] += draw;
+        du_out[row + c] = gu[t][c];
+        ddelta_out[row + c] = draw;
+        if (g.has_z) dz_out[row + c] = zt[t][c];
+      }
+    }
+  }
+  // dA, dD, ddelta_bias sum over the batch, whose other elements other tasks handle: add atomically
+  for (int c = 0; c < cn; ++c) {
+    for (int64_t n = 0; n < N; ++n) {
+#pragma omp atomic
+      dA[(c0 + c) * N + n] += dAc[n * DC + c];
+    }
+#pragma omp atomic
+    dD[c0 + c] += dDc[c];
+#pragma omp atomic
+    dbias[c0 + c] += dbc[c];
+  }
+}
+}  // namespace
+
+// Gradients of mamba1_scan (same inputs, plus grad: (batch, d_inner, L) any strides). Returns du, ddelta, dz as
+// (batch, L, d_inner), dA (d_inner, N), dB_parts, dC_parts (batch, blocks, L, N) — partial sums over blocks of 32
+// channels, for the caller to add up — and dD, ddelta_bias (d_inner,).
 std::vector<torch::Tensor> mamba1_scan_backward(torch::Tensor u, torch::Tensor delta, torch::Tensor A, torch::Tensor B,
                                                 torch::Tensor C, torch::Tensor D, torch::Tensor z,
                                                 torch::Tensor delta_bias, bool delta_softplus, torch::Tensor grad) {
+  constexpr int DC = 32;
   const int64_t batch = u.size(0), d_inner = u.size(1), L = u.size(2), N = A.size(1);
+  const int64_t blocks = (d_inner + DC - 1) / DC;
   const bool has_z = z.numel() > 0, has_D = D.numel() > 0, has_bias = delta_bias.numel() > 0;
-  const int64_t groups = std::max<int64_t>(1, std::min<int64_t>(d_inner, (at::get_num_threads() + batch - 1) / batch));
-  const int64_t per_group = (d_inner + groups - 1) / groups;
   auto f32 = u.options();
   auto du = torch::empty({batch, L, d_inner}, f32), ddelta = torch::empty({batch, L, d_inner}, f32);
-  auto dz = torch::zeros({batch, L, d_inner}, f32);
+  auto dz = has_z ? torch::empty({batch, L, d_inner}, f32) : torch::zeros({batch, L, d_inner}, f32);
   auto dA = torch::zeros({d_inner, N}, f32), dD = torch::zeros({d_inner}, f32), dbias = torch::zeros({d_inner}, f32);
-  auto dB = torch::zeros({batch, groups, L, N}, f32), dC = torch::zeros({batch, groups, L, N}, f32);
-  const View3 uv = view3(u), dv = view3(delta), zv = has_z ? view3(z) : view3(u), Bv = view3(B), Cv = view3(C),
-              gv = view3(grad);
-  const float* Ap = A.data_ptr<float>();
-  const float* Dp = has_D ? D.data_ptr<float>() : nullptr;
-  const float* bp = has_bias ? delta_bias.data_ptr<float>() : nullptr;
-  float *dup = du.data_ptr<float>(), *ddp = ddelta.data_ptr<float>(), *dzp = dz.data_ptr<float>();
-  float *dAp = dA.data_ptr<float>(), *dDp = dD.data_ptr<float>(), *dbp = dbias.data_ptr<float>();
-  float *dBp = dB.data_ptr<float>(), *dCp = dC.data_ptr<float>();
-  at::parallel_for(0, batch * groups, 1, [&](int64_t begin, int64_t end) {
+  auto dB = torch::zeros({batch, blocks, L, N}, f32), dC = torch::zeros({batch, blocks, L, N}, f32);
+  Mamba1Args g{view3(u), view3(delta), has_z ? view3(z) : view3(u), view3(B), view3(C), nullptr,
+               A.data_ptr<float>(), has_D ? D.data_ptr<float>() : nullptr, has_bias ? delta_bias.data_ptr<float>() : nullptr,
+               A.stride(0), A.stride(1), has_D ? D.stride(0) : 0, has_bias ? delta_bias.stride(0) : 0,
+               L, N, d_inner, has_z, delta_softplus};
+  const View3 gv = view3(grad);
+  at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
     FlushDenormals ftz;
-    std::vector<float> Bt(L * N), Ct(L * N), states(L * N), dl(L), dsp(L), ut(L), gy(L);
-    std::vector<float> a(N), h(N), dh(N), dAc(N);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t b = task / groups, grp = task % groups;
-      const int64_t c0 = grp * per_group, c1 = std::min(d_inner, c0 + per_group);
-      for (int64_t t = 0; t < L; ++t)  // B_t, C_t time-major: one row of N per step
-        for (int64_t n = 0; n < N; ++n) {
-          Bt[t * N + n] = Bv.p[b * Bv.sb + n * Bv.sc + t * Bv.st];
-          Ct[t * N + n] = Cv.p[b * Cv.sb + n * Cv.sc + t * Cv.st];
-        }
-      float* dBg = dBp + (b * groups + grp) * L * N;
-      float* dCg = dCp + (b * groups + grp) * L * N;
-      for (int64_t c = c0; c < c1; ++c) {
-        for (int64_t n = 0; n < N; ++n) { a[n] = Ap[c * A.stride(0) + n * A.stride(1)]; h[n] = dh[n] = dAc[n] = 0.f; }
-        const float Dc = has_D ? Dp[c * D.stride(0)] : 0.f, bias = has_bias ? bp[c * delta_bias.stride(0)] : 0.f;
-        float dDc = 0.f, dbc = 0.f;
-        // forward again: states and the gate's input y0 = <C_t, h_t> + D u_t
-        for (int64_t t = 0; t < L; ++t) {
-          const float raw = dv.p[b * dv.sb + c * dv.sc + t * dv.st] + bias;
-          const float d = delta_softplus ? fsoftplus(raw) : raw;
-          dsp[t] = delta_softplus ? 1.f / (1.f + fexp(-raw)) : 1.f;  // d softplus / d raw = sigmoid
-          dl[t] = d;
-          const float uu = uv.p[b * uv.sb + c * uv.sc + t * uv.st];
-          ut[t] = uu;
-          const float* Bn = &Bt[t * N];
-          const float* Cn = &Ct[t * N];
-          float* s = &states[t * N];
-          float y0 = 0.f;
-#pragma omp simd reduction(+ : y0)
-          for (int64_t n = 0; n < N; ++n) {
-            const float v = fexp(d * a[n]) * h[n] + d * Bn[n] * uu;
-            h[n] = v;
-            s[n] = v;
-            y0 += v * Cn[n];
-          }
-          y0 += Dc * uu;
-          const float g = gv.p[b * gv.sb + c * gv.sc + t * gv.st];
-          if (has_z) {
-            const float zz = zv.p[b * zv.sb + c * zv.sc + t * zv.st], sg = 1.f / (1.f + fexp(-zz));
-            gy[t] = g * zz * sg;
-            dzp[(b * L + t) * d_inner + c] = g * y0 * sg * (1.f + zz * (1.f - sg));
-          } else {
-            gy[t] = g;
-          }
-        }
-        // backward in time: dh_t = gy_t C_t + exp(d_{t+1} a) dh_{t+1}
-        for (int64_t t = L - 1; t >= 0; --t) {
-          const float d = dl[t], uu = ut[t], g = gy[t];
-          const float* Bn = &Bt[t * N];
-          const float* Cn = &Ct[t * N];
-          const float* s = &states[t * N];
-          const float* sp = t > 0 ? &states[(t - 1) * N] : nullptr;
-          float* dBt = dBg + t * N;
-          float* dCt = dCg + t * N;
-          float dd = 0.f, duu = g * Dc;
-          dDc += g * uu;
-#pragma omp simd reduction(+ : dd, duu)
-          for (int64_t n = 0; n < N; ++n) {
-            const float prev = sp ? sp[n] : 0.f, e = fexp(d * a[n]);
-            const float adj = dh[n] + g * Cn[n];
-            dCt[n] += g * s[n];
-            dd += adj * (a[n] * e * prev + Bn[n] * uu);
-            dAc[n] += adj * d * e * prev;
-            dBt[n] += adj * d * uu;
-            duu += adj * d * Bn[n];
-            dh[n] = adj * e;
-          }
-          const float draw = dd * dsp[t];
-          dbc += draw;
-          dup[(b * L + t) * d_inner + c] = duu;
-          ddp[(b * L + t) * d_inner + c] = draw;
-        }
-        // dA, dD, ddelta_bias sum over the batch, whose elements other tasks handle: add atomically
-        for (int64_t n = 0; n < N; ++n) {
-#pragma omp atomic
-          dAp[c * N + n] += dAc[n];
-        }
-#pragma omp atomic
-        dDp[c] += dDc;
-#pragma omp atomic
-        dbp[c] += dbc;
-      }
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t b = i / blocks, blk = i % blocks;
+      mamba1_backward_block<DC>(g, gv, b, blk * DC, du.data_ptr<float>(), ddelta.data_ptr<float>(), dz.data_ptr<float>(),
+                                dA.data_ptr<float>(), dD.data_ptr<float>(), dbias.data_ptr<float>(),
+                                dB.data_ptr<float>() + i * L * N, dC.data_ptr<float>() + i * L * N);
     }
   });
   return {du, ddelta, dz, dA, dB, dC, dD, dbias};
