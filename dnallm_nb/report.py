@@ -5,7 +5,6 @@
 # %% ../nbs/13_report.ipynb #57cb4e20
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -55,12 +54,11 @@ def _summary_markdown(model_label: str, task: str, n: int, window: int, rc_repor
 
 # %% ../nbs/13_report.ipynb #da60e961
 def _model_label(model: str | Path) -> str:
-    from dnallm_nb.load import MODEL_REGISTRY, resolve_checkpoint
+    from dnallm_nb.load import MODEL_REGISTRY, model_card, resolve_checkpoint
     info = MODEL_REGISTRY.get(str(model))
     if info is None or info.package_folder is None:
         return f"`{model}`"
-    folder = resolve_checkpoint(info.name)
-    card = json.loads((folder / "card.json").read_text())
+    folder, card = resolve_checkpoint(info.name), model_card(info.name)
     best_name, best = max(card["baselines"].items(), key=lambda item: item[1])
     return (f"`{info.name}`, the bundled pretrained demo model ({info.family}-family Caduceus-{info.rc_mode}, d_model {info.d_model}, "
             f"{info.n_layer} layers, {info.n_params:,} parameters; masked-LM pretraining for {card['steps']:,} steps on "

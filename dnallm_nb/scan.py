@@ -5,7 +5,7 @@
 # %% ../nbs/03_scan.ipynb #f7e85409
 from __future__ import annotations
 
-import importlib
+import importlib.util
 import logging
 from dataclasses import dataclass
 from typing import Callable
@@ -151,11 +151,8 @@ def _mamba_ssm_ssd_scan(x, dt, A, B, C, D=None, dt_bias=None, dt_softplus=False,
 
 
 def _cuda_causal_conv1d(x, weight, bias=None, silu=False):
-    "The `causal_conv1d` package's kernel when it is installed (it takes the (batch, channels, L) view), else the reference."
-    try:
-        from causal_conv1d import causal_conv1d_fn
-    except ImportError:
-        return causal_conv1d_ref(x, weight, bias, silu)
+    "The `causal_conv1d` package's kernel, on the (batch, channels, L) view it takes."
+    from causal_conv1d import causal_conv1d_fn
     weight = weight.reshape(weight.shape[0], -1)
     return causal_conv1d_fn(x.transpose(1, 2), weight, bias, activation="silu" if silu else None).transpose(1, 2)
 
@@ -176,8 +173,9 @@ def _load_optional_backends() -> None:
     except Exception as e:  # not installed, or installed without working CUDA extensions
         logger.debug("mamba_ssm not usable (%s); the 'cuda' scan backend is not registered", e)
     else:
+        conv = _cuda_causal_conv1d if importlib.util.find_spec("causal_conv1d") else causal_conv1d_ref
         register_scan_backend("cuda", _mamba_ssm_selective_scan, _mamba_ssm_ssd_scan,
-                              lambda device: torch.device(device).type == "cuda", _cuda_causal_conv1d)
+                              lambda device: torch.device(device).type == "cuda", conv)
 
 # %% ../nbs/03_scan.ipynb #964a6385
 def available_scan_backends(device: torch.device | str | None = None) -> list[str]:

