@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from transformers import (AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModel
                           PretrainedConfig, PreTrainedModel)
 from transformers import initialization as init
 from transformers.modeling_outputs import ModelOutput, SequenceClassifierOutput
+from transformers.utils import logging as hf_logging
 from transformers.utils.hub import cached_file
 
 from .configuration import CaduceusConfig
@@ -509,6 +511,20 @@ def _check_loading_info(model: "CaduceusPreTrainedModel", info: dict, source) ->
                                   f"config.complement_map = {model.config.complement_ids}; fix one of them.")
 
 # %% ../nbs/04_modeling.ipynb #22e5dcab
+@contextmanager
+def _without_weight_loading_bar():
+    """Hide transformers' per-tensor "Loading weights" bar, which flashes on every load; download bars stay."""
+    def hook(factory, args, kwargs):
+        if kwargs.get("desc") == "Loading weights":
+            kwargs = {**kwargs, "disable": True}
+        return previous(factory, args, kwargs) if previous else factory(*args, **kwargs)
+    previous = hf_logging.set_tqdm_hook(hook)
+    try:
+        yield
+    finally:
+        hf_logging.set_tqdm_hook(previous)
+
+
 class CaduceusPreTrainedModel(PreTrainedModel):
     "Base class: strict loading, initialisation, weight ties and scan-backend selection."
     config_class = CaduceusConfig
@@ -532,8 +548,9 @@ class CaduceusPreTrainedModel(PreTrainedModel):
             declared = kwargs.get("mixer_type") or cls.config_class.get_config_dict(
                 config or pretrained_model_name_or_path, **hub_kwargs)[0].get("mixer_type")
             kwargs["mixer_type"] = _checked_mixer_type(declared, keys, pretrained_model_name_or_path)
-        model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args,
-                                              output_loading_info=True, **kwargs)
+        with _without_weight_loading_bar():
+            model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args,
+                                                  output_loading_info=True, **kwargs)
         _check_loading_info(model, info, pretrained_model_name_or_path)
         return (model, info) if output_loading_info else model
 

@@ -360,3 +360,15 @@ def test_lora_trains_one_step_and_keeps_the_bimamba_tie(short_ids):
         merged = lora.merge_and_unload()(ids).logits
     assert not torch.allclose(adapted, logits(CaduceusForMaskedLM.from_pretrained(GOLDEN / "caduceus-ps-tiny"), ids))
     assert torch.allclose(adapted, merged, atol=1e-5)  # merging applies each shared delta once
+
+
+def test_loading_shows_no_per_tensor_bar_and_keeps_other_hooks(capsys):
+    from transformers.utils import logging as hf_logging
+    seen = []
+    previous = hf_logging.set_tqdm_hook(lambda factory, args, kwargs: seen.append(kwargs.get("desc")) or factory(*args, **kwargs))
+    try:
+        CaduceusForMaskedLM.from_pretrained(GOLDEN / "caduceus-ph-tiny")
+    finally:
+        hf_logging.set_tqdm_hook(previous)
+    assert "Loading weights" not in capsys.readouterr().err
+    assert seen == ["Loading weights"]  # the caller's hook still sees the bar (and is restored afterwards)
