@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .configuration import CaduceusConfig
-from .modeling import CaduceusModel
+from .modeling import BiMamba, CaduceusModel
 from .scan import ScanBackend
 
 # %% auto #0
@@ -69,13 +69,22 @@ _COUNTING_SCANS = ScanBackend("flop-count", _count_selective_scan, _count_ssd_sc
 
 
 def model_flops(model: CaduceusModel, batch: int, length: int, count_length: int = 2048) -> float:
-    "FLOPs of one forward of `model` on (batch, length) tokens: matrix products + convolutions + scan recurrences."
+    """FLOPs of one forward of `model` on (batch, length) tokens: matrix products + convolutions + scan recurrences,
+    as upstream computes them (each BiMamba direction through its own projections)."""
     from torch.utils.flop_counter import FlopCounterMode
     n = min(length, count_length)
     _scan_flops[0] = 0
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        embedded = model.backbone.embeddings(torch.zeros(batch, n, dtype=torch.long))
-        model.backbone(embedded, _COUNTING_SCANS)  # the backbone with the counting stub as scan backend
+    bimambas = [m for m in model.modules() if isinstance(m, BiMamba)]
+    tied = [m.tied for m in bimambas]
+    try:
+        for m in bimambas:
+            m.tied = False  # the per-direction path: each direction calls the shared projections itself
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            embedded = model.backbone.embeddings(torch.zeros(batch, n, dtype=torch.long))
+            model.backbone(embedded, _COUNTING_SCANS)  # the backbone with the counting stub as scan backend
+    finally:
+        for m, was_tied in zip(bimambas, tied):
+            m.tied = was_tied
     return (counter.get_total_flops() + _scan_flops[0]) * length / n
 
 

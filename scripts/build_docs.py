@@ -232,6 +232,7 @@ suppress_warnings = ["myst.header", "mystnb.unknown_mime_type"]
 
 import re
 from docutils import nodes
+from sphinx import addnodes
 
 def _nbdev_display(app, doctree):
     "nbdev's `#| hide_line` (the line runs but is not shown) and `#| filter_stream words` (matching output lines dropped)."
@@ -248,8 +249,24 @@ def _nbdev_display(app, doctree):
                 block.rawsource = "".join(keep)
                 block[:] = [nodes.Text(block.rawsource)]
 
+def _showdoc_toc_markers(app, doctree):
+    """show_doc headings are output, so docutils makes them rubrics, not sections, and furo's "on this page" skips
+    them. A marker `desc` per entry (what Sphinx lists for its own API objects), carrying the rubric's anchor, lets
+    the table of contents pick them up; `_drop_toc_markers` removes the markers once it has."""
+    for rubric in list(doctree.findall(nodes.rubric)):
+        box = rubric.parent
+        if "showdoc" in box.get("classes", []) and rubric["ids"]:
+            marker = addnodes.desc_signature("", "", ids=list(rubric["ids"]), _toc_name=rubric.astext())
+            box.insert(box.index(rubric), addnodes.desc("", marker, classes=["showdoc-toc"]))
+
+def _drop_toc_markers(app, doctree):
+    for marker in list(doctree.findall(lambda n: isinstance(n, addnodes.desc) and "showdoc-toc" in n["classes"])):
+        marker.parent.remove(marker)
+
 def setup(app):
     app.connect("doctree-read", _nbdev_display)
+    app.connect("doctree-read", _showdoc_toc_markers, priority=400)  # before Sphinx collects the TOC (500)
+    app.connect("doctree-read", _drop_toc_markers, priority=600)
 '''
 
 CSS = '''/* lead paragraph under the page title: the notebook's `> description` line */

@@ -85,11 +85,12 @@ class Page(HTMLParser):
 
     def __init__(self, html: str):
         super().__init__(convert_charrefs=True)
-        self.ids, self.refs, self.sidebar, self.texts = set(), [], [], {"h1": [], "lead": [], "all": []}
+        self.ids, self.refs, self.sidebar, self.texts = set(), [], [], {"h1": [], "lead": [], "all": [], "toc": []}
         self.stack: list[set[str]] = []  # for each open element: which regions (h1, lead, sidebar) it is inside
         self.feed(html)
         self.h1, self.lead = plain("".join(self.texts["h1"])), plain("".join(self.texts["lead"]))
         self.text = plain(" ".join(self.texts["all"]))
+        self.toc = {plain(t) for t in self.texts["toc"]}  # entries of furo's "on this page" list
         self.flat = squash(self.text)
 
     def handle_starttag(self, tag, attrs):
@@ -103,6 +104,7 @@ class Page(HTMLParser):
         if tag == "h1" and not self.texts["h1"]: inside.add("h1")
         if "lead" in classes and not self.texts["lead"]: inside.add("lead")
         if "sidebar-tree" in classes: inside.add("sidebar")
+        if "toc-tree" in classes: inside.add("toc")
         if tag == "a" and "sidebar" in inside and a.get("href"): self.sidebar.append(a["href"])
         if tag not in self.VOID: self.stack.append(inside)
 
@@ -111,7 +113,7 @@ class Page(HTMLParser):
 
     def handle_data(self, data):
         inside = self.stack[-1] if self.stack else set()
-        for region in ("h1", "lead"):
+        for region in ("h1", "lead", "toc"):
             if region in inside: self.texts[region].append(data)
         self.texts["all"].append(data)
 
@@ -236,7 +238,8 @@ def test_show_doc_documents_reverse_complement(site):
 
 
 def test_every_exported_function_and_class_has_an_api_entry(site):
-    "Each public def/class in a module's __all__ has a show_doc entry (anchor + docstring) on its notebook's page."
+    """Each public def/class in a module's __all__ has a show_doc entry (anchor + docstring) on its notebook's page,
+    listed in the page's "on this page" contents."""
     import ast
     modidx = ast.literal_eval((LIB / "_modidx.py").read_text().split("d = ", 1)[1])
     missing = []
@@ -257,6 +260,7 @@ def test_every_exported_function_and_class_has_an_api_entry(site):
             doc = squash((ast.get_docstring(node) or "").split("\n")[0])
             if anchor not in page.ids: missing.append(f"{mod}.{node.name}: no #{anchor} on {page_name}")
             elif doc and doc not in page.flat: missing.append(f"{mod}.{node.name}: docstring not on {page_name}")
+            elif node.name not in page.toc: missing.append(f"{mod}.{node.name}: not in the contents of {page_name}")
     assert not missing, "exported symbols without an API entry:\n" + "\n".join(missing)
 
 
