@@ -32,14 +32,14 @@ from .scan import ScanBackend, resolve_scan_backend
 logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['logger', 'MAMBA1_DEFAULTS', 'MAMBA2_DEFAULTS', 'WEIGHT_FILES', 'POOLINGS', 'flip_strands', 'split_strands', 'RMSNorm',
-           'LayerNorm', 'make_norm', 'add_norm', 'rc_add_norm', 'resolve_mixer_type', 'mixer_arguments',
-           'inverse_softplus', 'sample_dt', 'Mamba1Mixer', 'GatedRMSNorm', 'Mamba2Mixer', 'make_mixer',
-           'bimamba_combine', 'BiMamba', 'RCPSWrapper', 'RCPSAddNorm', 'RCPSEmbedding', 'RCPSLMHead', 'CaduceusBlock',
-           'CaduceusEmbeddings', 'CaduceusMixerModel', 'CheckpointError', 'checkpoint_keys', 'detect_mixer_type',
-           'CaduceusPreTrainedModel', 'check_unsupported_inputs', 'CaduceusOutput', 'CaduceusMaskedLMOutput',
-           'CaduceusModel', 'masked_lm_loss', 'CaduceusForMaskedLM', 'pool_positions', 'sequence_classification_loss',
-           'CaduceusForSequenceClassification']
+__all__ = ['logger', 'MAMBA1_DEFAULTS', 'MAMBA2_DEFAULTS', 'WEIGHT_FILES', 'POOLINGS', 'flip_strands', 'split_strands',
+           'to_strand_batch', 'from_strand_batch', 'swap_strands', 'RMSNorm', 'LayerNorm', 'make_norm', 'add_norm',
+           'resolve_mixer_type', 'mixer_arguments', 'inverse_softplus', 'sample_dt', 'Mamba1Mixer', 'GatedRMSNorm',
+           'Mamba2Mixer', 'make_mixer', 'bimamba_combine', 'BiMamba', 'RCPSWrapper', 'RCPSAddNorm', 'RCPSEmbedding',
+           'RCPSLMHead', 'CaduceusBlock', 'CaduceusEmbeddings', 'CaduceusMixerModel', 'CheckpointError',
+           'checkpoint_keys', 'detect_mixer_type', 'CaduceusPreTrainedModel', 'check_unsupported_inputs',
+           'CaduceusOutput', 'CaduceusMaskedLMOutput', 'CaduceusModel', 'masked_lm_loss', 'CaduceusForMaskedLM',
+           'pool_positions', 'sequence_classification_loss', 'CaduceusForSequenceClassification']
 
 # %% ../nbs/04_modeling.ipynb #191c613a
 def flip_strands(x: torch.Tensor) -> torch.Tensor:
@@ -51,6 +51,23 @@ def split_strands(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     "Split (..., 2d) RCPS states into their two d-channel halves."
     d = h.shape[-1] // 2
     return h[..., :d], h[..., d:]
+
+
+def to_strand_batch(h: torch.Tensor) -> torch.Tensor:
+    "(B, L, 2d) RCPS states -> (2B, L, d) strand batch: the forward strands, then the RC strands in their own orientation."
+    fwd, rc = split_strands(h)
+    return torch.cat([fwd, flip_strands(rc)])
+
+
+def from_strand_batch(strands: torch.Tensor) -> torch.Tensor:
+    "(2B, L, d) strand batch -> (B, L, 2d) RCPS states; the inverse of `to_strand_batch`."
+    fwd, rc = strands.chunk(2)
+    return torch.cat([fwd, flip_strands(rc)], dim=-1)
+
+
+def swap_strands(strands: torch.Tensor) -> torch.Tensor:
+    "(2B, L, d) -> (2B, L, d): each strand's rows take the other strand's, reverse-complemented (one copy)."
+    return strands.unflatten(0, (2, -1)).flip(0, 2, 3).flatten(0, 1)
 
 # %% ../nbs/04_modeling.ipynb #62e9e34a
 class RMSNorm(nn.Module):
@@ -77,24 +94,14 @@ def make_norm(config: CaduceusConfig) -> nn.Module:
     return (RMSNorm if config.rms_norm else LayerNorm)(config.d_model, eps=config.norm_epsilon)
 
 
-def add_norm(h: torch.Tensor, residual: torch.Tensor | None, norm: nn.Module,
-             residual_in_fp32: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    "Add h to the residual stream (h alone at the first layer) and normalise the sum: (normed in h's dtype, new residual)."
+def add_norm(h: torch.Tensor, residual: torch.Tensor | None, norm: nn.Module, residual_in_fp32: bool,
+             swap: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Add h to the residual stream (h alone at the first layer) and normalise the sum: (normed in h's dtype, new
+    residual). `swap`: the released RCPS quirk, `swap_strands` on the sum (h and residual are strand batches)."""
     stream = h.float() if residual is None else h.float() + residual.float()
+    if swap:
+        stream = swap_strands(stream)
     return norm(stream).to(h.dtype), (stream if residual_in_fp32 else stream.to(h.dtype))
-
-# %% ../nbs/04_modeling.ipynb #d3b6b2ea
-def rc_add_norm(h: torch.Tensor, residual: torch.Tensor | None, norm: nn.Module, residual_in_fp32: bool,
-                swap_halves: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    "RC-equivariant `add_norm` of (B, L, 2d) RCPS states; `swap_halves` reproduces the released fused path."
-    fwd, rc = split_strands(h)
-    res_fwd, res_rc = split_strands(residual) if residual is not None else (None, None)
-    if swap_halves:
-        fwd, rc, res_fwd, res_rc = rc, fwd, res_rc, res_fwd
-    out_fwd, new_res_fwd = add_norm(fwd, res_fwd, norm, residual_in_fp32)
-    out_rc, new_res_rc = add_norm(flip_strands(rc), None if res_rc is None else flip_strands(res_rc), norm, residual_in_fp32)
-    return (torch.cat([out_fwd, flip_strands(out_rc)], dim=-1),
-            torch.cat([new_res_fwd, flip_strands(new_res_rc)], dim=-1))
 
 # %% ../nbs/04_modeling.ipynb #7907c2ba
 MAMBA1_DEFAULTS = dict(d_state=16, d_conv=4, expand=2, dt_rank="auto", dt_min=0.001, dt_max=0.1, dt_init="random",
@@ -303,20 +310,19 @@ class BiMamba(nn.Module):
         rev = self.mamba_rev.mix(projected.flip(1), backend).flip(1)
         if self.strategy != "add":
             return bimamba_combine(out_proj(fwd), out_proj(rev), self.strategy)
-        bias = getattr(out_proj, "bias", None)
-        return out_proj(fwd + rev) if bias is None else out_proj(fwd + rev) + bias
+        summed = out_proj(fwd + rev)
+        bias = getattr(out_proj, "bias", None)  # upstream's sum of two projections carries it twice
+        return summed if bias is None else summed + bias
 
 # %% ../nbs/04_modeling.ipynb #8467a68a
 class RCPSWrapper(nn.Module):
-    "Apply `submodule` to both strands of (B, L, 2d) RCPS states (upstream `RCPSWrapper`)."
+    "Apply `submodule` to both strands of a (2B, L, d) strand batch, with one set of weights (upstream `RCPSWrapper`)."
     def __init__(self, submodule: nn.Module):
         super().__init__()
         self.submodule = submodule
 
-    def forward(self, h: torch.Tensor, *args) -> torch.Tensor:
-        fwd, rc = split_strands(h)
-        out_fwd, out_rc = self.submodule(torch.cat([fwd, flip_strands(rc)]), *args).chunk(2)  # strands as a 2B batch
-        return torch.cat([out_fwd, flip_strands(out_rc)], dim=-1)
+    def forward(self, strands: torch.Tensor, *args) -> torch.Tensor:
+        return self.submodule(strands, *args)
 
 
 class RCPSAddNorm(nn.Module):
@@ -368,13 +374,11 @@ class CaduceusBlock(nn.Module):
 
     def add_norm(self, h: torch.Tensor, residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         "The block's add → norm: (normed input of the mixer, new residual)."
-        if not self.rcps:
-            return add_norm(h, residual, self.norm, self.residual_in_fp32)
-        norm = self.norm if self.fused else self.norm.submodule
-        return rc_add_norm(h, residual, norm, self.residual_in_fp32, swap_halves=self.fused)
+        norm = self.norm.submodule if isinstance(self.norm, RCPSAddNorm) else self.norm
+        return add_norm(h, residual, norm, self.residual_in_fp32, swap=self.rcps and self.fused)
 
     def forward(self, h: torch.Tensor, residual: torch.Tensor | None, backend: ScanBackend):
-        "(mixer output, residual) of this layer; h: (B, L, d or 2d)."
+        "(mixer output, residual) of this layer; h: (B, L, d), or the (2B, L, d) strand batch of an RCPS model."
         normed, residual = self.add_norm(h, residual)
         return self.mixer(normed, backend), residual
 
@@ -394,30 +398,30 @@ class CaduceusMixerModel(nn.Module):
     "Embeddings, blocks and final norm (upstream `CaduceusMixerModel`)."
     def __init__(self, config: CaduceusConfig):
         super().__init__()
-        self.rcps, self.fused, self.residual_in_fp32 = config.rcps, config.fused_add_norm, config.residual_in_fp32
+        self.rcps, self.residual_in_fp32 = config.rcps, config.residual_in_fp32
         self.embeddings = CaduceusEmbeddings(config)
         self.layers = nn.ModuleList(CaduceusBlock(config) for _ in range(config.n_layer))
         norm_f = make_norm(config)
-        self.norm_f = RCPSAddNorm(norm_f) if self.rcps and not self.fused else norm_f
+        self.norm_f = RCPSAddNorm(norm_f) if self.rcps and not config.fused_add_norm else norm_f
 
     def final_norm(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-        "Norm of the last residual stream (per strand for RCPS; never half-swapped)."
-        if not self.rcps:
-            return add_norm(h, residual, self.norm_f, self.residual_in_fp32)[0]
-        norm = self.norm_f if self.fused else self.norm_f.submodule
-        return rc_add_norm(h, residual, norm, self.residual_in_fp32, swap_halves=False)[0]
+        "Norm of the last residual stream (per strand for RCPS; never swapped)."
+        norm = self.norm_f.submodule if isinstance(self.norm_f, RCPSAddNorm) else self.norm_f
+        return add_norm(h, residual, norm, self.residual_in_fp32)[0]
 
     def forward(self, h: torch.Tensor, backend: ScanBackend, output_hidden_states: bool = False,
                 output_residual_states: bool = False):
-        "h: embedded input (B, L, d or 2d) -> (final state, hidden_states list, residual_states list)."
+        "h: embedded input (B, L, d or 2d) -> (final state, hidden_states list, residual_states list), in h's layout."
+        layout = from_strand_batch if self.rcps else nn.Identity()
+        h = to_strand_batch(h) if self.rcps else h  # (2B, L, d) for RCPS: both strands, no flips inside the layers
         hidden_states, residual_states, residual = [], [], None
         for layer in self.layers:
             if output_hidden_states:
-                hidden_states.append(h)
+                hidden_states.append(layout(h))
             h, residual = layer(h, residual, backend)
             if output_residual_states:
-                residual_states.append(add_norm(h, residual, nn.Identity(), self.residual_in_fp32)[1])
-        h = self.final_norm(h, residual)
+                residual_states.append(layout(add_norm(h, residual, nn.Identity(), self.residual_in_fp32)[1]))
+        h = layout(self.final_norm(h, residual))
         if output_hidden_states:
             hidden_states.append(h)
         return h, hidden_states, residual_states

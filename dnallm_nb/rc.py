@@ -395,10 +395,9 @@ class UnsharedRCPSMixer(torch.nn.Module):
         super().__init__()
         self.submodule, self.rc_submodule = submodule, rc_submodule
 
-    def forward(self, h: torch.Tensor, *args) -> torch.Tensor:  # (B, L, 2d) -> (B, L, 2d)
-        d = h.shape[-1] // 2
-        out_rc = align_rc_output(self.rc_submodule(align_rc_output(h[..., d:], "ps"), *args), "ps")
-        return torch.cat([self.submodule(h[..., :d], *args), out_rc], dim=-1)
+    def forward(self, strands: torch.Tensor, *args) -> torch.Tensor:  # (2B, L, d) strand batch -> (2B, L, d)
+        fwd, rc = strands.chunk(2)
+        return torch.cat([self.submodule(fwd, *args), self.rc_submodule(rc, *args)])
 
 
 def rcps_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
