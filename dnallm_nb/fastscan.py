@@ -70,6 +70,22 @@ inline float fexp(float x) {
   return p * bits_to_float(((int32_t)k + 127) << 23);
 }
 
+// 2^y = 2^k p(y - k), k = round(y): a degree-6 polynomial fitted to 2^r on [-1/2, 1/2] (relative error 1e-7 in
+// float32), y clamped to [-126, 127]. Four operations fewer than fexp: the Mamba-1 scan spends most of its time here.
+inline float fexp2(float y) {
+  y = std::min(std::max(y, -126.f), 127.f);
+  const float k = __builtin_roundf(y);
+  const float r = y - k;
+  float p = 1.5353362e-4f;
+  p = p * r + 1.3398875e-3f;
+  p = p * r + 9.6184369e-3f;
+  p = p * r + 5.5503324e-2f;
+  p = p * r + 2.4022648e-1f;
+  p = p * r + 6.9314718e-1f;
+  p = p * r + 1.0f;
+  return p * bits_to_float(((int32_t)k + 127) << 23);
+}
+
 // log(x) for normal x > 0 (Cephes logf): ~1 ulp.
 inline float flog(float x) {
   const int32_t bits = float_to_bits(x);
@@ -145,9 +161,9 @@ struct Mamba1Args {
   bool has_z, softplus;
 };
 
-// Advance NBV states of DC channels over one time tile; add <C_t, s_t> to yt.
+// Advance NBV states of DC channels over one time tile; add <C_t, s_t> to yt. dt2 = Δ·log2(e), so exp(Δa) = 2^(dt2·a).
 template <int DC, int NBV>
-inline void scan_states(float* __restrict s, const float* __restrict a, const float (&dt)[T][DC],
+inline void scan_states(float* __restrict s, const float* __restrict a, const float (&dt2)[T][DC],
                         const float (&du)[T][DC], const float* __restrict Bt, const float* __restrict Ct,
                         float (&yt)[T][DC], int tn) {
   float sr[NBV][DC], ar[NBV][DC];
@@ -158,7 +174,7 @@ inline void scan_states(float* __restrict s, const float* __restrict a, const fl
       const float bv = Bt[j * T + t], cv = Ct[j * T + t];
 #pragma omp simd
       for (int c = 0; c < DC; ++c) {
-        const float v = fexp(dt[t][c] * ar[j][c]) * sr[j][c] + du[t][c] * bv;
+        const float v = fexp2(dt2[t][c] * ar[j][c]) * sr[j][c] + du[t][c] * bv;
         sr[j][c] = v;
         yt[t][c] += v * cv;
       }
@@ -197,8 +213,8 @@ void mamba1_block(const Mamba1Args& g, int64_t b, int64_t c0) {
 #pragma omp simd
       for (int c = 0; c < DC; ++c) {
         const float d = c < cn ? dt[t][c] : 0.f;  // padded channels stay exactly zero
-        dt[t][c] = d;
         du[t][c] = d * ut[t][c];
+        dt[t][c] = d * 1.44269504088896341f;  // log2(e): the scan takes exp as a power of 2
         yt[t][c] = 0.f;
       }
     }
