@@ -55,12 +55,12 @@ longest input the full-depth reference runs on by default (the reference SSD sca
 _scan_flops = [0]
 
 
-def _count_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+def _count_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, reverse=False):
     _scan_flops[0] += 7 * u.shape[0] * u.shape[1] * u.shape[2] * A.shape[1]
     return torch.zeros_like(u)
 
 
-def _count_ssd_scan(x, dt, A, B, C, D=None, dt_bias=None, dt_softplus=False, chunk_size=256):
+def _count_ssd_scan(x, dt, A, B, C, D=None, dt_bias=None, dt_softplus=False, chunk_size=256, reverse=False):
     _scan_flops[0] += 5 * x.numel() * B.shape[-1]
     return torch.zeros_like(x)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .scan import causal_conv1d_ref, register_scan_backend, selective_scan_ref, ssd_scan_ref
+from .scan import causal_conv1d_ref, register_scan_backend, selective_scan_ref, ssd_scan_ref, time_reversible
 
 logger = logging.getLogger(__name__)
 
@@ -158,19 +158,21 @@ struct Mamba1Args {
   float* y;  // (batch, L, d_inner) contiguous
   const float *A, *D, *bias;
   int64_t sA0, sA1, sD, sbias, L, N, d_inner;
-  bool has_z, softplus;
+  bool has_z, softplus, reverse;
 };
 
-// Advance NBV states of DC channels over one time tile; add <C_t, s_t> to yt. dt2 = Δ·log2(e), so exp(Δa) = 2^(dt2·a).
-template <int DC, int NBV>
+// Advance NBV states of DC channels over one time tile (backwards in time if REV); add <C_t, s_t> to yt.
+// dt2 = Δ·log2(e), so exp(Δa) = 2^(dt2·a).
+template <int DC, int NBV, bool REV>
 inline void scan_states(float* __restrict s, const float* __restrict a, const float (&dt2)[T][DC],
                         const float (&du)[T][DC], const float* __restrict Bt, const float* __restrict Ct,
                         float (&yt)[T][DC], int tn) {
   float sr[NBV][DC], ar[NBV][DC];
   for (int j = 0; j < NBV; ++j)
     for (int c = 0; c < DC; ++c) { sr[j][c] = s[j * DC + c]; ar[j][c] = a[j * DC + c]; }
-  for (int t = 0; t < tn; ++t)
+  for (int step = 0; step < tn; ++step)
     for (int j = 0; j < NBV; ++j) {
+      const int t = REV ? tn - 1 - step : step;
       const float bv = Bt[j * T + t], cv = Ct[j * T + t];
 #pragma omp simd
       for (int c = 0; c < DC; ++c) {
@@ -184,8 +186,8 @@ inline void scan_states(float* __restrict s, const float* __restrict a, const fl
 }
 
 // The whole sequence b for channels [c0, c0 + DC): the state (N x DC) stays in cache. DC channels are the SIMD
-// axis; NB states are updated together in registers.
-template <int DC, int NB>
+// axis; NB states are updated together in registers. REV: from the last position to the first.
+template <int DC, int NB, bool REV>
 void mamba1_block(const Mamba1Args& g, int64_t b, int64_t c0) {
   const int cn = (int)std::min<int64_t>(DC, g.d_inner - c0);
   const int64_t N = g.N;
@@ -197,7 +199,9 @@ void mamba1_block(const Mamba1Args& g, int64_t b, int64_t c0) {
     if (g.bias) bias[c] = g.bias[(c0 + c) * g.sbias];
   }
   alignas(64) float ut[T][DC], dt[T][DC], du[T][DC], zt[T][DC], yt[T][DC];
-  for (int64_t t0 = 0; t0 < g.L; t0 += T) {
+  const int64_t tiles = (g.L + T - 1) / T;
+  for (int64_t tile = 0; tile < tiles; ++tile) {
+    const int64_t t0 = (REV ? tiles - 1 - tile : tile) * T;
     const int tn = (int)std::min<int64_t>(T, g.L - t0);
     load_tile(g.u, b, c0, cn, t0, tn, ut);
     load_tile(g.delta, b, c0, cn, t0, tn, dt);
@@ -222,9 +226,9 @@ void mamba1_block(const Mamba1Args& g, int64_t b, int64_t c0) {
     load_states(g.C, b, N, t0, tn, Ct.data());
     int64_t n0 = 0;
     for (; n0 + NB <= N; n0 += NB)
-      scan_states<DC, NB>(s.data() + n0 * DC, a.data() + n0 * DC, dt, du, Bt.data() + n0 * T, Ct.data() + n0 * T, yt, tn);
+      scan_states<DC, NB, REV>(s.data() + n0 * DC, a.data() + n0 * DC, dt, du, Bt.data() + n0 * T, Ct.data() + n0 * T, yt, tn);
     for (; n0 < N; ++n0)
-      scan_states<DC, 1>(s.data() + n0 * DC, a.data() + n0 * DC, dt, du, Bt.data() + n0 * T, Ct.data() + n0 * T, yt, tn);
+      scan_states<DC, 1, REV>(s.data() + n0 * DC, a.data() + n0 * DC, dt, du, Bt.data() + n0 * T, Ct.data() + n0 * T, yt, tn);
     for (int t = 0; t < tn; ++t) {
       float* out = g.y + (b * g.L + t0 + t) * g.d_inner + c0;
       if (g.has_z) {
@@ -248,22 +252,30 @@ void run_mamba1(const Mamba1Args& g, int64_t batch) {
   const int64_t blocks = (g.d_inner + DC - 1) / DC;
   at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
     FlushDenormals ftz;
-    for (int64_t i = begin; i < end; ++i) mamba1_block<DC, NB>(g, i / blocks, (i % blocks) * DC);
+    for (int64_t i = begin; i < end; ++i) {
+      if (g.reverse) {
+        mamba1_block<DC, NB, true>(g, i / blocks, (i % blocks) * DC);
+      } else {
+        mamba1_block<DC, NB, false>(g, i / blocks, (i % blocks) * DC);
+      }
+    }
   });
 }
 }  // namespace
 
 // Mamba-1 selective scan, float32. u, delta, z: (batch, d_inner, L) any strides; A: (d_inner, N);
 // B, C: (batch, N, L); D, delta_bias: (d_inner,); empty tensors stand for None. Returns y as (batch, L, d_inner).
+// reverse: the recurrence runs from the last position to the first (the scan of the time-reversed input, reversed).
 torch::Tensor mamba1_scan(torch::Tensor u, torch::Tensor delta, torch::Tensor A, torch::Tensor B, torch::Tensor C,
-                          torch::Tensor D, torch::Tensor z, torch::Tensor delta_bias, bool delta_softplus) {
+                          torch::Tensor D, torch::Tensor z, torch::Tensor delta_bias, bool delta_softplus,
+                          bool reverse) {
   const int64_t batch = u.size(0), d_inner = u.size(1), L = u.size(2);
   auto y = torch::empty({batch, L, d_inner}, u.options());
   const bool has_z = z.numel() > 0, has_D = D.numel() > 0, has_bias = delta_bias.numel() > 0;
   Mamba1Args g{view3(u), view3(delta), has_z ? view3(z) : view3(u), view3(B), view3(C), y.data_ptr<float>(),
                A.data_ptr<float>(), has_D ? D.data_ptr<float>() : nullptr, has_bias ? delta_bias.data_ptr<float>() : nullptr,
                A.stride(0), A.stride(1), has_D ? D.stride(0) : 0, has_bias ? delta_bias.stride(0) : 0,
-               L, A.size(1), d_inner, has_z, delta_softplus};
+               L, A.size(1), d_inner, has_z, delta_softplus, reverse};
   // 64-channel tasks read longer contiguous rows (faster); 32-channel tasks when 64 would leave threads idle.
   if (batch * ((d_inner + 63) / 64) >= at::get_num_threads()) {
     run_mamba1<64, 2>(g, batch);
@@ -430,8 +442,9 @@ void ssd_combine(torch::Tensor out, torch::Tensor Yin, torch::Tensor Y, torch::T
 
 // Causal depthwise convolution along time, optionally followed by SiLU: y[b, t, c] = act(bias[c] +
 // sum_k w[c, k] * x[b, t - K + 1 + k, c]) with x = 0 before the start. x: (batch, L, C) any strides; w: (C, K);
-// bias: (C,) or empty. Returns y as (batch, L, C) contiguous float32.
-torch::Tensor causal_conv1d(torch::Tensor x, torch::Tensor w, torch::Tensor bias, bool silu) {
+// bias: (C,) or empty. Returns y as (batch, L, C) contiguous float32. reverse: anti-causal, x[b, t + K - 1 - k, c]
+// with x = 0 after the end (the convolution of the time-reversed input, reversed).
+torch::Tensor causal_conv1d(torch::Tensor x, torch::Tensor w, torch::Tensor bias, bool silu, bool reverse) {
   const int64_t batch = x.size(0), L = x.size(1), Cn = x.size(2), K = w.size(1);
   auto y = torch::empty({batch, L, Cn}, x.options());
   const float* xp = x.data_ptr<float>();
@@ -454,8 +467,8 @@ torch::Tensor causal_conv1d(torch::Tensor x, torch::Tensor w, torch::Tensor bias
         float* out = yp + (b * L + t) * Cn;
         std::copy(bv.begin(), bv.end(), out);
         for (int64_t k = 0; k < K; ++k) {
-          const int64_t s = t - K + 1 + k;
-          if (s < 0) continue;
+          const int64_t s = reverse ? t + K - 1 - k : t - K + 1 + k;
+          if (s < 0 || s >= L) continue;
           const float* in = xp + b * sb + s * st;
           const float* wk = wt.data() + k * Cn;
           if (sc == 1) {
@@ -770,38 +783,53 @@ def _optional_f32(t: torch.Tensor | None) -> torch.Tensor:
     return torch.empty(0) if t is None else t.float()
 
 
-def _mamba1_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
+def _mamba1_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, reverse=False):
     y = load_kernels().mamba1_scan(u.float(), delta.float(), A.float(), B.float(), C.float(), _optional_f32(D),
-                                   _optional_f32(z), _optional_f32(delta_bias), bool(delta_softplus))  # (batch, L, d_inner)
+                                   _optional_f32(z), _optional_f32(delta_bias), bool(delta_softplus),
+                                   bool(reverse))  # (batch, L, d_inner)
     return y.transpose(1, 2).to(u.dtype)
 
 
+def _flip_time(tensors: tuple) -> tuple:
+    "Reverse the time axis of u, delta, B, C, z (positions 0, 1, 3, 4, 6 of the scan's inputs and of its gradients)."
+    return tuple(t.flip(-1) if i in (0, 1, 3, 4, 6) and t is not None else t for i, t in enumerate(tensors))
+
+
+def _mamba1_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, grad):
+    "Gradients of the Mamba-1 scan for (u, delta, A, B, C, D, z, delta_bias), in the reference layouts."
+    du, ddelta, dz, dA, dB, dC, dD, dbias = load_kernels().mamba1_scan_backward(
+        u.float(), delta.float(), A.float(), B.float(), C.float(), _optional_f32(D), _optional_f32(z),
+        _optional_f32(delta_bias), bool(delta_softplus), grad.float())
+    per_channel_group = lambda g: g.sum(1).transpose(1, 2)  # (batch, groups, L, N) -> (batch, N, L)
+    return (du.transpose(1, 2), ddelta.transpose(1, 2), dA, per_channel_group(dB), per_channel_group(dC), dD,
+            dz.transpose(1, 2), dbias)
+
+
 class _Mamba1Scan(torch.autograd.Function):
-    "The Mamba-1 scan with the C++ backward kernel."
+    "The Mamba-1 scan with the C++ backward kernel (a reversed scan's backward runs on flipped copies)."
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
-        ctx.delta_softplus = delta_softplus
-        return _mamba1_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        ctx.delta_softplus, ctx.reverse = delta_softplus, reverse
+        return _mamba1_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
 
     @staticmethod
     def backward(ctx, grad):
         inputs = ctx.saved_tensors
-        u, delta, A, B, C, D, z, delta_bias = inputs
-        du, ddelta, dz, dA, dB, dC, dD, dbias = load_kernels().mamba1_scan_backward(
-            u.float(), delta.float(), A.float(), B.float(), C.float(), _optional_f32(D), _optional_f32(z),
-            _optional_f32(delta_bias), bool(ctx.delta_softplus), grad.float())
-        per_channel_group = lambda g: g.sum(1).transpose(1, 2)  # (batch, groups, L, N) -> (batch, N, L)
-        grads = (du.transpose(1, 2), ddelta.transpose(1, 2), dA, per_channel_group(dB), per_channel_group(dC), dD,
-                 dz.transpose(1, 2), dbias)
+        if ctx.reverse:  # the reversed scan is the forward scan of the time-reversed inputs
+            grads = _flip_time(_mamba1_backward(*_flip_time(inputs), ctx.delta_softplus, grad.flip(-1)))
+        else:
+            grads = _mamba1_backward(*inputs, ctx.delta_softplus, grad)
         return (*[g.to(t.dtype) if t is not None and wanted else None
-                  for g, t, wanted in zip(grads, inputs, ctx.needs_input_grad)], None)
+                  for g, t, wanted in zip(grads, inputs, ctx.needs_input_grad)], None, None)
 
 
 def selective_scan_cpu(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                        D: torch.Tensor | None = None, z: torch.Tensor | None = None,
-                       delta_bias: torch.Tensor | None = None, delta_softplus: bool = False) -> torch.Tensor:
-    """Mamba-1 selective scan on CPU (C++), same arguments and result as `selective_scan_ref`.
+                       delta_bias: torch.Tensor | None = None, delta_softplus: bool = False,
+                       reverse: bool = False) -> torch.Tensor:
+    """Mamba-1 selective scan on CPU (C++), same arguments and result as `selective_scan_ref`; `reverse` runs the
+    kernel from the last position to the first (no flipped copies).
 
     u, delta, z: (batch, d_inner, L); A: (d_inner, N); B, C: (batch, N, L); D, delta_bias: (d_inner,). Computed in
     float32, returned in u's dtype as (batch, d_inner, L) with (batch, L, d_inner) memory."""
@@ -812,8 +840,8 @@ def selective_scan_cpu(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
     expected = dict(delta=(b, d, L), A=(d, N), B=(b, N, L), C=(b, N, L), D=(d,), z=(b, d, L), delta_bias=(d,))
     _check_shapes(dict(u=u, **names), dict(u=(b, d, L), **expected), f"batch={b}, d_inner={d}, L={L}, N={N}")
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (u, delta, A, B, C, D, z, delta_bias)):
-        return _Mamba1Scan.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus))
-    return _mamba1_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        return _Mamba1Scan.apply(u, delta, A, B, C, D, z, delta_bias, bool(delta_softplus), bool(reverse))
+    return _mamba1_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
 
 # %% ../nbs/06_fastscan.ipynb #ee2ccf68
 SSD_CHUNK = 64
@@ -868,6 +896,7 @@ def _ssd_forward(x, dt, A, B, C, D=None, dt_bias=None, dt_softplus=False, chunk_
     return y
 
 
+@time_reversible(1, ("x", "dt", "B", "C"))
 def ssd_scan_cpu(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                  D: torch.Tensor | None = None, dt_bias: torch.Tensor | None = None, dt_softplus: bool = False,
                  chunk_size: int = 256) -> torch.Tensor:
@@ -887,21 +916,23 @@ def ssd_scan_cpu(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
                               (x, dt, A, B, C, D, dt_bias), dict(dt_softplus=dt_softplus, chunk_size=chunk_size))
 
 # %% ../nbs/06_fastscan.ipynb #b1b71ad8
-def _causal_conv1d_forward(x, weight, bias=None, silu=False):
+def _causal_conv1d_forward(x, weight, bias=None, silu=False, reverse=False):
     w = weight.reshape(weight.shape[0], -1).float()
-    y = load_kernels().causal_conv1d(x.float(), w, _optional_f32(bias), bool(silu))
+    y = load_kernels().causal_conv1d(x.float(), w, _optional_f32(bias), bool(silu), bool(reverse))
     return y.to(x.dtype)
 
 
 def causal_conv1d_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-                      silu: bool = False) -> torch.Tensor:
+                      silu: bool = False, reverse: bool = False) -> torch.Tensor:
     """`causal_conv1d_ref` on CPU in one pass (C++): x (batch, L, channels), any strides -> (batch, L, channels),
-    contiguous, in x's dtype. weight: (channels, 1, K) or (channels, K); bias: (channels,)."""
+    contiguous, in x's dtype. weight: (channels, 1, K) or (channels, K); bias: (channels,). `reverse`: anti-causal,
+    read backwards by the kernel."""
     if x.dim() != 3 or weight.shape[0] != x.shape[2] or weight.numel() % weight.shape[0]:
         raise ValueError(f"x must be (batch, L, channels) and weight (channels, 1, K); got x {tuple(x.shape)}, "
                          f"weight {tuple(weight.shape)}.")
     _check_shapes(dict(x=x, bias=bias), dict(x=tuple(x.shape), bias=(x.shape[2],)), "channels last")
-    return reference_gradient(_causal_conv1d_forward, causal_conv1d_ref, (x, weight, bias), dict(silu=silu))
+    return reference_gradient(_causal_conv1d_forward, causal_conv1d_ref, (x, weight, bias),
+                              dict(silu=silu, reverse=reverse))
 
 # %% ../nbs/06_fastscan.ipynb #704a7ac9
 register_scan_backend("cpu", selective_scan_cpu, ssd_scan_cpu, cpu_backend_available, causal_conv1d_cpu)

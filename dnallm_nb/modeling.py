@@ -189,20 +189,20 @@ class Mamba1Mixer(nn.Module):
             init.uniform_(self.dt_proj.weight, -std, std)
         init.copy_(self.dt_proj.bias, inverse_softplus(sample_dt(self.d_inner, *self.dt_range)))
 
-    def forward(self, u: torch.Tensor, backend: ScanBackend) -> torch.Tensor:
-        "u: (B, L, d_model) -> (B, L, d_model)."
-        return self.out_proj(self.mix(self.in_proj(u), backend))
+    def forward(self, u: torch.Tensor, backend: ScanBackend, reverse: bool = False) -> torch.Tensor:
+        "u: (B, L, d_model) -> (B, L, d_model); `reverse`: read the sequence from its end (the backward direction)."
+        return self.out_proj(self.mix(self.in_proj(u), backend, reverse))
 
-    def mix(self, xz: torch.Tensor, backend: ScanBackend) -> torch.Tensor:
+    def mix(self, xz: torch.Tensor, backend: ScanBackend, reverse: bool = False) -> torch.Tensor:
         "What lies between the projections: in_proj output (B, L, 2·d_inner) -> out_proj input (B, L, d_inner)."
         x, z = xz.chunk(2, dim=-1)  # (B, L, d_inner) each
-        x = backend.causal_conv1d(x, self.conv1d.weight, self.conv1d.bias, silu=True)  # (B, L, d_inner)
+        x = backend.causal_conv1d(x, self.conv1d.weight, self.conv1d.bias, silu=True, reverse=reverse)  # (B, L, ·)
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)  # (B, L, ·)
         dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (B, d_inner, L); its bias goes to the scan
         A = -torch.exp(self.A_log.float())  # (d_inner, N)
         y = backend.selective_scan(x.transpose(1, 2), dt, A, B.transpose(1, 2), C.transpose(1, 2), D=self.D.float(),
                                    z=z.transpose(1, 2), delta_bias=self.dt_proj.bias.float(),
-                                   delta_softplus=True)  # (B, d_inner, L)
+                                   delta_softplus=True, reverse=reverse)  # (B, d_inner, L)
         return y.transpose(1, 2)
 
 # %% ../nbs/04_modeling.ipynb #34d64e32
@@ -252,21 +252,21 @@ class Mamba2Mixer(nn.Module):
         init.copy_(self.A_log, torch.log(torch.empty(self.nheads).uniform_(*self.A_init_range)))
         init.ones_(self.D)
 
-    def forward(self, u: torch.Tensor, backend: ScanBackend) -> torch.Tensor:
-        "u: (B, L, d_model) -> (B, L, d_model)."
-        return self.out_proj(self.mix(self.in_proj(u), backend))
+    def forward(self, u: torch.Tensor, backend: ScanBackend, reverse: bool = False) -> torch.Tensor:
+        "u: (B, L, d_model) -> (B, L, d_model); `reverse`: read the sequence from its end (the backward direction)."
+        return self.out_proj(self.mix(self.in_proj(u), backend, reverse))
 
-    def mix(self, zxbcdt: torch.Tensor, backend: ScanBackend) -> torch.Tensor:
+    def mix(self, zxbcdt: torch.Tensor, backend: ScanBackend, reverse: bool = False) -> torch.Tensor:
         "What lies between the projections: in_proj output (B, L, ·) -> out_proj input (B, L, d_inner)."
         b, L, _ = zxbcdt.shape
         gn = self.ngroups * self.d_state
         z, xBC, dt = zxbcdt.split([self.d_inner, self.d_inner + 2 * gn, self.nheads], dim=-1)
-        xBC = backend.causal_conv1d(xBC, self.conv1d.weight, self.conv1d.bias, silu=True)  # (B, L, conv_dim)
+        xBC = backend.causal_conv1d(xBC, self.conv1d.weight, self.conv1d.bias, silu=True, reverse=reverse)
         x, B, C = xBC.split([self.d_inner, gn, gn], dim=-1)
         y = backend.ssd_scan(x.reshape(b, L, self.nheads, self.headdim), dt, -torch.exp(self.A_log.float()),
                              B.reshape(b, L, self.ngroups, self.d_state), C.reshape(b, L, self.ngroups, self.d_state),
                              D=self.D.float(), dt_bias=self.dt_bias.float(), dt_softplus=True,
-                             chunk_size=self.chunk_size)  # (B, L, H, P)
+                             chunk_size=self.chunk_size, reverse=reverse)  # (B, L, H, P)
         return self.norm(y.reshape(b, L, self.d_inner), z)
 
 # %% ../nbs/04_modeling.ipynb #a0ce83ae
@@ -278,7 +278,7 @@ def make_mixer(config: CaduceusConfig) -> nn.Module:
 
 
 def bimamba_combine(fwd: torch.Tensor, rev: torch.Tensor, strategy: str) -> torch.Tensor:
-    "Combine the forward output with the (re-reversed) reverse-direction output."
+    "Combine the forward output with the reverse-direction output (both indexed by position)."
     return fwd + rev if strategy == "add" else fwd * rev
 
 
@@ -299,7 +299,7 @@ class BiMamba(nn.Module):
             return self.mamba_fwd(x, backend)
         if self.tied:
             return self.tied_forward(x, backend)
-        return bimamba_combine(self.mamba_fwd(x, backend), self.mamba_rev(x.flip(1), backend).flip(1), self.strategy)
+        return bimamba_combine(self.mamba_fwd(x, backend), self.mamba_rev(x, backend, reverse=True), self.strategy)
 
     def tied_forward(self, x: torch.Tensor, backend: ScanBackend) -> torch.Tensor:
         """Both directions through one in_proj and, for "add", one out_proj (the forward mixer's).
@@ -307,7 +307,7 @@ class BiMamba(nn.Module):
         in_proj, out_proj = self.mamba_fwd.in_proj, self.mamba_fwd.out_proj
         projected = in_proj(x)  # (B, L, ·)
         fwd = self.mamba_fwd.mix(projected, backend)  # (B, L, d_inner)
-        rev = self.mamba_rev.mix(projected.flip(1), backend).flip(1)
+        rev = self.mamba_rev.mix(projected, backend, reverse=True)
         if self.strategy != "add":
             return bimamba_combine(out_proj(fwd), out_proj(rev), self.strategy)
         summed = out_proj(fwd + rev)

@@ -5,7 +5,9 @@
 # %% ../nbs/03_scan.ipynb #f7e85409
 from __future__ import annotations
 
+import functools
 import importlib.util
+import inspect
 import logging
 from dataclasses import dataclass
 from typing import Callable
@@ -16,8 +18,8 @@ import torch.nn.functional as F
 logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['logger', 'SCAN_CHUNK', 'FAST_CPU_MODULE', 'linear_recurrence', 'selective_scan_ref', 'ssd_scan_ref',
-           'causal_conv1d_ref', 'ScanBackend', 'register_scan_backend', 'available_scan_backends',
+__all__ = ['logger', 'SCAN_CHUNK', 'FAST_CPU_MODULE', 'linear_recurrence', 'time_reversible', 'selective_scan_ref',
+           'ssd_scan_ref', 'causal_conv1d_ref', 'ScanBackend', 'register_scan_backend', 'available_scan_backends',
            'resolve_scan_backend', 'selective_scan', 'ssd_scan']
 
 # %% ../nbs/03_scan.ipynb #7bbc9daa
@@ -29,11 +31,33 @@ def linear_recurrence(decay: torch.Tensor, drive: torch.Tensor, state: torch.Ten
         states.append(state)
     return torch.stack(states, dim=1)
 
+# %% ../nbs/03_scan.ipynb #8ba81679
+def time_reversible(time_dim: int, sequences: tuple[str, ...]) -> Callable[[Callable], Callable]:
+    """Decorator: a `reverse` keyword for a causal scan or convolution. `reverse=True` runs it from the last position
+    to the first, as the result on the `sequences` arguments flipped along `time_dim`, flipped back."""
+    def decorate(fn: Callable) -> Callable:
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def run(*args, reverse: bool = False, **kwargs):
+            if not reverse:
+                return fn(*args, **kwargs)
+            bound = signature.bind(*args, **kwargs)
+            for name in sequences:
+                if bound.arguments.get(name) is not None:
+                    bound.arguments[name] = bound.arguments[name].flip(time_dim)
+            return fn(*bound.args, **bound.kwargs).flip(time_dim)
+        flag = inspect.Parameter("reverse", inspect.Parameter.KEYWORD_ONLY, default=False, annotation="bool")
+        run.__signature__ = signature.replace(parameters=[*signature.parameters.values(), flag])
+        return run
+    return decorate
+
 # %% ../nbs/03_scan.ipynb #bbe51e03
 SCAN_CHUNK = 256
 "Tokens whose discretised terms the reference scans materialise at once (bounds their memory)."
 
 
+@time_reversible(-1, ("u", "delta", "B", "C", "z"))
 def selective_scan_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                        D: torch.Tensor | None = None, z: torch.Tensor | None = None,
                        delta_bias: torch.Tensor | None = None, delta_softplus: bool = False) -> torch.Tensor:
@@ -63,6 +87,7 @@ def selective_scan_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
     return y.to(dtype)
 
 # %% ../nbs/03_scan.ipynb #736b0c1c
+@time_reversible(1, ("x", "dt", "B", "C"))
 def ssd_scan_ref(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                  D: torch.Tensor | None = None, dt_bias: torch.Tensor | None = None, dt_softplus: bool = False,
                  chunk_size: int = 256) -> torch.Tensor:
@@ -97,6 +122,7 @@ def ssd_scan_ref(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
     return y.to(dtype)
 
 # %% ../nbs/03_scan.ipynb #bdc5118c
+@time_reversible(1, ("x",))
 def causal_conv1d_ref(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                       silu: bool = False) -> torch.Tensor:
     """Causal depthwise convolution over time: x (batch, L, channels) -> (batch, L, channels), then SiLU if `silu`.
@@ -140,16 +166,19 @@ def register_scan_backend(name: str, selective_scan_fn: Callable, ssd_scan_fn: C
 register_scan_backend("reference", selective_scan_ref, ssd_scan_ref, lambda device: True)
 
 # %% ../nbs/03_scan.ipynb #b17b92d0
+@time_reversible(-1, ("u", "delta", "B", "C", "z"))
 def _mamba_ssm_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False):
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
     return selective_scan_fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
 
 
+@time_reversible(1, ("x", "dt", "B", "C"))
 def _mamba_ssm_ssd_scan(x, dt, A, B, C, D=None, dt_bias=None, dt_softplus=False, chunk_size=256):
     from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
     return mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus)
 
 
+@time_reversible(1, ("x",))
 def _cuda_causal_conv1d(x, weight, bias=None, silu=False):
     "The `causal_conv1d` package's kernel, on the (batch, channels, L) view it takes."
     from causal_conv1d import causal_conv1d_fn
@@ -210,14 +239,16 @@ def resolve_scan_backend(name: str | ScanBackend = "auto", device: torch.device 
 
 # %% ../nbs/03_scan.ipynb #02d8d3d3
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
-                   backend: str | ScanBackend | None = None) -> torch.Tensor:
+                   backend: str | ScanBackend | None = None, reverse: bool = False) -> torch.Tensor:
     "Mamba-1 selective scan (see `selective_scan_ref` for shapes) on the chosen backend."
     impl = resolve_scan_backend(backend or "auto", u.device)
-    return impl.selective_scan(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
+    return impl.selective_scan(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+                               reverse=reverse)
 
 
 def ssd_scan(x, dt, A, B, C, D=None, dt_bias=None, dt_softplus=False, chunk_size=256,
-             backend: str | ScanBackend | None = None) -> torch.Tensor:
+             backend: str | ScanBackend | None = None, reverse: bool = False) -> torch.Tensor:
     "Mamba-2 SSD scan (see `ssd_scan_ref` for shapes) on the chosen backend."
     impl = resolve_scan_backend(backend or "auto", x.device)
-    return impl.ssd_scan(x, dt, A, B, C, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus, chunk_size=chunk_size)
+    return impl.ssd_scan(x, dt, A, B, C, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus, chunk_size=chunk_size,
+                         reverse=reverse)
