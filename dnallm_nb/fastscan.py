@@ -54,28 +54,11 @@ constexpr float kDecayCut = -60.f;  // SSD decays below exp(-60) ~ 1e-26 are set
 inline float bits_to_float(int32_t i) { float f; std::memcpy(&f, &i, 4); return f; }
 inline int32_t float_to_bits(float f) { int32_t i; std::memcpy(&i, &f, 4); return i; }
 
-// exp(x) = 2^k p(r), r = x - k ln2 (Cody-Waite), Cephes polynomial: ~1 ulp; x clamped to [-87.3, 88.7].
-inline float fexp(float x) {
-  x = std::min(std::max(x, -87.3f), 88.7f);
-  const float k = __builtin_roundf(x * 1.44269504088896341f);
-  float r = x - k * 0.693145751953125f;
-  r = r - k * 1.428606765330187045e-06f;
-  float p = 1.9875691500E-4f;
-  p = p * r + 1.3981999507E-3f;
-  p = p * r + 8.3334519073E-3f;
-  p = p * r + 4.1665795894E-2f;
-  p = p * r + 1.6666665459E-1f;
-  p = p * r + 5.0000001201E-1f;
-  p = p * r * r + r + 1.0f;
-  return p * bits_to_float(((int32_t)k + 127) << 23);
-}
+constexpr float kLog2e = 1.44269504088896341f;
 
-// 2^y = 2^k p(y - k), k = round(y): a degree-6 polynomial fitted to 2^r on [-1/2, 1/2] (relative error 1e-7 in
-// float32), y clamped to [-126, 127]. Four operations fewer than fexp: the Mamba-1 scan spends most of its time here.
-inline float fexp2(float y) {
-  y = std::min(std::max(y, -126.f), 127.f);
-  const float k = __builtin_roundf(y);
-  const float r = y - k;
+// 2^r for r in [-1/2, 1/2], times 2^k (integer k in [-126, 127]): a degree-6 polynomial fitted to 2^r (relative
+// error 1e-7 in float32), scaled through the exponent bits.
+inline float pow2_scaled(float r, float k) {
   float p = 1.5353362e-4f;
   p = p * r + 1.3398875e-3f;
   p = p * r + 9.6184369e-3f;
@@ -84,6 +67,23 @@ inline float fexp2(float y) {
   p = p * r + 6.9314718e-1f;
   p = p * r + 1.0f;
   return p * bits_to_float(((int32_t)k + 127) << 23);
+}
+
+// 2^y, y clamped to [-126, 127]. The Mamba-1 scan's decay: it spends most of its time here.
+inline float fexp2(float y) {
+  y = std::min(std::max(y, -126.f), 127.f);
+  const float k = __builtin_roundf(y);
+  return pow2_scaled(y - k, k);
+}
+
+// exp(x), x clamped to [-87.3, 88.7]: k = round(x log2 e), r = x - k ln2 in two exact-ish steps (Cody-Waite), so
+// large |x| lose no digits to rounding x log2 e; then 2^(r log2 e) · 2^k.
+inline float fexp(float x) {
+  x = std::min(std::max(x, -87.3f), 88.7f);
+  const float k = __builtin_roundf(x * kLog2e);
+  float r = x - k * 0.693145751953125f;
+  r = r - k * 1.428606765330187045e-06f;
+  return pow2_scaled(r * kLog2e, k);
 }
 
 // log(x) for normal x > 0 (Cephes logf): ~1 ulp.
@@ -161,6 +161,17 @@ struct Mamba1Args {
   bool has_z, softplus, reverse;
 };
 
+// The kernels' view of mamba1_scan's arguments (empty D, z, delta_bias stand for None).
+Mamba1Args mamba1_args(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A, const torch::Tensor& B,
+                       const torch::Tensor& C, const torch::Tensor& D, const torch::Tensor& z,
+                       const torch::Tensor& delta_bias, bool softplus, float* y, bool reverse) {
+  const bool has_z = z.numel() > 0, has_D = D.numel() > 0, has_bias = delta_bias.numel() > 0;
+  return {view3(u), view3(delta), has_z ? view3(z) : view3(u), view3(B), view3(C), y, A.data_ptr<float>(),
+          has_D ? D.data_ptr<float>() : nullptr, has_bias ? delta_bias.data_ptr<float>() : nullptr, A.stride(0),
+          A.stride(1), has_D ? D.stride(0) : 0, has_bias ? delta_bias.stride(0) : 0, u.size(2), A.size(1), u.size(1),
+          has_z, softplus, reverse};
+}
+
 // Advance NBV states of DC channels over one time tile (backwards in time if REV); add <C_t, s_t> to yt.
 // dt2 = Δ·log2(e), so exp(Δa) = 2^(dt2·a).
 template <int DC, int NBV, bool REV>
@@ -218,7 +229,7 @@ void mamba1_block(const Mamba1Args& g, int64_t b, int64_t c0) {
       for (int c = 0; c < DC; ++c) {
         const float d = c < cn ? dt[t][c] : 0.f;  // padded channels stay exactly zero
         du[t][c] = d * ut[t][c];
-        dt[t][c] = d * 1.44269504088896341f;  // log2(e): the scan takes exp as a power of 2
+        dt[t][c] = d * kLog2e;  // the scan takes exp as a power of 2
         yt[t][c] = 0.f;
       }
     }
@@ -271,11 +282,7 @@ torch::Tensor mamba1_scan(torch::Tensor u, torch::Tensor delta, torch::Tensor A,
                           bool reverse) {
   const int64_t batch = u.size(0), d_inner = u.size(1), L = u.size(2);
   auto y = torch::empty({batch, L, d_inner}, u.options());
-  const bool has_z = z.numel() > 0, has_D = D.numel() > 0, has_bias = delta_bias.numel() > 0;
-  Mamba1Args g{view3(u), view3(delta), has_z ? view3(z) : view3(u), view3(B), view3(C), y.data_ptr<float>(),
-               A.data_ptr<float>(), has_D ? D.data_ptr<float>() : nullptr, has_bias ? delta_bias.data_ptr<float>() : nullptr,
-               A.stride(0), A.stride(1), has_D ? D.stride(0) : 0, has_bias ? delta_bias.stride(0) : 0,
-               L, A.size(1), d_inner, has_z, delta_softplus, reverse};
+  const Mamba1Args g = mamba1_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus, y.data_ptr<float>(), reverse);
   // 64-channel tasks read longer contiguous rows (faster); 32-channel tasks when 64 would leave threads idle.
   if (batch * ((d_inner + 63) / 64) >= at::get_num_threads()) {
     run_mamba1<64, 2>(g, batch);
@@ -633,16 +640,13 @@ std::vector<torch::Tensor> mamba1_scan_backward(torch::Tensor u, torch::Tensor d
   constexpr int DC = 32;
   const int64_t batch = u.size(0), d_inner = u.size(1), L = u.size(2), N = A.size(1);
   const int64_t blocks = (d_inner + DC - 1) / DC;
-  const bool has_z = z.numel() > 0, has_D = D.numel() > 0, has_bias = delta_bias.numel() > 0;
+  const bool has_z = z.numel() > 0;
   auto f32 = u.options();
   auto du = torch::empty({batch, L, d_inner}, f32), ddelta = torch::empty({batch, L, d_inner}, f32);
   auto dz = has_z ? torch::empty({batch, L, d_inner}, f32) : torch::zeros({batch, L, d_inner}, f32);
   auto dA = torch::zeros({d_inner, N}, f32), dD = torch::zeros({d_inner}, f32), dbias = torch::zeros({d_inner}, f32);
   auto dB = torch::zeros({batch, blocks, L, N}, f32), dC = torch::zeros({batch, blocks, L, N}, f32);
-  Mamba1Args g{view3(u), view3(delta), has_z ? view3(z) : view3(u), view3(B), view3(C), nullptr,
-               A.data_ptr<float>(), has_D ? D.data_ptr<float>() : nullptr, has_bias ? delta_bias.data_ptr<float>() : nullptr,
-               A.stride(0), A.stride(1), has_D ? D.stride(0) : 0, has_bias ? delta_bias.stride(0) : 0,
-               L, N, d_inner, has_z, delta_softplus};
+  const Mamba1Args g = mamba1_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus, nullptr, false);
   const View3 gv = view3(grad);
   at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
     FlushDenormals ftz;

@@ -326,10 +326,13 @@ class RCPSWrapper(nn.Module):
 
 
 class RCPSAddNorm(nn.Module):
-    "Unfused RCPS add-norm (upstream `RCPSAddNormWrapper`): `submodule` is the norm, halves are not swapped."
+    "Unfused RCPS add-norm (upstream `RCPSAddNormWrapper`): `submodule` is the norm, strands are not swapped."
     def __init__(self, submodule: nn.Module):
         super().__init__()
         self.submodule = submodule
+
+    def forward(self, strands: torch.Tensor) -> torch.Tensor:
+        return self.submodule(strands)
 
 
 class RCPSEmbedding(nn.Module):
@@ -374,8 +377,7 @@ class CaduceusBlock(nn.Module):
 
     def add_norm(self, h: torch.Tensor, residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         "The block's add → norm: (normed input of the mixer, new residual)."
-        norm = self.norm.submodule if isinstance(self.norm, RCPSAddNorm) else self.norm
-        return add_norm(h, residual, norm, self.residual_in_fp32, swap=self.rcps and self.fused)
+        return add_norm(h, residual, self.norm, self.residual_in_fp32, swap=self.rcps and self.fused)
 
     def forward(self, h: torch.Tensor, residual: torch.Tensor | None, backend: ScanBackend):
         "(mixer output, residual) of this layer; h: (B, L, d), or the (2B, L, d) strand batch of an RCPS model."
@@ -406,8 +408,7 @@ class CaduceusMixerModel(nn.Module):
 
     def final_norm(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         "Norm of the last residual stream (per strand for RCPS; never swapped)."
-        norm = self.norm_f.submodule if isinstance(self.norm_f, RCPSAddNorm) else self.norm_f
-        return add_norm(h, residual, norm, self.residual_in_fp32)[0]
+        return add_norm(h, residual, self.norm_f, self.residual_in_fp32)[0]
 
     def forward(self, h: torch.Tensor, backend: ScanBackend, output_hidden_states: bool = False,
                 output_residual_states: bool = False):
