@@ -27,6 +27,8 @@ import torch
 from Bio.SeqIO.FastaIO import SimpleFastaParser
 from tqdm.auto import tqdm
 
+from .distributed import (Distributed, RankError, ShardedJob, init_distributed, launch_env, pin_threads,
+                                   rank_device)
 from .dna import InvalidSequenceError, validate_dna
 from .load import MODEL_REGISTRY, load_model_and_tokenizer
 from .modeling import pool_positions as pool_hidden_positions
@@ -480,18 +482,34 @@ class _ShardWriter:
     def __init__(self, out: str | Path, params: dict):
         self.root, self.params = Path(out), params
         self.shards = self.root / "shards"
+        self.manifest = self.root / "manifest.json"
+
+    def _differences(self) -> list[str]:
+        "Parameters in which the folder's manifest differs from this call's."
+        old = json.loads(self.manifest.read_text()).get("params", {})
+        return sorted(k for k in set(old) | set(self.params) if old.get(k) != self.params.get(k))
+
+    def prepare(self) -> list[int]:
+        "Create the folder and its manifest, or refuse one made with other parameters; delete partial files; the finished shards."
         self.shards.mkdir(parents=True, exist_ok=True)
-        manifest = self.root / "manifest.json"
-        if manifest.exists():
-            old = json.loads(manifest.read_text()).get("params", {})
-            if old != params:
-                diff = sorted(k for k in set(old) | set(params) if old.get(k) != params.get(k))
+        if self.manifest.exists():
+            if diff := self._differences():
                 raise ValueError(f"{str(self.root)!r} holds embeddings made with different parameters ({', '.join(diff)}); "
                                  "write to a new out folder, or delete this one to start over.")
         else:
-            _atomic_write(manifest, lambda f: f.write(_json_bytes({"format": FORMAT, "params": params})))
+            _atomic_write(self.manifest, lambda f: f.write(_json_bytes({"format": FORMAT, "params": self.params})))
         for stale in self.shards.glob(".*.tmp"):  # partial files of a killed run
             stale.unlink()
+        return sorted(int(p.name.split(".")[0]) for p in self.shards.glob("[0-9]*.csv"))
+
+    def check(self) -> None:
+        "On the other ranks: the folder rank 0 prepared is visible here and was prepared for this very call."
+        if not self.manifest.exists():
+            raise FileNotFoundError(f"{str(self.manifest)!r} does not exist here, though rank 0 wrote it: out= must be a folder "
+                                    "that every machine of the job sees (a shared filesystem).")
+        if diff := self._differences():
+            raise ValueError(f"this rank's call differs from rank 0's ({', '.join(diff)}), for which {str(self.root)!r} was "
+                             "prepared: every rank must run the same call on the same input.")
 
     def _marker(self, k: int) -> Path:
         return self.shards / f"{k:05d}.csv"
@@ -517,8 +535,8 @@ class _ShardWriter:
             handle.write(text.encode())
         _atomic_write(self._marker(k), write_csv)
 
-    def finish(self, n_shards: int) -> None:
-        "Write the global index and the final manifest."
+    def finish(self, n_shards: int, run: dict) -> None:
+        "Write the global index and the final manifest (`run`: what `ShardedJob.summary` says about the run)."
         n = 0
         def write_index(handle):
             nonlocal n
@@ -533,8 +551,8 @@ class _ShardWriter:
         _atomic_write(self.root / "index.csv", write_index)
         files = {str(layer): _state_name(layer, self.params["residual"]) for layer in self.params["layers"]}
         dims = {layer: int(np.load(self.shards / f"00000.{name}.npy", mmap_mode="r").shape[-1]) for layer, name in files.items()}
-        summary = {"n_sequences": n, "n_shards": n_shards, "dims": dims, "files": files}
-        _atomic_write(self.root / "manifest.json",
+        summary = {"n_sequences": n, "n_shards": n_shards, "dims": dims, "files": files, "distributed": run}
+        _atomic_write(self.manifest,
                       lambda f: f.write(_json_bytes({"format": FORMAT, "params": self.params, **summary})))
 
 
@@ -655,7 +673,7 @@ def extract_embeddings(
     device: str | torch.device | None = None,  # move the model here (in place); default: where it is
     dtype: str | torch.dtype | None = None,  # cast the model to this dtype (in place); outputs are float32
     progress: bool = True,  # tqdm bar with sequences/s and tokens/s
-    out: str | Path | None = None,  # folder for .npy shards + index (streamed, resumable); None: return in memory
+    out: str | Path | None = None,  # folder for .npy shards + index (streamed, resumable, torchrun-ready); None: in memory
     shard_size: int = 1024,  # sequences per shard
 ) -> EmbeddingResult | Path:  # in-memory result, or `out` once every shard is written
     "Embed DNA sequences with a Caduceus-family model: any layer, any pooling, RC-aware, windowed, exact under batching."
@@ -670,22 +688,30 @@ def extract_embeddings(
     if out is not None:
         params |= _call_identity(plan, tokenizer, sequences, genome, shard_size)
         sink: _ShardWriter | _Collector = _ShardWriter(out, params)
+        job = ShardedJob(init_distributed(plan.device), prepare=sink.prepare, check=sink.check)  # one process: no-op
     else:
-        sink = _Collector(plan.layers, pooling)
+        if (env := launch_env()).world_size > 1:
+            raise ValueError(f"this process is rank {env.rank} of {env.world_size} (launched by torchrun): pass out=FOLDER so the "
+                             "processes share the work and write one folder, then read it with load_embeddings(FOLDER); "
+                             "in memory, every process would embed everything.")
+        sink, job = _Collector(plan.layers, pooling), ShardedJob(Distributed(), prepare=lambda: ())
+    dist = job.dist
     check_context = _context_warner(trained_context(model, tokenizer), window)
-    total = len(sequences) if isinstance(sequences, (list, tuple, pd.Series, Mapping)) else None
-    bar = tqdm(total=total, unit="seq", desc="embedding", disable=not progress)
-    meter, n_shards, was_training = _Meter(bar), 0, plan.model.training
+    total = len(sequences) if isinstance(sequences, (list, tuple, pd.Series, Mapping)) and dist.world_size == 1 else None
+    bar = tqdm(total=total, unit="seq", desc="embedding" + (f" (rank 0 of {dist.world_size})" if dist.world_size > 1 else ""),
+               disable=not progress or not dist.is_main)  # several processes: rank 0's own shards
+    meter, was_training = _Meter(bar), plan.model.training
     plan.model.eval()
     try:
         with torch.inference_mode():
             for k, chunk in enumerate(_chunks(iter_sequences(sequences, genome), shard_size)):
-                n_shards, ids = k + 1, [rid for rid, _ in chunk]
-                if isinstance(sink, _ShardWriter) and (finished := sink.done_ids(k)) is not None:
-                    if finished != ids:
-                        raise ValueError(f"shard {k} in {str(out)!r} was made from other sequences (ids {finished[:3]}… vs "
-                                         f"{ids[:3]}…): the input changed since the first run. Write to a new out folder.")
-                    bar.update(len(chunk))
+                ids = [rid for rid, _ in chunk]
+                if not job.take(k, sum(len(seq) for _, seq in chunk), "\t".join(ids)):  # finished, or another rank's
+                    if k in job.finished:
+                        if (finished := sink.done_ids(k)) != ids:
+                            raise ValueError(f"shard {k} in {str(out)!r} was made from other sequences (ids {finished[:3]}… "
+                                             f"vs {ids[:3]}…): the input changed since the first run. Write to a new out folder.")
+                        bar.update(len(chunk))
                     continue
                 tokens = tokenize_bases(tokenizer, [seq for _, seq in chunk])
                 for rid, t in zip(ids, tokens):
@@ -696,10 +722,10 @@ def extract_embeddings(
     finally:
         plan.model.train(was_training)
         bar.close()
-    if n_shards == 0:
+    if job.n_shards == 0:
         raise ValueError("no sequences to embed: the input is empty.")
     if isinstance(sink, _ShardWriter):
-        sink.finish(n_shards)
+        job.finish(lambda n_shards: sink.finish(n_shards, job.summary))  # rank 0, once every rank is done
         return Path(out)
     return sink.result(params)
 
@@ -732,6 +758,8 @@ def build_embed_parser(parser: argparse.ArgumentParser | None = None) -> argpars
     p.add_argument("--shard-size", type=int, default=1024, help="sequences per shard")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="model dtype (default: float32)")
+    p.add_argument("--threads", type=int, help="torch threads per process (default: OMP_NUM_THREADS, else the CPUs shared "
+                   "evenly among this machine's processes)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -740,14 +768,20 @@ def embed_main(argv: list[str] | None = None) -> int:
     "Entry point of `dnallm-nb embed`; returns the exit status."
     args = build_embed_parser().parse_args(argv)
     try:
-        model, tokenizer = load_model_and_tokenizer(args.model, task="embedding", device=args.device, dtype=args.dtype)
+        env = launch_env()
+        if args.threads is not None or env.local_world_size > 1:
+            pin_threads(args.threads)
+        device = args.device or (rank_device(env) if env.world_size > 1 else None)
+        model, tokenizer = load_model_and_tokenizer(args.model, task="embedding", device=device, dtype=args.dtype)
         out = extract_embeddings(model, tokenizer, args.input, layers=args.layers, pooling=args.pooling, rc=args.rc,
                                  residual=args.residual, batch_size=args.batch_size, window=args.window, stride=args.stride,
                                  genome=args.genome, progress=not args.no_progress, out=args.out, shard_size=args.shard_size)
-    except (ValueError, TypeError, IndexError, FileNotFoundError) as e:  # InvalidSequenceError is a ValueError
+    except (ValueError, TypeError, IndexError, FileNotFoundError, RankError) as e:  # InvalidSequenceError is a ValueError
         print(f"dnallm-nb embed: error: {e}", file=sys.stderr)
         return 2
-    manifest = json.loads((out / "manifest.json").read_text())
-    print(f"embedded {manifest['n_sequences']} sequences into {out} ({manifest['n_shards']} shards; "
-          f"layers {manifest['params']['layers']}, dims {manifest['dims']})")
+    if env.is_main:
+        manifest = json.loads((out / "manifest.json").read_text())
+        processes = f", {env.world_size} processes" if env.world_size > 1 else ""
+        print(f"embedded {manifest['n_sequences']} sequences into {out} ({manifest['n_shards']} shards{processes}; "
+              f"layers {manifest['params']['layers']}, dims {manifest['dims']})")
     return 0
