@@ -25,10 +25,10 @@ import numpy as np
 import torch
 import torch.distributed as torch_dist
 
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 # %% auto #0
-__all__ = ['T', 'DEFAULT_TIMEOUT', 'ASSIGNMENT', 'RankError', 'Distributed', 'launch_env', 'init_distributed', 'rank_device',
+__all__ = ['DEFAULT_TIMEOUT', 'ASSIGNMENT', 'RankError', 'Distributed', 'launch_env', 'init_distributed', 'rank_device',
            'fair_threads', 'pin_threads', 'ShareBook', 'assign_shares', 'ShardedJob', 'torchrun_argv',
            'bench_embed_scaling', 'build_parser', 'main']
 
@@ -90,7 +90,7 @@ class Distributed:
         torch_dist.broadcast_object_list(box, src=src)
         return box[0]
 
-    def on_main(self, fn: Callable[[], T]) -> T:
+    def on_main(self, fn: Callable[[], _T]) -> _T:
         "Run `fn()` on rank 0 only; every rank returns its (picklable) result, or raises the exception it raised."
         if not self._group():
             return fn()
@@ -276,7 +276,7 @@ class ShardedJob:
             return False
         return self.book.assign(weight) == self.dist.rank
 
-    def finish(self, write: Callable[[int], T]) -> T:
+    def finish(self, write: Callable[[int], _T]) -> _T:
         "Once every rank has passed its last shard: check they read the same shards, then `write(n_shards)` on rank 0; its result on every rank."
         seen = self.dist.all_gather((self.n_shards, self._digest.hexdigest()))
         if len(set(seen)) > 1:

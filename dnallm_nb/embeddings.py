@@ -27,8 +27,7 @@ import torch
 from Bio.SeqIO.FastaIO import SimpleFastaParser
 from tqdm.auto import tqdm
 
-from .distributed import (Distributed, RankError, ShardedJob, init_distributed, launch_env, pin_threads,
-                                   rank_device)
+from .distributed import Distributed, RankError, ShardedJob, init_distributed, launch_env, pin_threads, rank_device
 from .dna import InvalidSequenceError, validate_dna
 from .load import MODEL_REGISTRY, load_model_and_tokenizer
 from .modeling import pool_positions as pool_hidden_positions

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from dnallm_nb.distributed import Distributed, ShardedJob, assign_shares, launch_env, torchrun_argv
-from dnallm_nb.embeddings import embed_main, extract_embeddings, load_embeddings
+from dnallm_nb.embeddings import _ShardWriter, embed_main, extract_embeddings, load_embeddings
 from dnallm_nb.load import load_model_and_tokenizer
 
 GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
@@ -107,6 +107,16 @@ def test_in_memory_is_refused_under_torchrun(monkeypatch):
     assert launch_env().rank == 1
     with pytest.raises(ValueError, match="rank 1 of 2.*pass out=FOLDER"):
         extract_embeddings(model, tok, ["ACGT"], progress=False)
+
+
+def test_other_ranks_check_the_folder_rank_0_prepared(tmp_path):
+    params = {"pooling": "mean", "input": {"file": "x.fa"}}
+    with pytest.raises(FileNotFoundError, match="every machine of the job sees"):
+        _ShardWriter(tmp_path / "elsewhere", params).check()  # the folder is not shared with this machine
+    assert _ShardWriter(tmp_path / "emb", params).prepare() == []
+    _ShardWriter(tmp_path / "emb", params).check()
+    with pytest.raises(ValueError, match=r"this rank's call differs from rank 0's \(input\)"):
+        _ShardWriter(tmp_path / "emb", {**params, "input": {"file": "y.fa"}}).check()
 
 
 def test_other_parameters_are_refused_on_every_rank_before_any_work(data):

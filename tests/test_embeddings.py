@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from safetensors.torch import load_file
 
+from dnallm_nb.distributed import ASSIGNMENT
 from dnallm_nb.dna import InvalidSequenceError
 from dnallm_nb.embeddings import POOLINGS, embed_main, extract_embeddings, load_embeddings, pool_positions
 from dnallm_nb.load import load_model_and_tokenizer
@@ -188,6 +189,7 @@ def test_shard_folder_structure(models, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["n_sequences"] == 40 and manifest["n_shards"] == 3 and manifest["dims"] == {"0": 32, "2": 32}
     assert manifest["params"]["pooling"] == "mean" and manifest["params"]["layers"] == [0, 2]
+    assert manifest["distributed"] == {"world_size": 1, "assignment": ASSIGNMENT}  # one process finished it
     index = pd.read_csv(out / "index.csv")
     assert list(index.columns) == ["id", "length", "shard", "row", "offset"]
     assert index["id"].tolist() == [rid for rid, _ in records] and index["shard"].tolist() == [0] * 16 + [1] * 16 + [2] * 8
