@@ -15,15 +15,21 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 
+import numpy as np
+import pandas as pd
 import torch
 
 from .configuration import CaduceusConfig
-from .modeling import BiMamba, CaduceusModel
+from .load import DEMO_MODEL_NAME, load_model_and_tokenizer
+from .modeling import BiMamba, CaduceusForMaskedLM, CaduceusModel
 from .scan import ScanBackend
+from .tokenization import CaduceusTokenizer, PlantTokenizer
+from .variants import score_variants
 
 # %% auto #0
-__all__ = ['CADUCEUS_COMPLEMENT', 'PLANT_COMPLEMENT', 'CASES', 'MALLOC_CACHE_ENV', 'case_config', 'model_flops', 'gemm_rate',
-           'Measurement', 'measure', 'measure_in_subprocess', 'build_parser', 'main']
+__all__ = ['CADUCEUS_COMPLEMENT', 'PLANT_COMPLEMENT', 'CASES', 'MALLOC_CACHE_ENV', 'VARIANT_CASES', 'case_config', 'model_flops',
+           'gemm_rate', 'Measurement', 'measure', 'measure_in_subprocess', 'variant_case', 'random_variants',
+           'measure_variant_scoring', 'build_parser', 'main']
 
 # %% ../nbs/12_bench.ipynb #3131e640
 CADUCEUS_COMPLEMENT = {0: 0, 1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 6, 7: 10, 8: 9, 9: 8, 10: 7, 11: 11}
@@ -39,17 +45,19 @@ def case_config(case: str, n_layer: int | None = None) -> CaduceusConfig:
 
 CASES: dict[str, dict] = {
     "ph": dict(title="Caduceus-Ph 131k", lengths=[1024, 8192, 32768, 131072], tokens=(7, 11), reference_max_length=8192,
+               tokenizer=CaduceusTokenizer,
                config=dict(d_model=256, n_layer=16, vocab_size=12, rcps=False, complement_map=CADUCEUS_COMPLEMENT,
                            mixer_type="mamba1", ssm_cfg=dict(d_state=16, d_conv=4, expand=2))),
     "ps": dict(title="Caduceus-PS 131k", lengths=[1024, 8192, 32768, 131072], tokens=(7, 11), reference_max_length=8192,
+               tokenizer=CaduceusTokenizer,
                config=dict(d_model=256, n_layer=16, vocab_size=12, rcps=True, complement_map=CADUCEUS_COMPLEMENT,
                            mixer_type="mamba1", ssm_cfg=dict(d_state=16, d_conv=4, expand=2))),
-    "plantcad2-small": dict(title="PlantCAD2-Small", lengths=[8192], tokens=(3, 7), reference_max_length=1024,
+    "plantcad2-small": dict(title="PlantCAD2-Small", lengths=[8192], tokens=(3, 7), reference_max_length=1024, tokenizer=PlantTokenizer,
                             config=dict(d_model=768, n_layer=24, vocab_size=8, rcps=True, complement_map=PLANT_COMPLEMENT,
                                         mixer_type="mamba2", ssm_cfg=dict(d_state=64, d_conv=4, expand=2, headdim=64))),
 }
-"""Benchmark cases: the released configurations (random weights), default lengths, base-token id range, and the
-longest input the full-depth reference runs on by default (the reference SSD scan is slower still)."""
+"""Benchmark cases: the released configurations (random weights), default lengths, base-token id range, the
+longest input the full-depth reference runs on by default (the reference SSD scan is slower still), and the tokenizer."""
 
 # %% ../nbs/12_bench.ipynb #397a8f7d
 _scan_flops = [0]
@@ -156,6 +164,16 @@ MALLOC_CACHE_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**32), "MALLOC_TRIM_THRESHOLD
 then stop paying a page fault per 4 KB of every new activation, for a higher peak RSS."""
 
 
+def _run_worker(spec: dict, env: dict | None, what: str) -> dict:
+    "`_worker(spec)` in a new Python process with `env` added to its environment: its JSON result, or RuntimeError with the child's error."
+    code = "import sys; from dnallm_nb.bench import main; sys.exit(main(sys.argv[1:]))"
+    proc = subprocess.run([sys.executable, "-c", code, "--worker", json.dumps(spec)], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})})
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark worker for {what} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def measure_in_subprocess(case: str, length: int, backend: str, batch: int = 1, n_layer: int | None = None,
                           repeats: int = 1, threads: int | None = None, count_flops: bool = True,
                           env: dict | None = None) -> Measurement:
@@ -163,29 +181,98 @@ def measure_in_subprocess(case: str, length: int, backend: str, batch: int = 1, 
     raises RuntimeError with the child's error."""
     spec = dict(case=case, length=length, backend=backend, batch=batch, n_layer=n_layer, repeats=repeats,
                 threads=threads, count_flops=count_flops)
-    code = "import sys; from dnallm_nb.bench import main; sys.exit(main(sys.argv[1:]))"
-    proc = subprocess.run([sys.executable, "-c", code, "--worker", json.dumps(spec)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
-    if proc.returncode != 0:
-        raise RuntimeError(f"benchmark worker for {case} L={length} ({backend}) failed:\n{proc.stderr[-3000:]}")
-    return Measurement(**json.loads(proc.stdout.strip().splitlines()[-1]))
+    return Measurement(**_run_worker(spec, env, f"{case} L={length} ({backend})"))
 
 
 def _worker(spec: dict) -> None:
     threads = spec.pop("threads")
     if threads:
         torch.set_num_threads(threads)
-    print(json.dumps(asdict(measure(**spec))))
+    if spec.pop("variants", False):
+        print(json.dumps(measure_variant_scoring(**spec)))
+    else:
+        print(json.dumps(asdict(measure(**spec))))
+
+# %% ../nbs/12_bench.ipynb #b46dc95b
+VARIANT_CASES: dict[str, str] = {"demo": DEMO_MODEL_NAME, **{c: f"{v['title']} config" for c, v in CASES.items()}}
+"Models `--variants` can time: the bundled demo model, or a benchmark case's configuration with random weights."
+
+
+def variant_case(case: str) -> tuple[CaduceusForMaskedLM, object]:
+    "Masked LM and tokenizer of a variant-scoring case: the bundled demo model, or a case's config with seeded random weights (speed does not depend on them)."
+    if case not in VARIANT_CASES:
+        raise ValueError(f"unknown variant-scoring case {case!r}; choose from {list(VARIANT_CASES)}.")
+    if case == "demo":
+        return load_model_and_tokenizer(DEMO_MODEL_NAME, task="mask", local_files_only=True)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = CaduceusForMaskedLM(case_config(case)).eval()
+    return model, CASES[case]["tokenizer"]()
+
+
+def random_variants(n: int, window: int, seed: int = 0) -> tuple[dict[str, str], pd.DataFrame]:
+    "A random chromosome 'bench' and `n` single-base substitutions on it (chrom, pos 1-based, ref, alt), each a full window from its ends."
+    rng = np.random.default_rng(seed)
+    sequence = "".join(rng.choice(list("ACGT"), 2 * window + 16 * n))
+    pos = np.sort(rng.choice(np.arange(window, len(sequence) - window), n, replace=False)) + 1
+    ref = [sequence[p - 1] for p in pos]
+    alt = ["ACGT"[("ACGT".index(r) + int(k)) % 4] for r, k in zip(ref, rng.integers(1, 4, n))]
+    return {"bench": sequence}, pd.DataFrame({"chrom": "bench", "pos": pos, "ref": ref, "alt": alt})
+
+
+def measure_variant_scoring(case: str, window: int, n_variants: int = 32, batch_size: int = 32, seed: int = 0) -> dict:
+    "Seconds of `score_variants` (RC-averaged) on `n_variants` random substitutions in `window`-base windows, batched and one window per forward, in this process."
+    model, tokenizer = variant_case(case)
+    genome, variants = random_variants(n_variants, window, seed)
+    run = lambda table, batch: score_variants(model, tokenizer, table, genome=genome, window=window, batch_size=batch, progress=False)
+    run(variants.head(2), 2)  # warm-up
+    batched = _seconds(lambda: run(variants, batch_size))
+    one_at_a_time = _seconds(lambda: run(variants, 1))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+    return dict(case=case, window=window, n_variants=n_variants, batch_size=batch_size, batched_s=batched,
+                one_at_a_time_s=one_at_a_time, peak_rss_mb=rss)
+
+
+def _variant_main(args) -> int:
+    "`dnallm-nb bench --variants N`: one row per case and window."
+    cases = [c.strip() for c in (args.cases or "demo,ps").split(",") if c.strip()]
+    unknown = [c for c in cases if c not in VARIANT_CASES]
+    if unknown:
+        raise ValueError(f"unknown variant-scoring case(s) {unknown}; choose from {list(VARIANT_CASES)}.")
+    windows = [int(x) for x in args.lengths.split(",")] if args.lengths else [512, 4096]
+    batch, threads = args.batch or 32, args.threads or torch.get_num_threads()
+    env = MALLOC_CACHE_ENV if args.malloc_cache else None
+    print(f"dnallm-nb bench --variants {args.variants}: {platform.processor() or platform.machine()}, {threads} torch threads, "
+          f"torch {torch.__version__}, float32, rc='average'" + (", glibc malloc cache" if env else ""))
+    print(f"{'model':<34} {'window':>6} {'variants':>8} {'batch':>5} {'batched var/s':>13} {'1-by-1 var/s':>12} "
+          f"{'speed-up':>8} {'peak MB':>8}", flush=True)
+    results = []
+    for case in cases:
+        for window in windows:
+            spec = dict(case=case, window=window, n_variants=args.variants, batch_size=batch, threads=threads, variants=True)
+            r = _run_worker(spec, env, f"variant scoring {case} window {window}")
+            print(f"{VARIANT_CASES[case]:<34} {window:>6,} {r['n_variants']:>8} {batch:>5} {r['n_variants'] / r['batched_s']:>13.3g} "
+                  f"{r['n_variants'] / r['one_at_a_time_s']:>12.3g} {r['one_at_a_time_s'] / r['batched_s']:>7.2f}x "
+                  f"{r['peak_rss_mb']:>8,.0f}", flush=True)
+            results.append(r)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
 
 # %% ../nbs/12_bench.ipynb #055c1f2f
 def build_parser() -> argparse.ArgumentParser:
     "Arguments of `dnallm-nb bench`."
     p = argparse.ArgumentParser(prog="dnallm-nb bench", description="Throughput, peak RSS and FLOP rate of Caduceus "
                                 "models on the fast CPU scan backend, against the reference backend.")
-    p.add_argument("--cases", default=",".join(CASES), help=f"comma-separated cases from {list(CASES)}")
+    p.add_argument("--cases", help=f"comma-separated cases from {list(CASES)} (default: all); with --variants from "
+                   f"{list(VARIANT_CASES)} (default: demo,ps)")
     p.add_argument("--lengths", help="comma-separated sequence lengths for every selected case "
-                   "(default: each case's own, see the docs)")
-    p.add_argument("--batch", type=int, default=1, help="sequences per forward (default 1)")
+                   "(default: each case's own, see the docs); with --variants the windows (default 512,4096)")
+    p.add_argument("--batch", type=int, help="sequences per forward (default 1); with --variants, windows per forward of "
+                   "the batched run (default 32)")
+    p.add_argument("--variants", type=int, metavar="N", help="instead of forwards, time score_variants on N random "
+                   "substitutions per case and window: batched against one window per forward")
     p.add_argument("--backend", default="cpu", help="scan backend to measure (default cpu)")
     p.add_argument("--repeats", type=int, default=2, help="forwards per measurement, best is kept (default 2; "
                    "1 above 8,192 tokens)")
@@ -221,7 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.worker:
         _worker(json.loads(args.worker))
         return 0
-    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    if args.variants:
+        return _variant_main(args)
+    cases = [c.strip() for c in (args.cases or ",".join(CASES)).split(",") if c.strip()]
+    args.batch = args.batch or 1
     for c in cases:
         case_config(c)  # validates the name
     lengths = [int(x) for x in args.lengths.split(",")] if args.lengths else None

