@@ -22,6 +22,8 @@ MODULE_COMMANDS: dict[str, tuple[str, str, str]] = {
     "score-variants": ("dnallm_nb.variants", "score_variants_main",
                        "zero-shot variant-effect scores (RC-averaged masked-LM LLR) of a VCF's SNVs; resumable"),
     "bench": ("dnallm_nb.bench", "main", "benchmark the scan backends: tokens/s, peak RSS, ratio to the reference"),
+    "bench-distributed": ("dnallm_nb.distributed", "main",
+                          "records/s of embedding with 1 vs N torchrun processes, CPUs shared fairly"),
 }
 "Sub-commands implemented by a module's own `main(argv) -> int`: name -> (module, function, help)."
 
