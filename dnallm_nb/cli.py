@@ -56,3 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     print(summary.read_text())
     print(f"report written to {summary.parent}/")
     return 0
+
+# %% ../nbs/90_cli.ipynb #b2a0cb3c
+#| eval: false
+if __name__ == "__main__":  # `python -m dnallm_nb.cli ...` and `torchrun -m dnallm_nb.cli ...`
+    raise SystemExit(main())

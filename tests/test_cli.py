@@ -63,3 +63,10 @@ def test_console_script_score_variants_writes_scores_and_names_bad_rows(tmp_path
                             capture_output=True, text=True, env=env)
     assert result.returncode == 2
     assert "row 1 (chr1:10 G><DEL>, id v2) has the symbolic ALT '<DEL>'" in result.stderr
+
+
+def test_module_form_runs_the_same_cli():  # what `torchrun -m dnallm_nb.cli ...` executes
+    result = subprocess.run([sys.executable, "-m", "dnallm_nb.cli", "nonsense"], capture_output=True, text=True)
+    assert result.returncode == 2 and "invalid choice" in result.stderr
+    result = subprocess.run([sys.executable, "-m", "dnallm_nb.cli", "--version"], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("dnallm_nb ")
