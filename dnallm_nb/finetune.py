@@ -18,6 +18,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin, clone, 
 from sklearn.utils.multiclass import type_of_target
 from sklearn.utils.validation import check_is_fitted
 from tqdm.auto import tqdm
+from transformers import PretrainedConfig
 from transformers.utils import logging as hf_logging
 
 from .dna import validate_dna
@@ -99,13 +100,41 @@ def _backbone(model: torch.nn.Module) -> CaduceusModel:
                     "Load it with dnallm_nb.load.load_model_and_tokenizer.")
 
 
+def _classifier(net: torch.nn.Module) -> CaduceusForSequenceClassification:
+    "The CaduceusForSequenceClassification in `net` (plain or inside a peft model); a clear error for other heads."
+    base = net.get_base_model() if hasattr(net, "get_base_model") else net
+    if not isinstance(base, CaduceusForSequenceClassification):
+        raise TypeError(f"{type(base).__name__} has no sequence-classification head (`score`); put one on its backbone "
+                        "with sequence_classifier(model, num_labels, problem_type, tokenizer=tokenizer).")
+    return base
+
+
+def _check_checkpoint(folder: Path, num_labels: int, problem_type: str) -> None:
+    """A clear error when the checkpoint in `folder` is not a Caduceus-family model, or is a sequence classifier whose
+    head has another shape (a head of the same shape is loaded and trained further)."""
+    config, _ = PretrainedConfig.get_config_dict(folder)
+    if config.get("model_type") != "caduceus":
+        raise TypeError(f"{folder} holds a {config.get('model_type')!r} model, not a Caduceus-family one (model_type "
+                        "'caduceus'); fine-tune a Caduceus, PlantCaduceus or PlantCAD2 checkpoint (see list_models()).")
+    if "CaduceusForSequenceClassification" not in (config.get("architectures") or ()):
+        return
+    had = len(config.get("id2label") or {}) or config.get("num_labels", 2)
+    had_type = config.get("problem_type") or "single_label_classification"
+    if (had, had_type) != (num_labels, problem_type):
+        raise ValueError(f"{folder} is already a sequence classifier with a {had}-output {had_type} head, but this task "
+                         f"needs a {num_labels}-output {problem_type} head. Fine-tune its base checkpoint instead, or pass "
+                         "its backbone (load_model_and_tokenizer(folder) returns it, with the tokenizer) to get a new head.")
+
+
 def sequence_classifier(model, num_labels: int, problem_type: str, *, tokenizer=None, pooling: str = "mean",
                         conjoin: bool = True, device=None) -> tuple[CaduceusForSequenceClassification, object]:
     """A `CaduceusForSequenceClassification` with a new `num_labels` head on the backbone of `model` (a checkpoint path,
     registry or hub id, or a loaded Caduceus model), and its tokenizer. Every backbone weight must load; only the head
-    (`score`) starts from the initialiser, so seed the torch RNG first for a reproducible head."""
+    (`score`) starts from the initialiser, so seed the torch RNG first for a reproducible head. A checkpoint that is
+    already a sequence classifier keeps its head, which must have `num_labels` outputs of `problem_type`."""
     if isinstance(model, (str, Path)):
-        from dnallm_nb.load import load_model_and_tokenizer
+        from dnallm_nb.load import load_model_and_tokenizer, resolve_checkpoint
+        _check_checkpoint(resolve_checkpoint(model), num_labels, problem_type)
         with _quiet_transformers():  # its load report lists the new head, which is expected here
             classifier, loaded_tokenizer = load_model_and_tokenizer(
                 model, task="classification", device=device, num_labels=num_labels, problem_type=problem_type,
@@ -129,6 +158,7 @@ def trainable_model(classifier: CaduceusForSequenceClassification, method: str, 
     head trained in full as a module to save), 'full' trains every parameter, 'head' only `score`."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+    _classifier(classifier)
     if method == "lora":
         from peft import LoraConfig, get_peft_model
         config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, lora_dropout=lora_dropout,
@@ -157,6 +187,7 @@ def _stack(ids: list[np.ndarray], rows: np.ndarray, device) -> torch.Tensor:
 @torch.no_grad()
 def predict_logits(net: torch.nn.Module, ids: list[np.ndarray], batch_size: int = 64) -> torch.Tensor:
     "Logits (n, num_labels) of a sequence classifier (plain or peft) for token-id arrays, in eval mode, float32 on the CPU."
+    _classifier(net)
     was_training = net.training
     net.eval()
     device = next(net.parameters()).device
@@ -183,6 +214,7 @@ def train_classifier(net: torch.nn.Module, ids: list[np.ndarray], target: torch.
     """Train the trainable parameters of `net` with AdamW on `train` rows (shuffled equal-length batches), checking the
     loss on `valid` every `eval_every` steps (default: once per epoch) and stopping after `patience` checks without
     improvement; the best checked parameters are restored. Returns the history (step, train_loss, valid_loss)."""
+    _classifier(net)
     params = {name: p for name, p in net.named_parameters() if p.requires_grad}
     optimizer = torch.optim.AdamW(params.values(), lr=learning_rate, weight_decay=weight_decay)
     rng, device = np.random.default_rng(seed), next(net.parameters()).device
@@ -229,7 +261,13 @@ def _sequences(X) -> list[str]:
 
 def _labels(y, n: int) -> np.ndarray:
     "y as a 1-D array of `n` entries without missing values."
-    y = np.asarray(y)
+    try:
+        y = np.asarray(y)
+    except ValueError:  # ragged nesting
+        raise ValueError("y must be 1-D (one label or value per sequence), got nested lists of different lengths; "
+                         "fine-tune one target at a time.") from None
+    if y.ndim == 0:
+        raise TypeError(f"y must be a list or array with one label or value per sequence, got {type(y.item()).__name__}.")
     if y.ndim != 1:
         raise ValueError(f"y must be 1-D (one label or value per sequence), got shape {y.shape}; fine-tune one target at a time.")
     if len(y) != n:
@@ -246,6 +284,13 @@ DEFAULT_LEARNING_RATES = {"lora": 2e-3, "full": 5e-4, "head": 1e-2}
 "AdamW learning rate of each method when `learning_rate=None`."
 
 FINETUNE_FORMAT = "dnallm_nb.finetune/1"
+
+_BASE_FIELDS = ("d_model", "n_layer", "vocab_size", "rcps", "mixer_type")  # what an adapter's base must match
+
+
+def _base_signature(config) -> dict:
+    "The config fields of a backbone that a LoRA adapter trained on it depends on."
+    return {field: getattr(config, field) for field in _BASE_FIELDS}
 
 
 class _Finetuner(BaseEstimator):
@@ -268,6 +313,12 @@ class _Finetuner(BaseEstimator):
     def _check_params(self) -> None:
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}.")
+        for name in ("max_steps", "batch_size", "patience", "lora_r"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if self.learning_rate is not None and not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be positive (or None: DEFAULT_LEARNING_RATES[method]), got {self.learning_rate!r}.")
         if self.rc_invariant and self.pooling not in _RC_POOLINGS:
             raise ValueError(f"pooling={self.pooling!r} reads one end of the sequence, so the head cannot be the same for "
                              f"x and rc(x); use one of {_RC_POOLINGS}, or rc_invariant=False.")
@@ -333,7 +384,7 @@ class _Finetuner(BaseEstimator):
         params = {k: v for k, v in self.get_params().items() if k not in ("model", "tokenizer", "device")}
         base = str(self.model) if isinstance(self.model, (str, Path)) else None
         meta = {"format": FINETUNE_FORMAT, "estimator": type(self).__name__, "params": params, "adapter": adapter,
-                "base_model": base, **self._target_state()}
+                "base_model": base, "base_config": _base_signature(self.model_.config), **self._target_state()}
         (folder / "finetune.json").write_text(json.dumps(meta, indent=1) + "\n")
         return folder
 
@@ -351,12 +402,12 @@ class FinetuneClassifier(ClassifierMixin, _Finetuner):
         if kind == "continuous":
             raise ValueError("y holds continuous values; FinetuneClassifier needs class labels (int, bool or str). "
                              "For a numeric target use FinetuneRegressor.")
-        if kind not in ("binary", "multiclass"):
-            raise ValueError(f"y must hold one class label per sequence (int, bool or str); scikit-learn calls it {kind!r}.")
         try:
             self.classes_, encoded = np.unique(y, return_inverse=True)
         except TypeError:
             raise TypeError("y mixes label types (e.g. int and str); use one type for every label.") from None
+        if kind not in ("binary", "multiclass"):
+            raise ValueError(f"y must hold one class label per sequence (int, bool or str); scikit-learn calls it {kind!r}.")
         if len(self.classes_) < 2:
             raise ValueError(f"y has a single class {self.classes_[0]!r}: a classifier needs at least two. Check the "
                              "labels and any filtering that dropped the other classes.")
@@ -376,7 +427,8 @@ class FinetuneClassifier(ClassifierMixin, _Finetuner):
 
     def predict(self, X) -> np.ndarray:
         "Most probable class of each sequence (n,), in the labels' own values."
-        return self.classes_[self._logits(X).argmax(-1).numpy()]
+        logits = self._logits(X)  # first: an unfitted estimator has no classes_
+        return self.classes_[logits.argmax(-1).numpy()]
 
 
 class FinetuneRegressor(RegressorMixin, _Finetuner):
@@ -422,6 +474,9 @@ def load_finetuned(folder: str | Path, base_model=None, device=None) -> Finetune
     if meta.get("format") != FINETUNE_FORMAT or meta.get("estimator") not in ESTIMATOR_CLASSES:
         raise ValueError(f"{meta_file} is not a {FINETUNE_FORMAT} file; write it with save_pretrained.")
     base = base_model if base_model is not None else meta["base_model"]
+    if base_model is not None and not meta["adapter"]:
+        raise ValueError(f"{folder} holds a whole fine-tuned model, which loads on its own; base_model= is for LoRA "
+                         "adapters, so leave it out.")
     if meta["adapter"] and base is None:
         raise ValueError(f"{folder} holds a LoRA adapter for a model that was passed as an object; pass base_model= "
                          "(that model, or its checkpoint folder).")
@@ -433,6 +488,9 @@ def load_finetuned(folder: str | Path, base_model=None, device=None) -> Finetune
             classifier, estimator.tokenizer_ = sequence_classifier(
                 base, estimator.n_outputs_, estimator._problem_type, tokenizer=tokenizer, pooling=estimator.pooling,
                 conjoin=estimator.rc_invariant, device=device)
+            if _base_signature(classifier.config) != meta["base_config"]:  # peft would load a partial adapter silently
+                raise ValueError(f"the adapter in {folder} was trained on a base model with {meta['base_config']}, but "
+                                 f"base_model has {_base_signature(classifier.config)}; pass the checkpoint it was trained from.")
             estimator.model_ = PeftModel.from_pretrained(classifier, folder).eval()
         else:
             with _quiet_transformers():
