@@ -28,9 +28,9 @@ import torch.distributed as torch_dist
 _T = TypeVar("_T")
 
 # %% auto #0
-__all__ = ['DEFAULT_TIMEOUT', 'ASSIGNMENT', 'RankError', 'Distributed', 'launch_env', 'init_distributed', 'rank_device',
-           'fair_threads', 'pin_threads', 'ShareBook', 'assign_shares', 'ShardedJob', 'torchrun_argv',
-           'bench_embed_scaling', 'build_parser', 'main']
+__all__ = ['DEFAULT_TIMEOUT', 'ASSIGNMENT', 'RankError', 'Distributed', 'launch_env', 'require_one_process', 'init_distributed',
+           'rank_device', 'fair_threads', 'pin_threads', 'command_setup', 'ShareBook', 'assign_shares', 'ShardedJob',
+           'atomic_write', 'write_json', 'ShardFolder', 'torchrun_argv', 'bench_embed_scaling', 'build_parser', 'main']
 
 # %% ../nbs/17_distributed.ipynb #ef34adc0
 class RankError(RuntimeError):
@@ -152,6 +152,12 @@ def launch_env(environ: Mapping[str, str] | None = None) -> Distributed:
     master = f"{environ['MASTER_ADDR']}:{environ['MASTER_PORT']}" if "MASTER_ADDR" in environ and "MASTER_PORT" in environ else None
     return Distributed(rank, world_size, local_rank, local_world_size, number("GROUP_RANK", 0), master)
 
+
+def require_one_process(fix: str) -> None:
+    "Refuse in-memory work under torchrun, where every process would do all of it: a ValueError that ends with `fix`."
+    if (env := launch_env()).world_size > 1:
+        raise ValueError(f"this process is rank {env.rank} of {env.world_size} (launched by torchrun): {fix}")
+
 # %% ../nbs/17_distributed.ipynb #d937e776
 DEFAULT_TIMEOUT = timedelta(hours=24)
 
@@ -214,6 +220,16 @@ def pin_threads(threads: int | None = None) -> int:
         raise ValueError(f"threads={threads} must be at least 1.")
     torch.set_num_threads(n)
     return n
+
+
+def command_setup(threads: int | None = None, device: str | None = None) -> tuple[Distributed, str | torch.device | None]:
+    """What a command does first: this process's place in the job; torch's threads pinned (to `threads`, or shared fairly
+    when other ranks run on this machine); and the device for its model (`device`, else its own GPU under torchrun,
+    else None: the loader's default)."""
+    env = launch_env()
+    if threads is not None or env.local_world_size > 1:
+        pin_threads(threads)
+    return env, device or (rank_device(env) if env.world_size > 1 else None)
 
 # %% ../nbs/17_distributed.ipynb #07cf28fc
 ASSIGNMENT = "greedy by tokens: unfinished shards in input order, each to the rank with the fewest tokens so far (ties: lowest rank)"
@@ -284,6 +300,72 @@ class ShardedJob:
             raise RuntimeError(f"the ranks read different inputs ({counts}; ids or sizes differ): every rank must run the same "
                                "call on the same input.")
         return self.dist.on_main(lambda: write(self.n_shards))
+
+# %% ../nbs/17_distributed.ipynb #b6e66ae9
+def atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
+    "Call `write(handle)` on a temporary file `.NAME.tmp` next to `path`, then rename it onto `path`: no reader sees half a file."
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as handle:
+        write(handle)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    "`obj` as indented, key-sorted JSON in `path`, written atomically."
+    atomic_write(path, lambda f: f.write((json.dumps(obj, indent=1, sort_keys=True) + "\n").encode()))
+
+
+class ShardFolder:
+    """The folder of one call's shards: a manifest with the call's `params` (a rerun with other parameters is refused,
+    never mixed in), shard files written atomically, and a shard finished once its completion marker exists.
+    Its `prepare` and `check` are what `ShardedJob` runs on rank 0 and on the other ranks."""
+    format = "dnallm_nb.shards/1"  # the manifest's format tag: each kind of folder sets its own
+    holds = "shards"  # what the folder holds, for messages
+    marker_suffix = ".csv"  # shard k is finished once `{k:05d}{marker_suffix}` exists in `shards` (written last)
+
+    def __init__(self, root: str | Path, params: dict, shards: str | Path | None = None):
+        self.root, self.params = Path(root), params
+        self.shards = self.root if shards is None else Path(shards)  # where the shard files go
+        self.manifest = self.root / "manifest.json"
+
+    def marker(self, k: int) -> Path:
+        "The completion marker of shard k."
+        return self.shards / f"{k:05d}{self.marker_suffix}"
+
+    def finished(self) -> list[int]:
+        "Indices of the finished shards."
+        return sorted(int(p.name.split(".")[0]) for p in self.shards.glob(f"[0-9]*{self.marker_suffix}"))
+
+    def differences(self) -> list[str]:
+        "Parameters in which the folder's manifest differs from this call's."
+        old = json.loads(self.manifest.read_text()).get("params", {})
+        return sorted(k for k in set(old) | set(self.params) if old.get(k) != self.params.get(k))
+
+    def prepare(self) -> list[int]:
+        "Create the folder and its manifest, or refuse one made with other parameters; delete partial files; the finished shards."
+        self.shards.mkdir(parents=True, exist_ok=True)
+        if self.manifest.exists():
+            if diff := self.differences():
+                raise ValueError(f"{str(self.root)!r} holds {self.holds} made with different parameters ({', '.join(diff)}); "
+                                 "write to a new output, or delete this folder to start over.")
+        else:
+            self.write_manifest()
+        for stale in {*self.root.glob(".*.tmp"), *self.shards.glob(".*.tmp")}:  # partial files of a killed run
+            stale.unlink()
+        return self.finished()
+
+    def check(self) -> None:
+        "On the other ranks: the folder rank 0 prepared is visible here and was prepared for this very call."
+        if not self.manifest.exists():
+            raise FileNotFoundError(f"{str(self.manifest)!r} does not exist here, though rank 0 wrote it: the output must be "
+                                    "in a folder that every machine of the job sees (a shared filesystem).")
+        if diff := self.differences():
+            raise ValueError(f"this rank's call differs from rank 0's ({', '.join(diff)}), for which {str(self.root)!r} was "
+                             "prepared: every rank must run the same call on the same input.")
+
+    def write_manifest(self, **summary) -> None:
+        "The manifest: format tag, the call's parameters, and what a finished run adds (`summary`: counts, `distributed`, ...)."
+        write_json(self.manifest, {"format": self.format, "params": self.params, **summary})
 
 # %% ../nbs/17_distributed.ipynb #a2dd740b
 def torchrun_argv(nproc_per_node: int, *program: str) -> list[str]:

@@ -27,7 +27,8 @@ import torch
 from Bio.SeqIO.FastaIO import SimpleFastaParser
 from tqdm.auto import tqdm
 
-from .distributed import Distributed, RankError, ShardedJob, init_distributed, launch_env, pin_threads, rank_device
+from .distributed import (Distributed, RankError, ShardedJob, ShardFolder, atomic_write, command_setup,
+                                   init_distributed, require_one_process)
 from .dna import InvalidSequenceError, validate_dna
 from .load import MODEL_REGISTRY, load_model_and_tokenizer
 from .modeling import pool_positions as pool_hidden_positions
@@ -35,17 +36,18 @@ from .rc import (align_rc_output, conjoin, model_complement_map, model_layout, r
                           reverse_complement_ids, strand_invariant_view)
 
 # %% auto #0
-__all__ = ['FASTA_SUFFIXES', 'BED_SUFFIXES', 'POOLINGS', 'RC_MODES', 'FORMAT', 'read_fasta', 'read_bed', 'iter_sequences',
-           'check_pooling', 'pool_positions', 'resolve_rc', 'rc_view', 'count_entries', 'embed_token_ids',
-           'window_starts', 'check_window', 'tokenize_bases', 'trained_context', 'EmbeddingResult', 'load_embeddings',
-           'extract_embeddings', 'build_embed_parser', 'embed_main']
+__all__ = ['FASTA_SUFFIXES', 'BED_SUFFIXES', 'POOLINGS', 'RC_MODES', 'FORMAT', 'open_text', 'read_fasta', 'read_bed',
+           'input_fingerprint', 'iter_sequences', 'check_pooling', 'pool_positions', 'resolve_rc', 'rc_view',
+           'count_entries', 'embed_token_ids', 'window_starts', 'check_window', 'tokenize_bases', 'equal_width_batches',
+           'trained_context', 'EmbeddingResult', 'load_embeddings', 'model_identity', 'extract_embeddings',
+           'build_embed_parser', 'embed_main']
 
 # %% ../nbs/08_embeddings.ipynb #3286a06d
 FASTA_SUFFIXES: tuple[str, ...] = (".fa", ".fasta", ".fna", ".fa.gz", ".fasta.gz", ".fna.gz")
 BED_SUFFIXES: tuple[str, ...] = (".bed", ".bed.gz")
 
 
-def _open_text(path: Path):
+def open_text(path: Path):
     "Open a text file, gunzipping `.gz`."
     return gzip.open(path, "rt") if path.name.endswith(".gz") else open(path)
 
@@ -54,7 +56,7 @@ def read_fasta(path: str | Path) -> Iterator[tuple[str, str]]:
     "Stream `(id, sequence)` records from a FASTA file (plain or gzip); the id is the header's first word."
     path = Path(path)
     n = 0
-    with _open_text(path) as handle:
+    with open_text(path) as handle:
         for title, seq in SimpleFastaParser(handle):
             n += 1
             yield (title.split(None, 1)[0] if title.strip() else f"record{n}"), seq
@@ -73,7 +75,7 @@ def _bed_rows(bed: str | Path | pd.DataFrame) -> Iterator[dict]:
         for values in bed.itertuples(index=False, name=None):
             yield dict(zip(cols, values))
         return
-    with _open_text(Path(bed)) as handle:
+    with open_text(Path(bed)) as handle:
         for line_no, line in enumerate(handle, 1):
             if not line.strip() or line.startswith(("#", "track", "browser")):
                 continue
@@ -110,8 +112,8 @@ def read_bed(bed: str | Path | pd.DataFrame, genome: str | Path) -> Iterator[tup
         raise ValueError(f"BED input {bed if not isinstance(bed, pd.DataFrame) else 'DataFrame'} holds no intervals.")
 
 # %% ../nbs/08_embeddings.ipynb #3f173b5e
-def _describe_input(sequences: Any, genome: str | Path | None) -> dict:
-    "A JSON description of the input that changes when the input does (used to refuse resuming a different call)."
+def input_fingerprint(sequences: Any, genome: str | Path | None = None) -> dict:
+    "A JSON description of the input that changes when the input does (a manifest's record of it; resuming another input is refused)."
     def file_info(path) -> dict:
         stat = Path(path).stat()
         return {"path": str(Path(path).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
@@ -330,7 +332,7 @@ def tokenize_bases(tokenizer, seqs: Sequence[str]) -> list[np.ndarray]:
     return [np.concatenate(p) for p in parts]
 
 
-def _batches(items: list[tuple[int, int, int]], batch_size: int) -> Iterator[list[tuple[int, int, int]]]:
+def equal_width_batches(items: list[tuple[int, int, int]], batch_size: int) -> Iterator[list[tuple[int, int, int]]]:
     "Consecutive runs of sorted (width, record, start) items with equal width, at most `batch_size` long."
     run: list[tuple[int, int, int]] = []
     for item in items:
@@ -350,7 +352,7 @@ def _embed_chunk(plan: _Plan, tokens: list[np.ndarray], *, pooling: str, batch_s
     results: list[dict[int, np.ndarray] | None] = [None] * len(tokens)
     sums: dict[int, dict[int, np.ndarray]] = {}  # record → layer → (L, C) float64 sums over windows
     left = [len(s) for s in starts]
-    for batch in _batches(items, batch_size):
+    for batch in equal_width_batches(items, batch_size):
         width = batch[0][0]
         ids = torch.as_tensor(np.stack([tokens[r][s : s + width] for _, r, s in batch]))  # (B, W)
         arrays = {layer: t.float().cpu().numpy() for layer, t in _embed_batch(plan, ids).items()}  # (B, W, C)
@@ -460,62 +462,20 @@ FORMAT = "dnallm_nb.embeddings/1"
 _SHARD_MAX_TOKENS = 1 << 20  # a shard also closes once its sequences hold this many tokens (bounds per-token output)
 
 
-def _atomic_write(path: Path, write) -> None:
-    "Call `write(handle)` on a temporary file next to `path`, then rename it onto `path`."
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        write(handle)
-    os.replace(tmp, path)
-
-
-def _json_bytes(obj) -> bytes:
-    return (json.dumps(obj, indent=1, sort_keys=True) + "\n").encode()
-
-
 def _state_name(layer: int, residual: bool) -> str:
     return f"{'residual' if residual else 'hidden'}{layer}"
 
 
-class _ShardWriter:
-    "Writes shards into `out`; knows which are finished."
+class _ShardWriter(ShardFolder):
+    "Writes shards into `out/shards`; knows which are finished."
+    format, holds, marker_suffix = FORMAT, "embeddings", ".csv"
+
     def __init__(self, out: str | Path, params: dict):
-        self.root, self.params = Path(out), params
-        self.shards = self.root / "shards"
-        self.manifest = self.root / "manifest.json"
-
-    def _differences(self) -> list[str]:
-        "Parameters in which the folder's manifest differs from this call's."
-        old = json.loads(self.manifest.read_text()).get("params", {})
-        return sorted(k for k in set(old) | set(self.params) if old.get(k) != self.params.get(k))
-
-    def prepare(self) -> list[int]:
-        "Create the folder and its manifest, or refuse one made with other parameters; delete partial files; the finished shards."
-        self.shards.mkdir(parents=True, exist_ok=True)
-        if self.manifest.exists():
-            if diff := self._differences():
-                raise ValueError(f"{str(self.root)!r} holds embeddings made with different parameters ({', '.join(diff)}); "
-                                 "write to a new out folder, or delete this one to start over.")
-        else:
-            _atomic_write(self.manifest, lambda f: f.write(_json_bytes({"format": FORMAT, "params": self.params})))
-        for stale in self.shards.glob(".*.tmp"):  # partial files of a killed run
-            stale.unlink()
-        return sorted(int(p.name.split(".")[0]) for p in self.shards.glob("[0-9]*.csv"))
-
-    def check(self) -> None:
-        "On the other ranks: the folder rank 0 prepared is visible here and was prepared for this very call."
-        if not self.manifest.exists():
-            raise FileNotFoundError(f"{str(self.manifest)!r} does not exist here, though rank 0 wrote it: out= must be a folder "
-                                    "that every machine of the job sees (a shared filesystem).")
-        if diff := self._differences():
-            raise ValueError(f"this rank's call differs from rank 0's ({', '.join(diff)}), for which {str(self.root)!r} was "
-                             "prepared: every rank must run the same call on the same input.")
-
-    def _marker(self, k: int) -> Path:
-        return self.shards / f"{k:05d}.csv"
+        super().__init__(out, params, Path(out) / "shards")
 
     def done_ids(self, k: int) -> list[str] | None:
         "Ids of shard k if it is finished, else None."
-        marker = self._marker(k)
+        marker = self.marker(k)
         if not marker.exists():
             return None
         with open(marker, newline="") as f:
@@ -527,12 +487,12 @@ class _ShardWriter:
         for layer in self.params["layers"]:
             rows = [r[layer] for r in results]
             array = np.concatenate(rows) if self.params["pooling"] == "none" else np.stack(rows)
-            _atomic_write(self.shards / f"{k:05d}.{_state_name(layer, residual)}.npy", lambda f: np.save(f, array))
+            atomic_write(self.shards / f"{k:05d}.{_state_name(layer, residual)}.npy", lambda f: np.save(f, array))
 
         def write_csv(handle):
             text = _csv_text(["id", "length"], zip(ids, lengths))
             handle.write(text.encode())
-        _atomic_write(self._marker(k), write_csv)
+        atomic_write(self.marker(k), write_csv)
 
     def finish(self, n_shards: int, run: dict) -> None:
         "Write the global index and the final manifest (`run`: what `ShardedJob.summary` says about the run)."
@@ -542,17 +502,16 @@ class _ShardWriter:
             handle.write(b"id,length,shard,row,offset\n")
             for k in range(n_shards):
                 offset = 0
-                with open(self._marker(k), newline="") as f:
+                with open(self.marker(k), newline="") as f:
                     for row_no, row in enumerate(csv.DictReader(f)):
                         handle.write(_csv_text(None, [(row["id"], row["length"], k, row_no, offset)]).encode())
                         offset += int(row["length"])
                         n += 1
-        _atomic_write(self.root / "index.csv", write_index)
+        atomic_write(self.root / "index.csv", write_index)
         files = {str(layer): _state_name(layer, self.params["residual"]) for layer in self.params["layers"]}
         dims = {layer: int(np.load(self.shards / f"00000.{name}.npy", mmap_mode="r").shape[-1]) for layer, name in files.items()}
         summary = {"n_sequences": n, "n_shards": n_shards, "dims": dims, "files": files, "distributed": run}
-        _atomic_write(self.manifest,
-                      lambda f: f.write(_json_bytes({"format": FORMAT, "params": self.params, **summary})))
+        self.write_manifest(**summary)
 
 
 def _csv_text(header: list[str] | None, rows: Iterable[tuple]) -> str:
@@ -601,18 +560,23 @@ def _sha256_state(model: torch.nn.Module) -> str:
     return digest.hexdigest()
 
 
-def _call_identity(plan: _Plan, tokenizer, sequences, genome, shard_size: int) -> dict:
-    "Fingerprints of model, tokenizer and input: the part of a call's parameters that decides whether shards can be reused."
-    config = {k: v for k, v in plan.model.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
+def model_identity(model: torch.nn.Module, tokenizer) -> dict:
+    """Fingerprints of a model (config, weights and dtype of its base model, which holds every weight a tied LM head
+    uses) and its tokenizer (class, vocabulary): what an output folder's manifest records as the model that made it."""
+    base = _unwrap(model)
+    config = {k: v for k, v in base.config.to_dict().items() if k not in ("_name_or_path", "transformers_version")}
     vocab = json.dumps(sorted(tokenizer.get_vocab().items()))
     return {
         "model": {"config_sha256": hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest(),
-                  "weights_sha256": _sha256_state(plan.model),
-                  "dtype": str(next(plan.model.parameters()).dtype)},
+                  "weights_sha256": _sha256_state(base),
+                  "dtype": str(next(base.parameters()).dtype)},
         "tokenizer": {"class": type(tokenizer).__name__, "vocab_sha256": hashlib.sha256(vocab.encode()).hexdigest()},
-        "input": _describe_input(sequences, genome),
-        "shard_size": shard_size,
     }
+
+
+def _call_identity(plan: _Plan, tokenizer, sequences, genome, shard_size: int) -> dict:
+    "Fingerprints of model, tokenizer and input: the part of a call's parameters that decides whether shards can be reused."
+    return {**model_identity(plan.model, tokenizer), "input": input_fingerprint(sequences, genome), "shard_size": shard_size}
 
 
 def _chunks(records: Iterator[tuple[str, str]], shard_size: int) -> Iterator[list[tuple[str, str]]]:
@@ -689,10 +653,8 @@ def extract_embeddings(
         sink: _ShardWriter | _Collector = _ShardWriter(out, params)
         job = ShardedJob(init_distributed(plan.device), prepare=sink.prepare, check=sink.check)  # one process: no-op
     else:
-        if (env := launch_env()).world_size > 1:
-            raise ValueError(f"this process is rank {env.rank} of {env.world_size} (launched by torchrun): pass out=FOLDER so the "
-                             "processes share the work and write one folder, then read it with load_embeddings(FOLDER); "
-                             "in memory, every process would embed everything.")
+        require_one_process("pass out=FOLDER so the processes share the work and write one folder, then read it with "
+                            "load_embeddings(FOLDER); in memory, every process would embed everything.")
         sink, job = _Collector(plan.layers, pooling), ShardedJob(Distributed(), prepare=lambda: ())
     dist = job.dist
     check_context = _context_warner(trained_context(model, tokenizer), window)
@@ -767,10 +729,7 @@ def embed_main(argv: list[str] | None = None) -> int:
     "Entry point of `dnallm-nb embed`; returns the exit status."
     args = build_embed_parser().parse_args(argv)
     try:
-        env = launch_env()
-        if args.threads is not None or env.local_world_size > 1:
-            pin_threads(args.threads)
-        device = args.device or (rank_device(env) if env.world_size > 1 else None)
+        env, device = command_setup(args.threads, args.device)
         model, tokenizer = load_model_and_tokenizer(args.model, task="embedding", device=device, dtype=args.dtype)
         out = extract_embeddings(model, tokenizer, args.input, layers=args.layers, pooling=args.pooling, rc=args.rc,
                                  residual=args.residual, batch_size=args.batch_size, window=args.window, stride=args.stride,

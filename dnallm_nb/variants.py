@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -30,16 +30,19 @@ from tqdm.auto import tqdm
 
 from .data import centre_index, open_fasta
 from .dna import IUPAC_COMPLEMENT, validate_dna
-from .embeddings import (_atomic_write, _batches, _call_identity, _describe_input, _json_bytes, _open_text, _Plan,
-                                  tokenize_bases, trained_context)
+from .distributed import (RankError, ShardedJob, ShardFolder, atomic_write, command_setup, init_distributed,
+                                   require_one_process)
+from .embeddings import (equal_width_batches, input_fingerprint, model_identity, open_text, tokenize_bases,
+                                  trained_context)
 from .load import load_model_and_tokenizer
 from .rc import model_complement_map, reverse_complement_ids
 
 # %% auto #0
 __all__ = ['VARIANT_COLUMNS', 'BASES', 'SCORE_COLUMNS', 'REF_MISMATCH_CHOICES', 'RC_CHOICES', 'LOGO_COLOURS', 'PARTS_FORMAT',
            'VCF_SUFFIXES', 'INFO_LLR', 'split_alt_alleles', 'read_vcf', 'variants_table', 'close_chromosome_names',
-           'variant_window', 'check_masked_lm', 'resolve_window', 'score_variants', 'mutagenesis', 'plot_mutagenesis',
-           'parts_folder', 'annotate_vcf', 'score_variants_to', 'build_score_parser', 'score_variants_main']
+           'variant_window', 'check_masked_lm', 'resolve_window', 'resolve_batch_size', 'score_variants', 'mutagenesis',
+           'plot_mutagenesis', 'parts_folder', 'annotate_vcf', 'score_variants_to', 'build_score_parser',
+           'score_variants_main']
 
 # %% ../nbs/14_variants.ipynb #5ee9b439
 VARIANT_COLUMNS: tuple[str, ...] = ("chrom", "pos", "ref", "alt")
@@ -50,7 +53,7 @@ BASES = "ACGT"
 
 def _vcf_records(path: Path) -> Iterator[tuple[int, list[str]]]:
     "(line number, tab-separated fields) of every record line of a VCF; `#` header lines and blank lines skipped."
-    with _open_text(path) as handle:
+    with open_text(path) as handle:
         for line_no, line in enumerate(handle, 1):
             if line.startswith("#") or not line.strip():
                 continue
@@ -72,8 +75,8 @@ def read_vcf(path: str | Path, split_multiallelic: bool = False) -> pd.DataFrame
     if not path.is_file():
         raise FileNotFoundError(f"VCF file {str(path)!r} does not exist; pass the path of a .vcf or .vcf.gz file.")
     rows = []
-    for line_no, fields in _vcf_records(path):
-        chrom, pos, vid, ref, alt = fields[:5]
+    for line_no, columns in _vcf_records(path):
+        chrom, pos, vid, ref, alt = columns[:5]
         if not pos.isdigit():
             raise ValueError(f"line {line_no} of {str(path)!r}: POS {pos!r} is not a whole number (VCF positions are 1-based).")
         rows.append((chrom, int(pos), vid, ref, alt))
@@ -123,10 +126,10 @@ class _Genome:
             raise ValueError("genome= is needed: the FASTA the variants' positions refer to (a path, plain or gzip), a "
                              "pyfaidx.Fasta, or a dict {chrom: sequence}.")
         if isinstance(genome, (str, os.PathLike)):
-            self.identity = _describe_input(genome, None)  # path, size and modification time, as `dnallm-nb embed` records its input
+            self.identity = input_fingerprint(genome)  # path, size and modification time, as `dnallm-nb embed` records its input
             genome = open_fasta(genome)
         elif isinstance(genome, pyfaidx.Fasta):
-            self.identity = _describe_input(genome.filename, None)
+            self.identity = input_fingerprint(genome.filename)
         elif isinstance(genome, Mapping):
             digest = hashlib.sha256()
             for name, seq in genome.items():
@@ -369,7 +372,7 @@ def _score_sites(scorer: _Scorer, tokenizer, genome: _Genome, sites: _Sites, bat
     n = len(sites)
     forward = np.empty((n, 4))
     reverse = np.empty((n, 4)) if scorer.complement is not None else None
-    for batch in _batches(sorted((int(w), j, 0) for j, w in enumerate(sites.width)), batch_size):  # equal widths, in order
+    for batch in equal_width_batches(sorted((int(w), j, 0) for j, w in enumerate(sites.width)), batch_size):  # equal widths, in order
         js = [j for _, j, _ in batch]
         windows = []
         for j in js:
@@ -408,6 +411,13 @@ def resolve_window(model: torch.nn.Module, tokenizer, window: int | None) -> int
     return _positive("window", window)
 
 
+def resolve_batch_size(model: torch.nn.Module, batch_size: int | None) -> int:
+    "`batch_size`, else one window per forward pass on a CPU (faster there than batches: `dnallm-nb bench --variants`) and 32 on a GPU."
+    if batch_size is None:
+        return 1 if next(model.parameters()).device.type == "cpu" else 32
+    return _positive("batch_size", batch_size)
+
+
 def score_variants(
     model: torch.nn.Module,  # a Caduceus-family masked LM, e.g. load_model_and_tokenizer(name, task="mask")
     tokenizer,  # its tokenizer
@@ -415,13 +425,15 @@ def score_variants(
     genome: str | Path | pyfaidx.Fasta | Mapping[str, str] | None = None,  # FASTA path (plain or gzip), pyfaidx.Fasta or dict
     window: int | None = None,  # bases per window; default: the checkpoint's trained context
     rc: str = "average",  # "average": both strands, LLRs averaged; "none": forward strand only
-    batch_size: int = 32,  # windows per forward pass (rc="average" adds as many reverse-complement rows)
+    batch_size: int | None = None,  # windows per forward pass (rc="average" adds as many reverse-complement rows); default: 1 on CPU, 32 on GPU
     progress: bool = True,  # tqdm bar with variants/s
     ref_mismatch: str = "error",  # REF that is not the genome's base: "error", or "flag" (scored, ref_matches_genome False)
     split_multiallelic: bool = False,  # score every ALT of multi-allelic rows as its own row
 ) -> pd.DataFrame:  # the input rows plus llr, p_ref, p_alt, ref_matches_genome, [llr_forward, llr_reverse,] genome_base, window_start, mask_index
     "Zero-shot effect of single-base substitutions: log p(alt) − log p(ref) at the masked variant, read from a masked LM and averaged over both strands."
-    _positive("batch_size", batch_size)
+    require_one_process("call score_variants_to(out, ...) (or dnallm-nb score-variants) so the processes share the work "
+                        "and write one file; in memory, every process would score everything.")
+    batch_size = resolve_batch_size(model, batch_size)
     table = variants_table(variants, split_multiallelic)
     scorer = _Scorer.make(model, tokenizer, rc)
     genome = _Genome(genome)
@@ -537,55 +549,43 @@ def parts_folder(out: str | Path) -> Path:
     return Path(f"{out}.parts")
 
 
-class _Parts:
+class _Parts(ShardFolder):
     "The parts folder of one `score_variants_to` call: manifest and one TSV per finished chunk, each written atomically."
+    format, holds, marker_suffix = PARTS_FORMAT, "variant scores", ".tsv"
+
     def __init__(self, out: str | Path, params: dict):
-        self.root, self.params = parts_folder(out), params
-        self.manifest = self.root / "manifest.json"
-
-    def _differences(self) -> list[str]:
-        old = json.loads(self.manifest.read_text()).get("params", {})
-        return sorted(k for k in set(old) | set(self.params) if old.get(k) != self.params.get(k))
-
-    def prepare(self) -> list[int]:
-        "Create the folder and its manifest, or refuse one made for another call; delete partial files; the finished chunks."
-        self.root.mkdir(parents=True, exist_ok=True)
-        if self.manifest.exists():
-            if diff := self._differences():
-                raise ValueError(f"{str(self.root)!r} holds scores of another call (different {', '.join(diff)}); write to "
-                                 "another output, or delete that folder to start over.")
-        else:
-            _atomic_write(self.manifest, lambda f: f.write(_json_bytes({"format": PARTS_FORMAT, "params": self.params})))
-        for stale in self.root.glob(".*.tmp"):  # partial files of a killed run
-            stale.unlink()
-        return self.finished()
-
-    def finished(self) -> list[int]:
-        "Indices of the finished chunks."
-        return sorted(int(p.name.split(".")[0]) for p in self.root.glob("[0-9]*.tsv"))
-
-    def path(self, k: int) -> Path:
-        return self.root / f"{k:05d}.tsv"
+        super().__init__(parts_folder(out), params)
 
     def write(self, k: int, frame: pd.DataFrame) -> None:
         "Write chunk k."
-        _atomic_write(self.path(k), lambda f: f.write(frame.to_csv(sep="\t", index=False, lineterminator="\n").encode()))
+        atomic_write(self.marker(k), lambda f: f.write(frame.to_csv(sep="\t", index=False, lineterminator="\n").encode()))
 
     def write_tsv(self, n_chunks: int, out: Path) -> None:
         "The output TSV: the header once, then every chunk's rows in order."
         def write(handle):
             for k in range(n_chunks):
-                with open(self.path(k), "rb") as part:
+                with open(self.marker(k), "rb") as part:
                     header = part.readline()
                     if k == 0:
                         handle.write(header)
                     shutil.copyfileobj(part, handle)
-        _atomic_write(out, write)
+        atomic_write(out, write)
 
     def llr(self, n_chunks: int) -> np.ndarray:
         "The llr column of every chunk, in order."
-        return np.concatenate([pd.read_csv(self.path(k), sep="\t", usecols=["llr"], float_precision="round_trip")["llr"]
+        return np.concatenate([pd.read_csv(self.marker(k), sep="\t", usecols=["llr"], float_precision="round_trip")["llr"]
                                .to_numpy() for k in range(n_chunks)])
+
+    def finish(self, n_chunks: int, out: Path, vcf_outputs: list[Path], variants, note: str, run: dict) -> Path:
+        "Rank 0, once every chunk is finished: write `out` (and the VCF outputs) from the parts, then the final manifest."
+        if out not in vcf_outputs:
+            self.write_tsv(n_chunks, out)
+        if vcf_outputs:
+            llr = self.llr(n_chunks)
+            for path in vcf_outputs:
+                annotate_vcf(variants, llr, path, note)
+        self.write_manifest(n_chunks=n_chunks, distributed=run)
+        return out
 
 # %% ../nbs/14_variants.ipynb #c203914c
 INFO_LLR = ('##INFO=<ID=LLR,Number=A,Type=Float,Description="Zero-shot log-likelihood ratio log p(ALT) - log p(REF) of '
@@ -605,7 +605,7 @@ def annotate_vcf(
 
     def records() -> Iterator[str]:
         n_meta, header_done = 0, False
-        with _open_text(source) as handle:
+        with open_text(source) as handle:
             for line in (raw.rstrip("\r\n") for raw in handle):
                 if not line.strip():
                     continue
@@ -642,26 +642,10 @@ def annotate_vcf(
         if stream is not handle:
             stream.flush()
             stream.close()
-    _atomic_write(out, write)
+    atomic_write(out, write)
     return out
 
 # %% ../nbs/14_variants.ipynb #c92ba7e5
-def _model_identity(model: torch.nn.Module, tokenizer) -> dict:
-    "Fingerprints of model (config, weights, dtype) and tokenizer, as `dnallm-nb embed` records them."
-    identity = _call_identity(_Plan.make(model, -1, "none", False), tokenizer, [], None, 0)  # the base model holds every weight (the LM head is tied)
-    return {key: identity[key] for key in ("model", "tokenizer")}
-
-
-def _chosen_chunks(chunks: Iterable[int] | None, n_chunks: int) -> list[int]:
-    "The chunk indices asked for, sorted and checked."
-    if chunks is None:
-        return list(range(n_chunks))
-    chosen = sorted({int(k) for k in chunks})
-    if bad := [k for k in chosen if not 0 <= k < n_chunks]:
-        raise ValueError(f"chunks {bad[:5]} do not exist: the variants make {n_chunks} chunk(s), indices 0..{n_chunks - 1}.")
-    return chosen
-
-
 def score_variants_to(
     out: str | Path,  # scores.tsv (input columns without the index, then the scores), or .vcf / .vcf.gz (VCF input only)
     model: torch.nn.Module,
@@ -671,19 +655,18 @@ def score_variants_to(
     *,
     window: int | None = None,
     rc: str = "average",
-    batch_size: int = 32,
+    batch_size: int | None = None,  # default: 1 on CPU, 32 on GPU
     chunk_size: int = 10_000,  # variants per chunk (per part file)
     ref_mismatch: str = "error",
     split_multiallelic: bool = False,
     progress: bool = True,
     out_vcf: str | Path | None = None,  # also write the input VCF with INFO/LLR here
-    chunks: Iterable[int] | None = None,  # indices of the chunks this process computes (default: all); finished ones are skipped
-    assemble: bool = True,  # write `out` (and `out_vcf`) once every chunk is finished; False: compute only
-) -> Path:  # `out` when assembled, else the parts folder
-    "`score_variants` to a file, in resumable chunks: each finished chunk is a part file next to `out`; a rerun skips them."
-    _positive("batch_size", batch_size), _positive("chunk_size", chunk_size)
+) -> Path:  # `out`
+    """`score_variants` to a file, in resumable chunks: each finished chunk is a part file next to `out`, which a rerun
+    skips. Under torchrun the processes share the chunks and write the output one process would."""
+    batch_size, _ = resolve_batch_size(model, batch_size), _positive("chunk_size", chunk_size)
     out = Path(out)
-    vcf_outputs = [p for p in (out if out.name.endswith(VCF_SUFFIXES) else None, out_vcf) if p is not None]
+    vcf_outputs = [Path(p) for p in (out if out.name.endswith(VCF_SUFFIXES) else None, out_vcf) if p is not None]
     if vcf_outputs and not isinstance(variants, (str, os.PathLike)):
         raise ValueError("a VCF output copies the input VCF with INFO/LLR added: pass the variants as a VCF path, or write a .tsv.")
     table = variants_table(variants, split_multiallelic)
@@ -692,38 +675,27 @@ def score_variants_to(
     window = resolve_window(model, tokenizer, window)
     sites = _locate(table, genome, window, ref_mismatch)
     digest = hashlib.sha256(table.to_csv(sep="\t", index=False).encode()).hexdigest()
-    params = {**_model_identity(model, tokenizer), "window": window, "rc": rc, "ref_mismatch": ref_mismatch,
+    params = {**model_identity(model, tokenizer), "window": window, "rc": rc, "ref_mismatch": ref_mismatch,
               "chunk_size": chunk_size, "input": {"variants_sha256": digest, "n_variants": len(table), "genome": genome.identity}}
     parts = _Parts(out, params)
-    finished = set(parts.prepare())
-    n_chunks = math.ceil(len(table) / chunk_size)
-    todo = _chosen_chunks(chunks, n_chunks)
-    bar = tqdm(total=sum(min(chunk_size, len(table) - k * chunk_size) for k in todo), unit="variant", desc="scoring",
-               disable=not progress)
+    job = ShardedJob(init_distributed(next(model.parameters()).device), prepare=parts.prepare, check=parts.check)
+    dist = job.dist
+    bar = tqdm(total=len(table) if dist.world_size == 1 else None, unit="variant",
+               desc="scoring" + (f" (rank 0 of {dist.world_size})" if dist.world_size > 1 else ""),
+               disable=not progress or not dist.is_main)  # several processes: rank 0's own chunks
     try:
         with _inference(model):
-            for k in todo:
+            for k in range(math.ceil(len(table) / chunk_size)):
                 rows = slice(k * chunk_size, min((k + 1) * chunk_size, len(table)))
-                if k in finished:
+                if job.take(k, rows.stop - rows.start):  # unfinished, and this rank's
+                    scores = _score_sites(scorer, tokenizer, genome, sites[rows], batch_size, bar)
+                    parts.write(k, pd.concat([table.iloc[rows].reset_index(drop=True), scores], axis=1))
+                elif k in job.finished:
                     bar.update(rows.stop - rows.start)
-                    continue
-                scores = _score_sites(scorer, tokenizer, genome, sites[rows], batch_size, bar)
-                parts.write(k, pd.concat([table.iloc[rows].reset_index(drop=True), scores], axis=1))
     finally:
         bar.close()
-    if not assemble:
-        return parts.root
-    if missing := sorted(set(range(n_chunks)) - set(parts.finished())):
-        raise ValueError(f"cannot write {str(out)!r}: chunk(s) {missing[:5]} of {n_chunks} are not finished; compute them "
-                         "first (call without chunks=).")
-    if out not in vcf_outputs:
-        parts.write_tsv(n_chunks, out)
-    if vcf_outputs:
-        llr = parts.llr(n_chunks)
-        note = f'model="{getattr(model, "name_or_path", "")}",window={window},rc={rc}'
-        for path in vcf_outputs:
-            annotate_vcf(variants, llr, path, note)
-    return out
+    note = f'model="{getattr(model, "name_or_path", "")}",window={window},rc={rc}'
+    return job.finish(lambda n_chunks: parts.finish(n_chunks, out, vcf_outputs, variants, note, job.summary))
 
 # %% ../nbs/14_variants.ipynb #067036af
 def build_score_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -738,13 +710,16 @@ def build_score_parser(parser: argparse.ArgumentParser | None = None) -> argpars
     p.add_argument("--out-vcf", help="also write the input VCF with INFO/LLR here")
     p.add_argument("--window", type=int, help="bases per window (default: the checkpoint's trained context)")
     p.add_argument("--rc", choices=RC_CHOICES, default="average", help="average both strands' LLRs, or forward strand only")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--chunk-size", type=int, default=10_000, help="variants per part file")
+    p.add_argument("--batch-size", type=int, help="windows per forward pass (default: 1 on CPU, 32 on GPU)")
+    p.add_argument("--chunk-size", type=int, default=10_000, help="variants per part file (the unit of resuming, and of "
+                   "sharing among torchrun processes)")
     p.add_argument("--ref-mismatch", choices=REF_MISMATCH_CHOICES, default="error",
                    help="REF that is not the genome's base: stop (error) or score and flag it")
     p.add_argument("--split-multiallelic", action="store_true", help="score every ALT of multi-allelic records")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="model dtype (default: float32)")
+    p.add_argument("--threads", type=int, help="torch threads per process (default: OMP_NUM_THREADS, else the CPUs shared "
+                   "evenly among this machine's processes)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
@@ -753,14 +728,18 @@ def score_variants_main(argv: list[str] | None = None) -> int:
     "Entry point of `dnallm-nb score-variants`; returns the exit status."
     args = build_score_parser().parse_args(argv)
     try:
-        model, tokenizer = load_model_and_tokenizer(args.model, task="mask", device=args.device, dtype=args.dtype)
+        env, device = command_setup(args.threads, args.device)
+        model, tokenizer = load_model_and_tokenizer(args.model, task="mask", device=device, dtype=args.dtype)
         out = score_variants_to(args.out, model, tokenizer, args.vcf, args.genome, window=args.window, rc=args.rc,
                                 batch_size=args.batch_size, chunk_size=args.chunk_size, ref_mismatch=args.ref_mismatch,
                                 split_multiallelic=args.split_multiallelic, progress=not args.no_progress, out_vcf=args.out_vcf)
-    except (ValueError, TypeError, FileNotFoundError, IndexError) as e:  # CheckpointNotFoundError is a FileNotFoundError
+    except (ValueError, TypeError, FileNotFoundError, IndexError, RankError) as e:  # CheckpointNotFoundError is a FileNotFoundError
         print(f"dnallm-nb score-variants: error: {e}", file=sys.stderr)
         return 2
-    params = json.loads((parts_folder(out) / "manifest.json").read_text())["params"]
-    also = f" and {args.out_vcf}" if args.out_vcf else ""
-    print(f"scored {params['input']['n_variants']} variants into {out}{also} (window {params['window']}, rc {params['rc']})")
+    if env.is_main:
+        params = json.loads((parts_folder(out) / "manifest.json").read_text())["params"]
+        also = f" and {args.out_vcf}" if args.out_vcf else ""
+        processes = f", {env.world_size} processes" if env.world_size > 1 else ""
+        print(f"scored {params['input']['n_variants']} variants into {out}{also} (window {params['window']}, rc {params['rc']}"
+              f"{processes})")
     return 0

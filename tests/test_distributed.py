@@ -213,3 +213,92 @@ def test_two_machines_write_the_one_process_folder(data, tmp_path):
     for rank in (0, 1):
         written = [int(k) for k in (tmp_path / f"log.{rank}").read_text().split()]
         assert written == [k for k, owner in enumerate(shares) if owner == rank]
+
+
+# ---- variant scoring ------------------------------------------------------------------------------------------------
+
+VARIANT_KILL_SCRIPT = """
+import os, signal, sys
+import dnallm_nb.variants as V
+from dnallm_nb.distributed import launch_env
+write = V._Parts.write
+def write_then_die(self, k, frame):  # rank 1 dies (SIGKILL: no cleanup) right after writing its first chunk
+    write(self, k, frame)
+    if launch_env().rank == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+V._Parts.write = write_then_die
+sys.exit(V.score_variants_main(sys.argv[1:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def variant_data(tmp_path_factory):
+    "A 2-chromosome genome, a VCF of 40 SNVs on it (10 chunks of 4), and the one-process output of score-variants."
+    from dnallm_nb.variants import score_variants_main
+    root = tmp_path_factory.mktemp("variants")
+    rng = np.random.default_rng(3)
+    genome = {name: "".join(rng.choice(list("ACGT"), 1500)) for name in ("chr1", "chr2")}
+    (root / "g.fa").write_text("".join(f">{name}\n{seq}\n" for name, seq in genome.items()))
+    lines = ["##fileformat=VCFv4.2", "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO"]
+    for i, pos in enumerate(sorted(rng.choice(np.arange(1, 1501), 40, replace=False))):
+        chrom = "chr1" if i < 25 else "chr2"
+        ref = genome[chrom][pos - 1]
+        lines.append(f"{chrom}\t{pos}\tv{i}\t{ref}\t{'C' if ref != 'C' else 'T'}\t.\t.\t.")
+    (root / "v.vcf").write_text("\n".join(lines) + "\n")
+    options = ["--model", str(MODEL), "--genome", str(root / "g.fa"), "--vcf", str(root / "v.vcf"), "--window", "64",
+               "--chunk-size", "4", "--no-progress"]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert score_variants_main([*options, "--out", str(root / "one.tsv"), "--out-vcf", str(root / "one.vcf.gz")]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return root, options
+
+
+def assert_same_scores(root: Path, name: str, world_size: int) -> None:
+    "The TSV, the VCF and every part file byte-identical to the one-process run's; the manifests equal but for world_size."
+    assert (root / f"{name}.tsv").read_bytes() == (root / "one.tsv").read_bytes()
+    assert gzip_text(root / f"{name}.vcf.gz") == gzip_text(root / "one.vcf.gz")
+    got, expected = files_of(root / f"{name}.tsv.parts"), files_of(root / "one.tsv.parts")
+    manifests = [json.loads(files.pop("manifest.json")) for files in (got, expected)]
+    assert got == expected and sorted(got) == [f"{k:05d}.tsv" for k in range(10)]
+    assert manifests[0]["distributed"].pop("world_size") == world_size and manifests[1]["distributed"].pop("world_size") == 1
+    assert manifests[0] == manifests[1]
+
+
+def gzip_text(path: Path) -> str:
+    import gzip
+    return gzip.open(path, "rt").read()
+
+
+def test_score_variants_under_torchrun_matches_one_process(variant_data):
+    root, options = variant_data
+    run = torchrun("-m", "dnallm_nb.cli", "score-variants", *options, "--out", root / "two.tsv", "--out-vcf", root / "two.vcf.gz")
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.count("scored 40 variants into") == 1 and "2 processes" in run.stdout  # rank 0 only
+    assert_same_scores(root, "two", world_size=2)
+
+
+def test_killed_scoring_rank_fails_the_job_and_a_relaunch_resumes(variant_data, tmp_path):
+    root, options = variant_data
+    (tmp_path / "kill.py").write_text(VARIANT_KILL_SCRIPT)
+    outputs = ["--out", root / "killed.tsv", "--out-vcf", root / "killed.vcf.gz"]
+    run = torchrun(tmp_path / "kill.py", *options, *outputs)
+    assert run.returncode != 0 and "SIGKILL" in run.stderr, run.stderr
+    assert not (root / "killed.tsv").exists() and not (root / "killed.vcf.gz").exists()
+    done = sorted(p.name for p in (root / "killed.tsv.parts").glob("*.tsv"))
+    rank1 = [f"{k:05d}.tsv" for k, rank in enumerate(assign_shares([4] * 10, 2)) if rank == 1]
+    assert [name for name in rank1 if name in done] == [rank1[0]]  # rank 1 wrote one of its chunks, then died
+    written = {name: (root / "killed.tsv.parts" / name).stat().st_mtime_ns for name in done}
+    run = torchrun("-m", "dnallm_nb.cli", "score-variants", *options, *outputs)
+    assert run.returncode == 0, run.stderr
+    assert {name: (root / "killed.tsv.parts" / name).stat().st_mtime_ns for name in written} == written  # not recomputed
+    assert_same_scores(root, "killed", world_size=2)
+
+
+def test_scoring_rank_errors_reach_the_shell_and_other_calls_are_refused(variant_data):
+    root, options = variant_data
+    run = torchrun("-m", "dnallm_nb.cli", "score-variants", *options, "--out", root / "one.tsv", "--window", "32")
+    assert run.returncode != 0
+    assert run.stderr.count("holds variant scores made with different parameters (window)") == 2, run.stderr  # both ranks

