@@ -33,13 +33,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dnallm-nb", description="Caduceus-family DNA language models, natively.")
     parser.add_argument("--version", action="version", version=f"dnallm_nb {dnallm_nb.__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    demo_parser = commands.add_parser("demo", help="the main job: RC check + layer probes with controls on a real task; writes a report")
+    demo_parser = commands.add_parser("demo", help="the main job: RC check, layer probes and LoRA fine-tuning against "
+                                      "controls on a real task; writes a report")
     demo_parser.add_argument("--out", default="reports/demo", help="report folder (created)")
     demo_parser.add_argument("--model", help="registry id, hub id or checkpoint folder (default: the bundled pretrained "
                              "demo model, dnallm-nb/plant-caduceus-ps-tiny)")
     demo_parser.add_argument("--task", default="ath_tis", help="shipped benchmark task (see dnallm_nb.data.list_benchmark_tasks)")
     demo_parser.add_argument("--n-sequences", type=int, default=300, help="balanced windows to probe")
     demo_parser.add_argument("--window", type=int, default=128, help="bases around the site")
+    demo_parser.add_argument("--no-finetune", dest="finetune", action="store_false",
+                             help="skip the LoRA fine-tuning step (the slowest part of the report)")
     for name, (_, _, help_text) in MODULE_COMMANDS.items():
         commands.add_parser(name, help=help_text, add_help=False)  # listed here, parsed by its module
     return parser
@@ -52,7 +55,8 @@ def main(argv: list[str] | None = None) -> int:
         module, function, _ = MODULE_COMMANDS[argv[0]]
         return getattr(importlib.import_module(module), function)(argv[1:])
     args = build_parser().parse_args(argv)
-    summary = run_journey(args.out, model=args.model, task=args.task, n_sequences=args.n_sequences, window=args.window)
+    summary = run_journey(args.out, model=args.model, task=args.task, n_sequences=args.n_sequences, window=args.window,
+                          finetune=args.finetune)
     print(summary.read_text())
     print(f"report written to {summary.parent}/")
     return 0

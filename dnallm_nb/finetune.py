@@ -32,7 +32,8 @@ from .probing import (
 __all__ = ['LORA_TARGET_MODULES', 'DEFAULT_LORA_TARGETS', 'METHODS', 'DEFAULT_LEARNING_RATES', 'FINETUNE_FORMAT',
            'ESTIMATOR_CLASSES', 'METHOD_NAMES', 'lora_target_modules', 'check_lora_targets', 'sequence_classifier',
            'trainable_model', 'predict_logits', 'train_classifier', 'FinetuneClassifier', 'FinetuneRegressor',
-           'load_finetuned', 'cross_validate_finetune', 'compare_with_controls', 'plot_comparison']
+           'load_finetuned', 'cross_validate_finetune', 'comparison_results', 'compare_with_controls',
+           'plot_comparison']
 
 # %% ../nbs/16_finetune.ipynb #72e36a77
 LORA_TARGET_MODULES: dict[str, tuple[str, ...]] = {
@@ -541,6 +542,17 @@ def cross_validate_finetune(estimator: FinetuneClassifier | FinetuneRegressor, s
                        permuted_labels=False, pipeline=estimator)
 
 # %% ../nbs/16_finetune.ipynb #36c36bba
+def comparison_results(layers: LayerProbeResult, finetuned: Mapping[str, ProbeResult],
+                       metric: str | None = None) -> dict[str, ProbeResult]:
+    """The results `compare_with_controls` lines up, by name: 'probe, layer L' (the best layer by the primary metric), every
+    `finetuned` result, then the best k-mer baseline."""
+    kmer = layers.best_baseline(metric or layers.primary_metric, kmers_only=True)
+    if kmer is None:
+        raise ValueError("layers has no k-mer baseline; run probe_layers with 'kmer' in controls.")
+    best = f"layer {layers.best_layer}"
+    return {f"probe, {best}": layers.results[best], **finetuned, kmer: layers.results[kmer]}
+
+
 def compare_with_controls(layers: LayerProbeResult, finetuned: Mapping[str, ProbeResult],
                           metric: str | None = None) -> pd.DataFrame:
     """Fine-tuned models next to the frozen probes, on the same folds. One row each for the best probe layer, every
@@ -548,11 +560,8 @@ def compare_with_controls(layers: LayerProbeResult, finetuned: Mapping[str, Prob
     folds; `diff`, `diff_sd`: mean and sd of the per-fold difference to the best k-mer baseline; `folds_above`: folds
     where the row beats it; then the other metrics (mean, sd). The baseline's name is in `.attrs['baseline']`."""
     metric = metric or layers.primary_metric
-    kmer = layers.best_baseline(metric, kmers_only=True)
-    if kmer is None:
-        raise ValueError("layers has no k-mer baseline; run probe_layers with 'kmer' in controls.")
-    best = f"layer {layers.best_layer}"
-    results = {f"probe, {best}": layers.results[best], **finetuned, kmer: layers.results[kmer]}
+    results = comparison_results(layers, finetuned, metric)
+    kmer = list(results)[-1]
     paired = compare_probes(results, baseline=kmer, metric=metric)  # refuses results scored on other folds
     base = results[kmer].fold_metrics[metric].to_numpy()
     rows = {}

@@ -13,8 +13,11 @@ import pandas as pd
 
 from .data import centre_index, load_benchmark
 
+DEMO_FINETUNE = dict(method="lora", pooling="center", max_steps=150, learning_rate=5e-3)
+"LoRA settings of the main job's fine-tuning step (`FinetuneClassifier` parameters), chosen by measurement on `nbs/16_finetune.ipynb`."
+
 # %% auto #0
-__all__ = ['task_sample', 'run_journey']
+__all__ = ['DEMO_FINETUNE', 'task_sample', 'run_journey']
 
 # %% ../nbs/13_report.ipynb #eb82294b
 def task_sample(task: str, n_sequences: int, window: int, seed: int = 0) -> pd.DataFrame:
@@ -32,7 +35,25 @@ def task_sample(task: str, n_sequences: int, window: int, seed: int = 0) -> pd.D
     return sample.assign(sequence=sample.sequence.str.slice(start, start + window)).reset_index(drop=True)
 
 # %% ../nbs/13_report.ipynb #14b8bd79
-def _summary_markdown(model_label: str, task: str, n: int, window: int, rc_report, layers, seconds: float) -> str:
+def _versus_kmers(comparison: pd.DataFrame, row: str, n_folds: int) -> str:
+    """One row of a `compare_with_controls` table against its k-mer baseline, ending in a plain verdict: it beats
+    k-mers when the mean of the per-fold difference is more than one sd above zero."""
+    metric, kmer = comparison.columns[0], comparison.attrs["baseline"]
+    r, base = comparison.loc[row], comparison.loc[kmer]
+    verdict = ("yes" if r["diff"] - r["diff_sd"] > 0 else
+               "no (ahead on average, within the folds' spread)" if r["diff"] > 0 else "no")
+    return (f"{metric} {r[metric]:.3f} ± {r[metric + '_sd']:.3f}; {kmer} {base[metric]:.3f} ± {base[metric + '_sd']:.3f}; "
+            f"per-fold difference {r['diff']:+.3f} ± {r['diff_sd']:.3f}, above on {int(r['folds_above'])}/{n_folds} folds; "
+            f"**beats k-mers: {verdict}**")
+
+
+def _finetune_settings() -> str:
+    s = DEMO_FINETUNE
+    return f"{s['pooling']} pooling, up to {s['max_steps']} steps, learning rate {s['learning_rate']:g}"
+
+
+def _summary_markdown(model_label: str, task: str, n: int, window: int, rc_report, layers, comparison: pd.DataFrame,
+                      finetune_seconds: float | None, seconds: float) -> str:
     table = layers.summary()
     metric, best = layers.primary_metric, layers.best_layer
     best_row = table.loc[best]
@@ -47,8 +68,13 @@ def _summary_markdown(model_label: str, task: str, n: int, window: int, rc_repor
         f"- **best layer**: {best} of {len(table) - 1} — {metric} {best_row[metric]:.3f} ± {best_row[metric + '_sd']:.3f}; "
         f"random-init {best_row.random_init:.3f}, shuffled labels {best_row.shuffled:.3f}; "
         f"selectivity against {baseline}: {best_row.sel_baseline:+.3f} ± {best_row.sel_baseline_sd:.3f}",
+        f"- **frozen probe (layer {best}) vs k-mers**: " + _versus_kmers(comparison, f"probe, layer {best}", len(layers.folds)),
+        "- **LoRA fine-tune**: " + ("skipped (`--no-finetune`)" if finetune_seconds is None else
+                                    f"{_finetune_settings()}, same folds, {finetune_seconds:.0f} s — "
+                                    + _versus_kmers(comparison, "LoRA fine-tune", len(layers.folds))),
         f"- **wall time**: {seconds:.0f} s", "",
-        "Files: `layer_probe.csv`, `controls.csv`, `layer_curve.png`, `rc_check.csv`, `rc_check.png`.",
+        "Files: `layer_probe.csv`, `controls.csv`, `layer_curve.png`, `rc_check.csv`, `rc_check.png`"
+        + ("." if finetune_seconds is None else ", `finetune.csv`, `finetune.png`."),
     ]
     return "\n".join(lines) + "\n"
 
@@ -68,8 +94,13 @@ def _model_label(model: str | Path) -> str:
 
 # %% ../nbs/13_report.ipynb #a5e7a04e
 def run_journey(out: str | Path = "reports/demo", model: str | Path | None = None, task: str = "ath_tis",
-                n_sequences: int = 300, window: int = 128, seed: int = 0, progress: bool = True) -> Path:
-    "Load a model (default: the bundled pretrained demo model), check RC symmetry, probe every layer with controls on `task`; write the report folder and return `summary.md`'s path."
+                n_sequences: int = 300, window: int = 128, seed: int = 0, finetune: bool = True,
+                progress: bool = True) -> Path:
+    """Load a model (default: the bundled pretrained demo model), check RC symmetry, probe every layer with controls on
+    `task`, then (`finetune=True`) fine-tune LoRA adapters (`DEMO_FINETUNE`) on the probes' folds; write the report
+    folder and return `summary.md`'s path."""
+    from dnallm_nb.finetune import (
+        FinetuneClassifier, compare_with_controls, comparison_results, cross_validate_finetune, plot_comparison)
     from dnallm_nb.probing import interval_groups, probe_layers
     from dnallm_nb.rc import check_rc_equivariance
     started = time.time()
@@ -83,11 +114,23 @@ def run_journey(out: str | Path = "reports/demo", model: str | Path | None = Non
     rc_report.summary().to_csv(out / "rc_check.csv", index=False)
     rc_report.plot().savefig(out / "rc_check.png", dpi=120, bbox_inches="tight")
     groups = interval_groups(sample.chrom, sample.start, sample.end)
-    layers = probe_layers(model_obj, tokenizer, list(sample.sequence), sample.label.to_numpy(), groups=groups,
-                          random_state=seed, progress=progress)
+    seqs, y = list(sample.sequence), sample.label.to_numpy()
+    layers = probe_layers(model_obj, tokenizer, seqs, y, groups=groups, random_state=seed, progress=progress)
     layers.summary().to_csv(out / "layer_probe.csv")
     layers.compare().to_csv(out / "controls.csv")
     layers.plot().savefig(out / "layer_curve.png", dpi=120, bbox_inches="tight")
+    finetuned, finetune_seconds = {}, None
+    if finetune:
+        finetune_started = time.time()
+        estimator = FinetuneClassifier(model_obj, tokenizer, random_state=seed, progress=progress, **DEMO_FINETUNE)
+        finetuned["LoRA fine-tune"] = cross_validate_finetune(estimator, seqs, y, groups=layers.groups, cv=layers.folds,
+                                                              progress=progress)
+        finetune_seconds = time.time() - finetune_started
+    comparison = compare_with_controls(layers, finetuned)
+    if finetune:
+        comparison.to_csv(out / "finetune.csv")
+        plot_comparison(comparison_results(layers, finetuned)).savefig(out / "finetune.png", dpi=120, bbox_inches="tight")
     summary = out / "summary.md"
-    summary.write_text(_summary_markdown(_model_label(model), task, len(sample), window, rc_report, layers, time.time() - started))
+    summary.write_text(_summary_markdown(_model_label(model), task, len(sample), window, rc_report, layers, comparison,
+                                         finetune_seconds, time.time() - started))
     return summary

@@ -11,7 +11,19 @@ def test_console_script_demo_writes_report(tmp_path: Path):
     assert result.returncode == 0, result.stderr
     assert "report written to" in result.stdout and "RC symmetry**: PASSED" in result.stdout
     assert "`dnallm-nb/plant-caduceus-ps-tiny`, the bundled pretrained demo model" in result.stdout  # the default model
-    assert {p.name for p in (tmp_path / "r").iterdir()} >= {"summary.md", "layer_curve.png", "layer_probe.csv"}
+    assert {p.name for p in (tmp_path / "r").iterdir()} >= {"summary.md", "layer_curve.png", "layer_probe.csv",
+                                                           "finetune.csv", "finetune.png"}
+    summary = (tmp_path / "r" / "summary.md").read_text()
+    assert summary == result.stdout.split("report written to")[0].rstrip("\n") + "\n"  # what it prints is the summary
+    lines = {line.split("**")[1]: line for line in summary.splitlines() if line.startswith("- **")}
+    assert "beats k-mers: " in lines["LoRA fine-tune"] and "beats k-mers: " in lines[next(k for k in lines if k.startswith("frozen probe"))]
+    table = __import__("pandas").read_csv(tmp_path / "r" / "finetune.csv", index_col=0)
+    assert list(table.index[1:-1]) == ["LoRA fine-tune"] and table.index[0].startswith("probe, layer ") and table.index[-1].endswith("-mers")
+    lora = table.loc["LoRA fine-tune"]
+    assert f"auroc {lora.auroc:.3f} ± {lora.auroc_sd:.3f}" in lines["LoRA fine-tune"]
+    assert f"above on {int(lora.folds_above)}/5 folds" in lines["LoRA fine-tune"]
+    verdict = "yes" if lora["diff"] - lora.diff_sd > 0 else "no"
+    assert f"**beats k-mers: {verdict}" in lines["LoRA fine-tune"]
 
 
 def test_console_script_rejects_unknown_command():
