@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import sys
-from pathlib import Path
 
 import dnallm_nb
 from .report import run_journey
@@ -39,8 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo_parser.add_argument("--model", help="registry id, hub id or checkpoint folder (default: the bundled pretrained "
                              "demo model, dnallm-nb/plant-caduceus-ps-tiny)")
     demo_parser.add_argument("--task", default="ath_tis", help="shipped benchmark task (see dnallm_nb.data.list_benchmark_tasks)")
-    demo_parser.add_argument("--n-sequences", type=int, default=300, help="balanced windows to probe")
-    demo_parser.add_argument("--window", type=int, default=128, help="bases around the site")
+    journey = inspect.signature(run_journey).parameters
+    for flag, help_text in [("--n-sequences", "balanced windows to probe"), ("--window", "bases around the site"),
+                            ("--pooling", "how the probes pool positions (embeddings.POOLINGS)"),
+                            ("--finetune-sequences", "balanced windows to fine-tune on"),
+                            ("--finetune-window", "bases around the site when fine-tuning")]:
+        default = journey[flag[2:].replace("-", "_")].default
+        demo_parser.add_argument(flag, type=type(default), default=default, help=f"{help_text} (default: {default})")
     demo_parser.add_argument("--no-finetune", dest="finetune", action="store_false",
                              help="skip the LoRA fine-tuning step (the slowest part of the report)")
     for name, (_, _, help_text) in MODULE_COMMANDS.items():
@@ -56,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         return getattr(importlib.import_module(module), function)(argv[1:])
     args = build_parser().parse_args(argv)
     summary = run_journey(args.out, model=args.model, task=args.task, n_sequences=args.n_sequences, window=args.window,
-                          finetune=args.finetune)
+                          pooling=args.pooling, finetune=args.finetune, finetune_sequences=args.finetune_sequences,
+                          finetune_window=args.finetune_window)
     print(summary.read_text())
     print(f"report written to {summary.parent}/")
     return 0

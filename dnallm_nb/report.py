@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from .data import centre_index, load_benchmark
@@ -47,13 +46,25 @@ def _versus_kmers(comparison: pd.DataFrame, row: str, n_folds: int) -> str:
             f"**beats k-mers: {verdict}**")
 
 
-def _finetune_settings() -> str:
-    s = DEMO_FINETUNE
-    return f"{s['pooling']} pooling, up to {s['max_steps']} steps, learning rate {s['learning_rate']:g}"
+def _finetune_settings(params: dict) -> str:
+    return f"{params['pooling']} pooling, up to {params['max_steps']} steps, learning rate {params['learning_rate']:g}"
 
 
-def _summary_markdown(model_label: str, task: str, n: int, window: int, rc_report, layers, comparison: pd.DataFrame,
-                      finetune_seconds: float | None, seconds: float) -> str:
+def _finetune_line(finetuned: dict | None) -> str:
+    "The summary's fine-tuning line: its sample and settings, the frozen probe on that sample, and the verdict."
+    if finetuned is None:
+        return "- **LoRA fine-tune**: skipped (`--no-finetune`)"
+    comparison, n_folds = finetuned["comparison"], finetuned["n_folds"]
+    probe_row = comparison.index[0]
+    metric = comparison.columns[0]
+    return (f"- **LoRA fine-tune** on {finetuned['n']} windows of {finetuned['window']} bp (the five-minute budget), "
+            f"{_finetune_settings(finetuned['params'])}, {finetuned['seconds']:.0f} s; on the same folds the frozen "
+            f"{probe_row} scores {metric} {comparison.loc[probe_row, metric]:.3f} — "
+            + _versus_kmers(comparison, "LoRA fine-tune", n_folds))
+
+
+def _summary_markdown(model_label: str, task: str, n: int, window: int, pooling: str, rc_report, layers,
+                      comparison: pd.DataFrame, finetuned: dict | None, seconds: float) -> str:
     table = layers.summary()
     metric, best = layers.primary_metric, layers.best_layer
     best_row = table.loc[best]
@@ -62,21 +73,20 @@ def _summary_markdown(model_label: str, task: str, n: int, window: int, rc_repor
         "# dnallm_nb report", "",
         f"- **model**: {model_label}",
         f"- **task**: `{task}` — {n} balanced windows of {window} bp (shipped A. thaliana benchmark, train split), "
-        "5-fold CV grouped by genomic overlap and strand",
+        f"{pooling}-pooled embeddings, 5-fold CV grouped by genomic overlap and strand",
         f"- **RC symmetry**: {'PASSED' if rc_report.passed else 'FAILED'} (largest |Δ| {rc_report.errors.max_abs.max():.2e} "
         f"over {len(rc_report.errors)} view × layer checks)",
         f"- **best layer**: {best} of {len(table) - 1} — {metric} {best_row[metric]:.3f} ± {best_row[metric + '_sd']:.3f}; "
         f"random-init {best_row.random_init:.3f}, shuffled labels {best_row.shuffled:.3f}; "
         f"selectivity against {baseline}: {best_row.sel_baseline:+.3f} ± {best_row.sel_baseline_sd:.3f}",
         f"- **frozen probe (layer {best}) vs k-mers**: " + _versus_kmers(comparison, f"probe, layer {best}", len(layers.folds)),
-        "- **LoRA fine-tune**: " + ("skipped (`--no-finetune`)" if finetune_seconds is None else
-                                    f"{_finetune_settings()}, same folds, {finetune_seconds:.0f} s — "
-                                    + _versus_kmers(comparison, "LoRA fine-tune", len(layers.folds))),
+        _finetune_line(finetuned),
         f"- **wall time**: {seconds:.0f} s", "",
         "Files: `layer_probe.csv`, `controls.csv`, `layer_curve.png`, `rc_check.csv`, `rc_check.png`"
-        + ("." if finetune_seconds is None else ", `finetune.csv`, `finetune.png`."),
+        + ("." if finetuned is None else ", `finetune.csv`, `finetune.png`."),
     ]
     return "\n".join(lines) + "\n"
+
 
 # %% ../nbs/13_report.ipynb #da60e961
 def _model_label(model: str | Path) -> str:
@@ -93,44 +103,62 @@ def _model_label(model: str | Path) -> str:
             f"Model card: `{folder / 'README.md'}`")
 
 # %% ../nbs/13_report.ipynb #a5e7a04e
-def run_journey(out: str | Path = "reports/demo", model: str | Path | None = None, task: str = "ath_tis",
-                n_sequences: int = 300, window: int = 128, seed: int = 0, finetune: bool = True,
-                progress: bool = True) -> Path:
-    """Load a model (default: the bundled pretrained demo model), check RC symmetry, probe every layer with controls on
-    `task`, then (`finetune=True`) fine-tune LoRA adapters (`DEMO_FINETUNE`) on the probes' folds; write the report
-    folder and return `summary.md`'s path."""
-    from dnallm_nb.finetune import (
-        FinetuneClassifier, compare_with_controls, comparison_results, cross_validate_finetune, plot_comparison)
+def _probe_sample(model, tokenizer, sample: pd.DataFrame, pooling: str, seed: int, progress: bool, controls=True):
+    "`probe_layers` on a `task_sample`, its folds grouped by genomic overlap (and strand)."
     from dnallm_nb.probing import interval_groups, probe_layers
+    groups = interval_groups(sample.chrom, sample.start, sample.end)
+    return probe_layers(model, tokenizer, list(sample.sequence), sample.label.to_numpy(), groups=groups, pooling=pooling,
+                        controls=controls, random_state=seed, progress=progress)
+
+
+def _finetune_sample(model, tokenizer, sample: pd.DataFrame, pooling: str, seed: int, params: dict,
+                     progress: bool) -> tuple[pd.DataFrame, dict]:
+    """LoRA on `sample`'s folds next to a frozen probe and k-mer counts on the same folds: (the `compare_with_controls`
+    table, the results it lines up)."""
+    from dnallm_nb.finetune import FinetuneClassifier, compare_with_controls, comparison_results, cross_validate_finetune
+    layers = _probe_sample(model, tokenizer, sample, pooling, seed, progress, controls=["kmer"])
+    estimator = FinetuneClassifier(model, tokenizer, random_state=seed, progress=progress, **params)
+    finetuned = {"LoRA fine-tune": cross_validate_finetune(estimator, list(sample.sequence), sample.label.to_numpy(),
+                                                           groups=layers.groups, cv=layers.folds, progress=progress)}
+    return compare_with_controls(layers, finetuned), comparison_results(layers, finetuned)
+
+
+def run_journey(out: str | Path = "reports/demo", model: str | Path | None = None, task: str = "ath_tis",
+                n_sequences: int = 1000, window: int = 512, pooling: str = "center", seed: int = 0,
+                finetune: bool = True, finetune_sequences: int = 300, finetune_window: int = 128,
+                finetune_params: dict | None = None, progress: bool = True) -> Path:
+    """Load a model (default: the bundled pretrained demo model), check RC symmetry, probe every layer with controls on
+    `n_sequences` windows of `task` (`pooling` over positions); then (`finetune=True`) fine-tune LoRA adapters
+    (`finetune_params`, default `DEMO_FINETUNE`) on `finetune_sequences` windows of `finetune_window` bases against a
+    frozen probe and k-mers on the same folds. Writes the report folder and returns `summary.md`'s path."""
+    from dnallm_nb.finetune import compare_with_controls, plot_comparison
+    from dnallm_nb.load import DEMO_MODEL_NAME, load_model_and_tokenizer
     from dnallm_nb.rc import check_rc_equivariance
     started = time.time()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    from dnallm_nb.load import DEMO_MODEL_NAME, load_model_and_tokenizer
     model = DEMO_MODEL_NAME if model is None else model
     model_obj, tokenizer = load_model_and_tokenizer(model)
     sample = task_sample(task, n_sequences, window, seed)
+    finetune_sample = task_sample(task, finetune_sequences, finetune_window, seed) if finetune else None  # checked first
     rc_report = check_rc_equivariance(model_obj, tokenizer, dict(zip(sample.index.astype(str)[:8], sample.sequence[:8])))
     rc_report.summary().to_csv(out / "rc_check.csv", index=False)
     rc_report.plot().savefig(out / "rc_check.png", dpi=120, bbox_inches="tight")
-    groups = interval_groups(sample.chrom, sample.start, sample.end)
-    seqs, y = list(sample.sequence), sample.label.to_numpy()
-    layers = probe_layers(model_obj, tokenizer, seqs, y, groups=groups, random_state=seed, progress=progress)
+    layers = _probe_sample(model_obj, tokenizer, sample, pooling, seed, progress)
     layers.summary().to_csv(out / "layer_probe.csv")
     layers.compare().to_csv(out / "controls.csv")
     layers.plot().savefig(out / "layer_curve.png", dpi=120, bbox_inches="tight")
-    finetuned, finetune_seconds = {}, None
+    finetuned = None
     if finetune:
+        params = DEMO_FINETUNE if finetune_params is None else finetune_params
         finetune_started = time.time()
-        estimator = FinetuneClassifier(model_obj, tokenizer, random_state=seed, progress=progress, **DEMO_FINETUNE)
-        finetuned["LoRA fine-tune"] = cross_validate_finetune(estimator, seqs, y, groups=layers.groups, cv=layers.folds,
-                                                              progress=progress)
-        finetune_seconds = time.time() - finetune_started
-    comparison = compare_with_controls(layers, finetuned)
-    if finetune:
+        comparison, results = _finetune_sample(model_obj, tokenizer, finetune_sample, pooling, seed, params, progress)
         comparison.to_csv(out / "finetune.csv")
-        plot_comparison(comparison_results(layers, finetuned)).savefig(out / "finetune.png", dpi=120, bbox_inches="tight")
+        plot_comparison(results).savefig(out / "finetune.png", dpi=120, bbox_inches="tight")
+        finetuned = dict(comparison=comparison, n=len(finetune_sample), window=finetune_window, params=params,
+                         seconds=time.time() - finetune_started, n_folds=len(next(iter(results.values())).folds))
     summary = out / "summary.md"
-    summary.write_text(_summary_markdown(_model_label(model), task, len(sample), window, rc_report, layers, comparison,
-                                         finetune_seconds, time.time() - started))
+    summary.write_text(_summary_markdown(_model_label(model), task, len(sample), window, pooling, rc_report, layers,
+                                         compare_with_controls(layers, {}), finetuned, time.time() - started))
     return summary
+

@@ -6,7 +6,8 @@ from pathlib import Path
 
 def test_console_script_demo_writes_report(tmp_path: Path):
     exe = Path(sys.executable).with_name("dnallm-nb")
-    result = subprocess.run([str(exe), "demo", "--out", str(tmp_path / "r"), "--n-sequences", "20", "--window", "32"],
+    result = subprocess.run([str(exe), "demo", "--out", str(tmp_path / "r"), "--n-sequences", "20", "--window", "32",
+                             "--finetune-sequences", "20", "--finetune-window", "32"],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert "report written to" in result.stdout and "RC symmetry**: PASSED" in result.stdout
@@ -20,6 +21,7 @@ def test_console_script_demo_writes_report(tmp_path: Path):
     table = __import__("pandas").read_csv(tmp_path / "r" / "finetune.csv", index_col=0)
     assert list(table.index[1:-1]) == ["LoRA fine-tune"] and table.index[0].startswith("probe, layer ") and table.index[-1].endswith("-mers")
     lora = table.loc["LoRA fine-tune"]
+    assert "on 20 windows of 32 bp" in lines["LoRA fine-tune"] and "up to 150 steps" in lines["LoRA fine-tune"]
     assert f"auroc {lora.auroc:.3f} ± {lora.auroc_sd:.3f}" in lines["LoRA fine-tune"]
     assert f"above on {int(lora.folds_above)}/5 folds" in lines["LoRA fine-tune"]
     verdict = "yes" if lora["diff"] - lora.diff_sd > 0 else "no"
