@@ -58,9 +58,9 @@ def _finetune_line(finetuned: dict | None) -> str:
     probe_row = comparison.index[0]
     metric = comparison.columns[0]
     return (f"- **LoRA fine-tune** on {finetuned['n']} windows of {finetuned['window']} bp (the five-minute budget), "
-            f"{_finetune_settings(finetuned['params'])}, {finetuned['seconds']:.0f} s; on the same folds the frozen "
-            f"{probe_row} scores {metric} {comparison.loc[probe_row, metric]:.3f} — "
-            + _versus_kmers(comparison, "LoRA fine-tune", n_folds))
+            f"{_finetune_settings(finetuned['params'])}, {finetuned['seconds']:.0f} s — "
+            + _versus_kmers(comparison, "LoRA fine-tune", n_folds)
+            + f"; the frozen {probe_row} on these folds: {metric} {comparison.loc[probe_row, metric]:.3f}")
 
 
 def _summary_markdown(model_label: str, task: str, n: int, window: int, pooling: str, rc_report, layers,
