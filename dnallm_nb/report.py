@@ -57,7 +57,7 @@ def _finetune_line(finetuned: dict | None) -> str:
     comparison, n_folds = finetuned["comparison"], finetuned["n_folds"]
     probe_row = comparison.index[0]
     metric = comparison.columns[0]
-    return (f"- **LoRA fine-tune** on {finetuned['n']} windows of {finetuned['window']} bp (the five-minute budget), "
+    return (f"- **LoRA fine-tune** on {finetuned['n']} windows of {finetuned['window']} bp, "
             f"{_finetune_settings(finetuned['params'])}, {finetuned['seconds']:.0f} s — "
             + _versus_kmers(comparison, "LoRA fine-tune", n_folds)
             + f"; the frozen {probe_row} on these folds: {metric} {comparison.loc[probe_row, metric]:.3f}")
@@ -140,7 +140,7 @@ def run_journey(out: str | Path = "reports/demo", model: str | Path | None = Non
     model = DEMO_MODEL_NAME if model is None else model
     model_obj, tokenizer = load_model_and_tokenizer(model)
     sample = task_sample(task, n_sequences, window, seed)
-    finetune_sample = task_sample(task, finetune_sequences, finetune_window, seed) if finetune else None  # checked first
+    finetune_sample = task_sample(task, finetune_sequences, finetune_window, seed) if finetune else None  # drawn now: a bad size fails before the slow steps
     rc_report = check_rc_equivariance(model_obj, tokenizer, dict(zip(sample.index.astype(str)[:8], sample.sequence[:8])))
     rc_report.summary().to_csv(out / "rc_check.csv", index=False)
     rc_report.plot().savefig(out / "rc_check.png", dpi=120, bbox_inches="tight")
