@@ -2,6 +2,7 @@
 import subprocess
 import sys
 from pathlib import Path
+from dnallm_nb.testing import golden_path
 
 
 def test_console_script_demo_writes_report(tmp_path: Path):
@@ -35,7 +36,7 @@ def test_console_script_rejects_unknown_command():
     assert "invalid choice" in result.stderr
 
 
-GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
+GOLDEN = golden_path()
 
 
 def test_console_script_embed_writes_resumable_shards(tmp_path: Path):

@@ -15,8 +15,9 @@ import torch
 from dnallm_nb.distributed import Distributed, ShardedJob, assign_shares, launch_env, torchrun_argv
 from dnallm_nb.embeddings import _ShardWriter, embed_main, extract_embeddings, load_embeddings
 from dnallm_nb.load import load_model_and_tokenizer
+from dnallm_nb.testing import golden_path
 
-GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
+GOLDEN = golden_path()
 MODEL = GOLDEN / "caduceus-ps-tiny"
 CLI = Path(sys.executable).parent / "dnallm-nb"  # the console script, run by torchrun's Python
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}

@@ -17,8 +17,9 @@ from dnallm_nb.dna import InvalidSequenceError
 from dnallm_nb.embeddings import POOLINGS, embed_main, extract_embeddings, load_embeddings, pool_positions
 from dnallm_nb.load import load_model_and_tokenizer
 from dnallm_nb.rc import reverse_complement
+from dnallm_nb.testing import golden_path
 
-GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
+GOLDEN = golden_path()
 LENGTHS = [1, 1, 1, 2, 2, 5, 5, 5, 21, 21, 21, 55, 55, 144, 144, 144, 300, 300, 300, 300]  # 1..300, repeats to batch
 
 

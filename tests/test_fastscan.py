@@ -11,8 +11,9 @@ from safetensors.torch import load_file
 
 from dnallm_nb.configuration import CaduceusConfig
 from dnallm_nb.modeling import CaduceusForMaskedLM, CaduceusModel, flip_strands, reverse_complement_ids
+from dnallm_nb.testing import golden_path
 
-GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
+GOLDEN = golden_path()
 FAMILIES = ["caduceus-ph-tiny", "caduceus-ps-tiny", "plantcaduceus-tiny", "plantcad2-tiny"]
 TOL = 1e-4
 CADUCEUS_COMPLEMENT = {0: 0, 1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 6, 7: 10, 8: 9, 9: 8, 10: 7, 11: 11}

@@ -15,8 +15,9 @@ from dnallm_nb.finetune import (
 from dnallm_nb.load import load_model_and_tokenizer
 from dnallm_nb.modeling import CaduceusForMaskedLM
 from dnallm_nb.probing import gc_content, make_dna_task, probe_layers
+from dnallm_nb.testing import golden_path
 
-GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
+GOLDEN = golden_path()
 PS, PH, PLANTCAD2 = GOLDEN / "caduceus-ps-tiny", GOLDEN / "caduceus-ph-tiny", GOLDEN / "plantcad2-tiny"
 QUICK = dict(max_steps=2, progress=False)
 

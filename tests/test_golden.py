@@ -12,8 +12,9 @@ from transformers import AutoModel, AutoModelForMaskedLM
 
 from dnallm_nb.modeling import CaduceusForMaskedLM, CaduceusModel
 from dnallm_nb.rc import reverse_complement_ids
+from dnallm_nb.testing import golden_path
 
-GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
+GOLDEN = golden_path()
 FAMILIES = ["caduceus-ph-tiny", "caduceus-ps-tiny", "plantcaduceus-tiny", "plantcad2-tiny"]
 TAGS = ["short", "long"]
 LOADERS = {"class": (CaduceusForMaskedLM, CaduceusModel), "auto": (AutoModelForMaskedLM, AutoModel)}

@@ -1,6 +1,6 @@
 """load_model_and_tokenizer: hub ids served from a local Hugging Face cache, golden outputs, pipelines and errors.
 
-The tiny golden checkpoints (../shared/golden) stand in for the released weights: each registry id below is
+The tiny golden checkpoints (tests/fixtures/golden) stand in for the released weights: each registry id below is
 filed into a private hub cache laid out as huggingface_hub leaves it (blobs, snapshots/<commit>, refs/main),
 and loaded with the hub offline."""
 import hashlib
@@ -22,8 +22,9 @@ from dnallm_nb.load import (MODEL_REGISTRY, CheckpointNotFoundError, ModelInfo, 
                             load_model_and_tokenizer, register_model, resolve_checkpoint)
 from dnallm_nb.modeling import CaduceusForMaskedLM, CaduceusForSequenceClassification, CaduceusModel
 from dnallm_nb.tokenization import CaduceusTokenizer, PlantTokenizer
+from dnallm_nb.testing import golden_path
 
-GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
+GOLDEN = golden_path()
 STAND_INS = {  # registry id -> golden folder with the same layout
     "kuleshov-group/caduceus-ph_seqlen-131k_d_model-256_n_layer-16": "caduceus-ph-tiny",
     "kuleshov-group/caduceus-ps_seqlen-131k_d_model-256_n_layer-16": "caduceus-ps-tiny",

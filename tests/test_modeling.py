@@ -12,8 +12,9 @@ from dnallm_nb.configuration import CaduceusConfig
 from dnallm_nb.modeling import (POOLINGS, CaduceusForMaskedLM, CaduceusForSequenceClassification, CaduceusModel,
                                 CheckpointError, checkpoint_keys, detect_mixer_type, flip_strands)
 from dnallm_nb.rc import reverse_complement_ids
+from dnallm_nb.testing import golden_path
 
-GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
+GOLDEN = golden_path()
 CADUCEUS_COMPLEMENT = {0: 0, 1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 6, 7: 10, 8: 9, 9: 8, 10: 7, 11: 11}
 PLANT_COMPLEMENT = {0: 0, 1: 1, 2: 2, 3: 6, 4: 5, 5: 4, 6: 3, 7: 7}
 

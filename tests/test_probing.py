@@ -16,6 +16,7 @@ from dnallm_nb.dna import InvalidSequenceError, reverse_complement
 from dnallm_nb.embeddings import extract_embeddings
 from dnallm_nb.load import load_model_and_tokenizer
 from dnallm_nb.probing import (CONTROLS, GlobalScaler, LayerProbeResult, ProbeResult, combine_groups, compare_probes,
+from dnallm_nb.testing import golden_path
                                gc_content, interval_groups, kmer_features, kmer_names, make_dna_task, make_folds, probe,
                                probe_layers, random_init_like, rc_groups)
 
@@ -399,7 +400,7 @@ def test_probe_errors(small, make_call, error, message):
 
 # ---------------------------------------------------------------- probe_layers
 
-GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
+GOLDEN = golden_path()
 LAYER_NAMES = [f"{kind}layer {layer}" for kind in ("", "random-init ", "shuffled ") for layer in (0, 1, 2)]
 ALL_NAMES = LAYER_NAMES + [f"{k}-mers" for k in range(1, 7)] + ["GC content"]
 

@@ -11,10 +11,11 @@ from safetensors.torch import load_file
 from dnallm_nb.dna import InvalidSequenceError
 from dnallm_nb.load import load_model_and_tokenizer
 from dnallm_nb.rc import (RCReport, align_rc_logits, break_rc_sharing, check_rc_equivariance, model_complement_map,
+from dnallm_nb.testing import golden_path
                           reverse_complement)
 
 matplotlib.use("Agg")
-GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
+GOLDEN = golden_path()
 PS_FOLDERS = ["caduceus-ps-tiny", "plantcaduceus-tiny", "plantcad2-tiny"]
 ATOL = 1e-5
 # odd lengths, length 1, unequal lengths (two share one), lower case, N

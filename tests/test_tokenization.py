@@ -8,8 +8,9 @@ from transformers import AutoTokenizer
 
 from dnallm_nb.dna import InvalidSequenceError
 from dnallm_nb.tokenization import CaduceusTokenizer, PlantTokenizer
+from dnallm_nb.testing import golden_path
 
-GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
+GOLDEN = golden_path()
 
 
 @pytest.fixture(scope="module")

