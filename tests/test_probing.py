@@ -11,12 +11,12 @@ from sklearn.model_selection import GroupKFold, StratifiedKFold
 from sklearn.svm import LinearSVC
 from threadpoolctl import threadpool_limits
 
+from dnallm_nb.testing import golden_path
 import dnallm_nb.probing as probing
 from dnallm_nb.dna import InvalidSequenceError, reverse_complement
 from dnallm_nb.embeddings import extract_embeddings
 from dnallm_nb.load import load_model_and_tokenizer
 from dnallm_nb.probing import (CONTROLS, GlobalScaler, LayerProbeResult, ProbeResult, combine_groups, compare_probes,
-from dnallm_nb.testing import golden_path
                                gc_content, interval_groups, kmer_features, kmer_names, make_dna_task, make_folds, probe,
                                probe_layers, random_init_like, rc_groups)
 

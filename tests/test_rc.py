@@ -8,10 +8,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from dnallm_nb.testing import golden_path
 from dnallm_nb.dna import InvalidSequenceError
 from dnallm_nb.load import load_model_and_tokenizer
 from dnallm_nb.rc import (RCReport, align_rc_logits, break_rc_sharing, check_rc_equivariance, model_complement_map,
-from dnallm_nb.testing import golden_path
                           reverse_complement)
 
 matplotlib.use("Agg")

