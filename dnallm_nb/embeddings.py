@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import gzip
 import hashlib
 import itertools
 import json
 import math
-import os
 import sys
 import time
 import warnings
@@ -22,151 +20,23 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-import pyfaidx
 import torch
-from Bio.SeqIO.FastaIO import SimpleFastaParser
 from tqdm.auto import tqdm
 
-from .distributed import (Distributed, RankError, ShardedJob, ShardFolder, atomic_write, command_setup,
-                                   init_distributed, require_one_process)
-from .dna import InvalidSequenceError, validate_dna
+from .distributed import (Distributed, RankError, ShardedJob, ShardFolder, command_setup, init_distributed,
+                                   require_one_process)
+from .dna import validate_dna
+from .io import atomic_write, input_fingerprint, iter_sequences
 from .load import MODEL_REGISTRY, load_model_and_tokenizer
 from .modeling import pool_positions as pool_hidden_positions
-from .rc import (align_rc_output, conjoin, model_complement_map, model_layout, resolve_layers, reverse_complement,
-                          reverse_complement_ids, strand_invariant_view)
+from .rc import (align_rc_output, conjoin, model_complement_map, model_layout, resolve_layers, reverse_complement_ids,
+                          strand_invariant_view)
 
 # %% auto #0
-__all__ = ['FASTA_SUFFIXES', 'BED_SUFFIXES', 'POOLINGS', 'RC_MODES', 'FORMAT', 'open_text', 'read_fasta', 'read_bed',
-           'input_fingerprint', 'iter_sequences', 'check_pooling', 'pool_positions', 'resolve_rc', 'rc_view',
-           'count_entries', 'embed_token_ids', 'window_starts', 'check_window', 'tokenize_bases', 'equal_width_batches',
+__all__ = ['POOLINGS', 'RC_MODES', 'FORMAT', 'check_pooling', 'pool_positions', 'resolve_rc', 'rc_view', 'count_entries',
+           'embed_token_ids', 'window_starts', 'check_window', 'tokenize_bases', 'equal_width_batches',
            'trained_context', 'EmbeddingResult', 'load_embeddings', 'model_identity', 'extract_embeddings',
            'build_embed_parser', 'embed_main']
-
-# %% ../nbs/08_embeddings.ipynb #3286a06d
-FASTA_SUFFIXES: tuple[str, ...] = (".fa", ".fasta", ".fna", ".fa.gz", ".fasta.gz", ".fna.gz")
-BED_SUFFIXES: tuple[str, ...] = (".bed", ".bed.gz")
-
-
-def open_text(path: Path):
-    "Open a text file, gunzipping `.gz`."
-    return gzip.open(path, "rt") if path.name.endswith(".gz") else open(path)
-
-
-def read_fasta(path: str | Path) -> Iterator[tuple[str, str]]:
-    "Stream `(id, sequence)` records from a FASTA file (plain or gzip); the id is the header's first word."
-    path = Path(path)
-    n = 0
-    with open_text(path) as handle:
-        for title, seq in SimpleFastaParser(handle):
-            n += 1
-            yield (title.split(None, 1)[0] if title.strip() else f"record{n}"), seq
-    if n == 0:
-        raise InvalidSequenceError(f"FASTA file {str(path)!r} holds no records; check the path, and that each record "
-                                   "starts with a '>' header line.")
-
-# %% ../nbs/08_embeddings.ipynb #34bddae1
-def _bed_rows(bed: str | Path | pd.DataFrame) -> Iterator[dict]:
-    "BED rows as dicts with chrom, start, end and, when present, name and strand."
-    if isinstance(bed, pd.DataFrame):
-        missing = {"chrom", "start", "end"} - set(bed.columns)
-        if missing:
-            raise ValueError(f"BED DataFrame lacks columns {sorted(missing)}; name them chrom, start, end[, name, score, strand].")
-        cols = list(bed.columns)
-        for values in bed.itertuples(index=False, name=None):
-            yield dict(zip(cols, values))
-        return
-    with open_text(Path(bed)) as handle:
-        for line_no, line in enumerate(handle, 1):
-            if not line.strip() or line.startswith(("#", "track", "browser")):
-                continue
-            fields = line.rstrip("\n").split("\t")
-            if len(fields) < 3:
-                raise ValueError(f"BED line {line_no} of {str(bed)!r} has {len(fields)} tab-separated fields; need chrom, start, end.")
-            yield dict(zip(("chrom", "start", "end", "name", "score", "strand"), fields))
-
-
-def _interval_id(chrom: str, start: int, end: int, name: Any, strand: Any) -> str:
-    "The BED name, or chrom:start-end(strand)."
-    if isinstance(name, str) and name not in ("", "."):
-        return name
-    return f"{chrom}:{start}-{end}" + (f"({strand})" if strand in ("+", "-") else "")
-
-
-def read_bed(bed: str | Path | pd.DataFrame, genome: str | Path) -> Iterator[tuple[str, str]]:
-    "Stream `(id, sequence)` for BED intervals cut from an indexed genome FASTA; strand '-' gives the reverse complement."
-    n = 0
-    with pyfaidx.Fasta(str(genome), as_raw=True) as fasta:
-        for row in _bed_rows(bed):
-            chrom, start, end, strand = str(row["chrom"]), int(row["start"]), int(row["end"]), row.get("strand")
-            rid = _interval_id(chrom, start, end, row.get("name"), strand)
-            if chrom not in fasta:
-                raise ValueError(f"interval {rid!r}: chromosome {chrom!r} is not in {str(genome)!r} (it has e.g. "
-                                 f"{list(fasta.keys())[:5]}); use the genome the BED file was made for.")
-            if not 0 <= start < end <= len(fasta[chrom]):
-                raise ValueError(f"interval {rid!r} is not within {chrom} (length {len(fasta[chrom])}); "
-                                 "BED needs 0 <= start < end <= length.")
-            seq = fasta[chrom][start:end]
-            n += 1
-            yield rid, reverse_complement(seq) if strand == "-" else seq
-    if n == 0:
-        raise ValueError(f"BED input {bed if not isinstance(bed, pd.DataFrame) else 'DataFrame'} holds no intervals.")
-
-# %% ../nbs/08_embeddings.ipynb #3f173b5e
-def input_fingerprint(sequences: Any, genome: str | Path | None = None) -> dict:
-    "A JSON description of the input that changes when the input does (a manifest's record of it; resuming another input is refused)."
-    def file_info(path) -> dict:
-        stat = Path(path).stat()
-        return {"path": str(Path(path).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    if isinstance(sequences, (str, os.PathLike)):
-        return {"file": file_info(sequences), **({"genome": file_info(genome)} if genome is not None else {})}
-    if isinstance(sequences, (pd.DataFrame, pd.Series, Mapping, list, tuple)):
-        digest = hashlib.sha256()
-        for rid, seq in iter_sequences(sequences, genome):
-            digest.update(f"{rid}\t{seq}\n".encode())
-        return {"in_memory_sha256": digest.hexdigest()}
-    return {"iterator": type(sequences).__name__}  # not re-readable: resumed shards are checked by their ids
-
-
-def iter_sequences(
-    sequences: str | Path | Sequence[str] | pd.Series | Mapping[str, str] | pd.DataFrame,
-    genome: str | Path | None = None,  # genome FASTA for BED input
-) -> Iterator[tuple[str, str]]:
-    "Stream `(id, sequence)` from a list/tuple of str, a pandas Series, a dict, a FASTA path, or BED intervals with `genome`."
-    if isinstance(sequences, pd.DataFrame):
-        if genome is None:
-            raise ValueError("a DataFrame is read as BED intervals (chrom, start, end[, name, score, strand]) and needs "
-                             "genome=FASTA_PATH; pass plain sequences as a pandas Series indexed by id.")
-        yield from read_bed(sequences, genome)
-        return
-    if isinstance(sequences, (str, os.PathLike)):
-        path = Path(sequences)
-        if not path.is_file():
-            shown = str(sequences) if len(str(sequences)) < 60 else str(sequences)[:57] + "..."
-            raise FileNotFoundError(f"{shown!r} is not an existing file; pass in-memory sequences as a list (e.g. [seq]), "
-                                    "or the path of a FASTA (.fa/.fasta/.fna, .gz ok) or BED (.bed, with genome=) file.")
-        name = path.name.lower()
-        if name.endswith(BED_SUFFIXES):
-            if genome is None:
-                raise ValueError(f"BED input {str(path)!r} needs genome=FASTA_PATH to cut the interval sequences from.")
-            yield from read_bed(path, genome)
-        elif name.endswith(FASTA_SUFFIXES):
-            if genome is not None:
-                raise ValueError("genome= is only used with BED input; drop it for a FASTA file.")
-            yield from read_fasta(path)
-        else:
-            raise ValueError(f"cannot tell the format of {str(path)!r} from its name; use a FASTA ({', '.join(FASTA_SUFFIXES)}) "
-                             f"or BED ({', '.join(BED_SUFFIXES)}) suffix.")
-        return
-    if isinstance(sequences, pd.Series):
-        items: Iterable = sequences.items()
-    elif isinstance(sequences, Mapping):
-        items = sequences.items()
-    else:
-        items = ((i, s) if isinstance(s, str) else s for i, s in enumerate(sequences))
-    for item in items:
-        if not (isinstance(item, tuple) and len(item) == 2):
-            raise TypeError(f"cannot read {type(item).__name__} {item!r:.40} as a sequence; give str items or (id, sequence) pairs.")
-        yield str(item[0]), item[1]
 
 # %% ../nbs/08_embeddings.ipynb #b12de3ca
 POOLINGS: tuple[str, ...] = ("mean", "max", "center", "first", "last", "none")

@@ -26,7 +26,8 @@ from .embeddings import tokenize_bases
 from .modeling import (
     CaduceusForMaskedLM, CaduceusForSequenceClassification, CaduceusModel, resolve_mixer_type, sequence_classification_loss)
 from .probing import (
-    LayerProbeResult, ProbeResult, _metrics, _sequence_list, combine_groups, compare_probes, make_folds, rc_groups)
+    LayerProbeResult, ProbeResult, combine_groups, compare_probes, make_folds, rc_groups)
+from .probing import prediction_metrics as _metrics, sequence_list as _sequence_list
 
 # %% auto #0
 __all__ = ['LORA_TARGET_MODULES', 'DEFAULT_LORA_TARGETS', 'METHODS', 'DEFAULT_LEARNING_RATES', 'FINETUNE_FORMAT',

@@ -111,7 +111,8 @@ def check_input(path: str | Path, kind: str, role: str) -> Path:
         return path
     if found in ("fasta", "vcf", "bcf"):
         raise ValueError(f"{role} {str(path)!r} is {FORMAT_NAMES[found]}, not {FORMAT_NAMES[kind]}: were two inputs swapped?")
-    what = "holds no records" if found == "empty" or kind == "fasta" else f"is {FORMAT_NAMES[found]}"
+    records = "variant records" if kind == "vcf" else "records"
+    what = f"holds no {records}" if found == "empty" or kind == "fasta" else f"is {FORMAT_NAMES[found]}"
     raise ValueError(f"{role} {str(path)!r} {what}; check the path, and that {_FIXES[kind]}.")
 
 # %% ../nbs/00a_io.ipynb #c189e84b
@@ -178,16 +179,20 @@ def genome_index(fasta: str | Path, cache_dir: str | Path | None = None) -> tupl
 
 # %% ../nbs/00a_io.ipynb #13b3c665
 class GenomeSequence:
-    "One sequence of a `Genome`: its length, and slices as str (`genome['chr1'][100:200]`)."
+    "One sequence of a `Genome`: its length, and slices and single bases as str (`genome['chr1'][100:200]`, `[100]`)."
     def __init__(self, genome: Genome, name: str):
         self.genome, self.name = genome, name
 
     def __len__(self) -> int:
         return self.genome.length(self.name)
 
-    def __getitem__(self, rows: slice) -> str:
+    def __getitem__(self, rows: slice | int) -> str:
+        if isinstance(rows, int):
+            if not -len(self) <= rows < len(self):
+                raise IndexError(f"position {rows} is outside {self.name} (length {len(self)}).")
+            rows = slice(rows % len(self), rows % len(self) + 1)
         if not isinstance(rows, slice) or rows.step not in (None, 1):
-            raise TypeError(f"index {self.name!r} with a slice such as [start:end], not {rows!r}.")
+            raise TypeError(f"index {self.name!r} with a position or a slice such as [start:end], not {rows!r}.")
         start, end, _ = rows.indices(len(self))
         return self.genome.fetch(self.name, start, max(start, end))
 
@@ -232,6 +237,10 @@ class Genome:
         "The sequence names, in file order."
         return list(self.names)
 
+    def items(self) -> Iterator[tuple[str, GenomeSequence]]:
+        "(name, sequence) pairs, in file order, as a dict of sequences gives them."
+        return ((name, self[name]) for name in self.names)
+
     def length(self, name: str) -> int:
         "Length of sequence `name`."
         self._check(name)
@@ -268,14 +277,16 @@ class Genome:
 def as_genome(genome: Genome | str | os.PathLike | Mapping[str, str] | Any, cache_dir: str | Path | None = None) -> Genome:
     "A `Genome` from a FASTA path, a dict {name: sequence}, a `Genome`, or an open FASTA object with a `.filename` (pyfaidx.Fasta)."
     if genome is None:
-        raise ValueError("a genome is needed: the path of its FASTA (plain, gzip or bgzip), or a dict {chrom: sequence}.")
+        raise ValueError("genome= is needed: the FASTA the positions refer to (a path: plain, gzip or bgzip), or a dict "
+                         "{chrom: sequence}.")
     if isinstance(genome, Genome):
         return genome
     if isinstance(genome, (str, os.PathLike, Mapping)):
         return Genome(genome, cache_dir)
     if isinstance(getattr(genome, "filename", None), (str, os.PathLike)):
         return Genome(genome.filename, cache_dir)
-    raise TypeError(f"cannot read a genome from {type(genome).__name__}; pass a FASTA path or a dict {{chrom: sequence}}.")
+    raise TypeError(f"genome must be a FASTA path (plain, gzip or bgzip), a Genome or a dict {{chrom: sequence}}, not "
+                    f"{type(genome).__name__}.")
 
 # %% ../nbs/00a_io.ipynb #1798a9af
 BED_COLUMNS: tuple[str, ...] = ("chrom", "start", "end", "name", "score", "strand")
@@ -352,12 +363,13 @@ def _read_path(path: Path, genome) -> Iterator[tuple[str, str]]:
         shown = str(path) if len(str(path)) < 60 else str(path)[:57] + "..."
         raise FileNotFoundError(f"{shown!r} is not an existing file; pass in-memory sequences as a list (e.g. [seq]), "
                                 "or the path of a FASTA file (plain, gzip or bgzip) or a BED file (with genome=).")
-    if sniff_format(path) == "fasta":
-        if genome is not None:
-            raise ValueError(f"{str(path)!r} is a FASTA file: genome= is only used with BED input; drop it.")
-        yield from read_fasta(path)
-    elif genome is not None:
+    found = sniff_format(path)
+    if found == "fasta" and genome is not None:
+        raise ValueError(f"{str(path)!r} is a FASTA file: genome= is only used with BED input; drop it.")
+    if genome is not None:
         yield from read_bed(path, genome)
+    elif found in ("fasta", "empty"):
+        yield from read_fasta(path)  # an empty file: read_fasta says it holds no records
     else:
         raise ValueError(f"{str(path)!r} is {FORMAT_NAMES[sniff_format(path)]}: pass a FASTA file (records start with "
                          "'>'), or a BED file with genome=FASTA_PATH to cut its intervals from.")
@@ -413,12 +425,14 @@ def split_alt_alleles(variants: pd.DataFrame) -> pd.DataFrame:
 def read_vcf(path: str | Path, split_multiallelic: bool = False) -> pd.DataFrame:
     "Variants of a VCF/BCF file (plain, gzip or bgzip, any name) as a table chrom, pos (1-based), id, ref, alt: one row per record, or per ALT allele with `split_multiallelic`."
     path = check_input(path, "vcf", "VCF file")
+    rows: list[tuple] = []
     try:
         with quiet_htslib(), readable_by_htslib(path) as readable, pysam.VariantFile(str(readable)) as vcf:
-            rows = [(r.chrom, r.pos, r.id or ".", r.ref, ",".join(r.alts) if r.alts else ".") for r in vcf]
+            rows.extend((r.chrom, r.pos, r.id or ".", r.ref, ",".join(r.alts) if r.alts else ".") for r in vcf)
     except (OSError, ValueError) as e:
-        raise ValueError(f"VCF file {str(path)!r} cannot be read ({e}); check it with `bcftools view {path}`: fields must "
-                         "be tab-separated and POS a whole number.") from None
+        where = f"at record {len(rows) + 1}" if rows or "parse" in str(e) else "in its header"
+        raise ValueError(f"VCF file {str(path)!r} cannot be read {where} ({e}); check it with `bcftools view {path}`: a "
+                         "record has 8 or more tab-separated fields, POS a whole number, and no blank lines.") from None
     if not rows:
         raise ValueError(f"VCF file {str(path)!r} holds no variant records (only header lines); check the path.")
     table = pd.DataFrame(rows, columns=["chrom", "pos", "id", "ref", "alt"])
@@ -460,12 +474,12 @@ def _vcf_values(values: Iterator[float], n: int, source: Path) -> tuple:
 _END = object()
 
 
-def _index_vcf(path: Path, fmt: str, index: Path) -> None:
-    "Write the tabix (.tbi) or CSI index of a bgzip VCF / BCF to `index`, or warn when the records are not sorted."
+def _index_vcf(path: Path, fmt: str, index: Path, shown: Path) -> None:
+    "Write the tabix (.tbi) or CSI index of the bgzip VCF / BCF `path` to `index`, or warn (naming `shown`) when the records are not sorted."
     try:
         pysam.tabix_index(str(path), preset="vcf", force=True, csi=fmt == "bcf", index=str(index))
     except (OSError, ValueError) as e:
-        warnings.warn(f"no index was written for {str(path)!r} ({e}); sort it (`bcftools sort`) and index it "
+        warnings.warn(f"no index was written for {str(shown)!r} ({e}); sort it (`bcftools sort`) and index it "
                       "(`bcftools index`) to query regions.", stacklevel=3)
 
 # %% ../nbs/00a_io.ipynb #fb0025bc
@@ -482,9 +496,12 @@ def add_info_field(
     fmt, values = output_format(out, ("vcf", "vcf.gz", "bcf")), iter(values)
     tmp = out.with_name(f".{out.name}.tmp")
     with quiet_htslib(), readable_by_htslib(source) as readable, pysam.VariantFile(str(readable)) as vcf:
-        for _ in vcf:  # a first pass: htslib declares the contigs and fields the header lacks, as it meets them
-            pass
+        symbolic = False
+        for record in vcf:  # a first pass: htslib declares the contigs and fields the header lacks, as it meets them
+            symbolic = symbolic or any(alt.startswith("<") for alt in record.alts or ())
         vcf.reset()
+        if symbolic and "END" not in vcf.header.info:  # htslib writes END for symbolic alleles: declare it
+            vcf.header.info.add("END", 1, "Integer", "End position of the variant described in this record")
         if field in vcf.header.info:
             declared = vcf.header.info[field]
             if (declared.number, declared.type) != ("A", "Float"):
@@ -496,6 +513,7 @@ def add_info_field(
             vcf.header.add_line(line)
         with pysam.VariantFile(str(tmp), {"vcf": "w", "vcf.gz": "wz", "bcf": "wb"}[fmt], header=vcf.header) as dst:
             for record in vcf:
+                record.translate(dst.header)  # the output's header is a copy, with its own numbering of the fields
                 record.info[field] = _vcf_values(values, len(record.alts or ()), source)
                 dst.write(record)
     if next(values, None) is not None:
@@ -503,6 +521,6 @@ def add_info_field(
         raise ValueError(f"more values than ALT alleles in {str(source)!r}; pass one per ALT allele.")
     if fmt != "vcf":
         index = out.with_name(out.name + (".csi" if fmt == "bcf" else ".tbi"))
-        _index_vcf(tmp, fmt, index)
+        _index_vcf(tmp, fmt, index, out)
     os.replace(tmp, out)
     return out

