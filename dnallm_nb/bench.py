@@ -5,7 +5,6 @@
 # %% ../nbs/12_bench.ipynb #20b33e37
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -13,13 +12,18 @@ import resource
 import subprocess
 import sys
 import time
+import tempfile
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
 
 from .configuration import CaduceusConfig
+from .distributed import fair_threads, init_distributed, torchrun_argv
+from .embeddings import extract_embeddings_to
 from .load import DEMO_MODEL_NAME, load_model_and_tokenizer
 from .modeling import BiMamba, CaduceusForMaskedLM, CaduceusModel
 from .scan import ScanBackend
@@ -28,8 +32,9 @@ from .variants import score_variants
 
 # %% auto #0
 __all__ = ['CADUCEUS_COMPLEMENT', 'PLANT_COMPLEMENT', 'CASES', 'MALLOC_CACHE_ENV', 'VARIANT_CASES', 'case_config', 'model_flops',
-           'gemm_rate', 'Measurement', 'measure', 'measure_in_subprocess', 'variant_case', 'random_variants',
-           'measure_variant_scoring', 'build_parser', 'main']
+           'gemm_rate', 'Measurement', 'measure', 'measure_in_subprocess', 'run_worker', 'variant_case',
+           'random_variants', 'measure_variant_scoring', 'run_variant_bench', 'run_bench', 'embed_scaling_worker',
+           'bench_embed_scaling']
 
 # %% ../nbs/12_bench.ipynb #3131e640
 CADUCEUS_COMPLEMENT = {0: 0, 1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 6, 7: 10, 8: 9, 9: 8, 10: 7, 11: 11}
@@ -165,9 +170,9 @@ then stop paying a page fault per 4 KB of every new activation, for a higher pea
 
 
 def _run_worker(spec: dict, env: dict | None, what: str) -> dict:
-    "`_worker(spec)` in a new Python process with `env` added to its environment: its JSON result, or RuntimeError with the child's error."
-    code = "import sys; from dnallm_nb.bench import main; sys.exit(main(sys.argv[1:]))"
-    proc = subprocess.run([sys.executable, "-c", code, "--worker", json.dumps(spec)], capture_output=True, text=True,
+    "`run_worker(spec)` in a new Python process with `env` added to its environment: its JSON result, or RuntimeError with the child's error."
+    code = "import sys; from dnallm_nb.bench import run_worker; run_worker(sys.argv[1])"
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True,
                           env={**os.environ, **(env or {})})
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark worker for {what} failed:\n{proc.stderr[-3000:]}")
@@ -184,7 +189,9 @@ def measure_in_subprocess(case: str, length: int, backend: str, batch: int = 1, 
     return Measurement(**_run_worker(spec, env, f"{case} L={length} ({backend})"))
 
 
-def _worker(spec: dict) -> None:
+def run_worker(spec_json: str) -> None:
+    "One measurement in this process, as `_run_worker` asks for it (JSON): print its result as JSON."
+    spec = json.loads(spec_json)
     threads = spec.pop("threads")
     if threads:
         torch.set_num_threads(threads)
@@ -233,63 +240,40 @@ def measure_variant_scoring(case: str, window: int, n_variants: int = 32, batch_
                 one_at_a_time_s=one_at_a_time, peak_rss_mb=rss)
 
 
-def _variant_main(args) -> int:
-    "`dnallm-nb bench --variants N`: one row per case and window."
-    cases = [c.strip() for c in (args.cases or "demo,ps").split(",") if c.strip()]
+def run_variant_bench(
+    n_variants: int,  # random substitutions per case and window
+    cases: Sequence[str] | None = None,  # names from `VARIANT_CASES` (default: demo, ps)
+    windows: Sequence[int] | None = None,  # window lengths (default: 512, 4096)
+    batch: int = 32,  # windows per forward of the batched run
+    threads: int | None = None,  # torch threads (default: PyTorch's)
+    malloc_cache: bool = False,  # run the measurements with `MALLOC_CACHE_ENV`
+    json_path: str | Path | None = None,  # also write the measurements here
+) -> list[dict]:
+    "`dnallm-nb bench --variants N`: time `score_variants` batched and one window per forward; one row per case and window."
+    cases = list(cases or ("demo", "ps"))
     unknown = [c for c in cases if c not in VARIANT_CASES]
     if unknown:
         raise ValueError(f"unknown variant-scoring case(s) {unknown}; choose from {list(VARIANT_CASES)}.")
-    windows = [int(x) for x in args.lengths.split(",")] if args.lengths else [512, 4096]
-    batch, threads = args.batch or 32, args.threads or torch.get_num_threads()
-    env = MALLOC_CACHE_ENV if args.malloc_cache else None
-    print(f"dnallm-nb bench --variants {args.variants}: {platform.processor() or platform.machine()}, {threads} torch threads, "
+    windows, threads = list(windows or (512, 4096)), threads or torch.get_num_threads()
+    env = MALLOC_CACHE_ENV if malloc_cache else None
+    print(f"dnallm-nb bench --variants {n_variants}: {platform.processor() or platform.machine()}, {threads} torch threads, "
           f"torch {torch.__version__}, float32, rc='average'" + (", glibc malloc cache" if env else ""))
     print(f"{'model':<34} {'window':>6} {'variants':>8} {'batch':>5} {'batched var/s':>13} {'1-by-1 var/s':>12} "
           f"{'speed-up':>8} {'peak MB':>8}", flush=True)
     results = []
     for case in cases:
         for window in windows:
-            spec = dict(case=case, window=window, n_variants=args.variants, batch_size=batch, threads=threads, variants=True)
+            spec = dict(case=case, window=window, n_variants=n_variants, batch_size=batch, threads=threads, variants=True)
             r = _run_worker(spec, env, f"variant scoring {case} window {window}")
             print(f"{VARIANT_CASES[case]:<34} {window:>6,} {r['n_variants']:>8} {batch:>5} {r['n_variants'] / r['batched_s']:>13.3g} "
                   f"{r['n_variants'] / r['one_at_a_time_s']:>12.3g} {r['one_at_a_time_s'] / r['batched_s']:>7.2f}x "
                   f"{r['peak_rss_mb']:>8,.0f}", flush=True)
             results.append(r)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
-    return 0
+    if json_path:
+        Path(json_path).write_text(json.dumps(results, indent=1))
+    return results
 
 # %% ../nbs/12_bench.ipynb #055c1f2f
-def build_parser() -> argparse.ArgumentParser:
-    "Arguments of `dnallm-nb bench`."
-    p = argparse.ArgumentParser(prog="dnallm-nb bench", description="Throughput, peak RSS and FLOP rate of Caduceus "
-                                "models on the fast CPU scan backend, against the reference backend.")
-    p.add_argument("--cases", help=f"comma-separated cases from {list(CASES)} (default: all); with --variants from "
-                   f"{list(VARIANT_CASES)} (default: demo,ps)")
-    p.add_argument("--lengths", help="comma-separated sequence lengths for every selected case "
-                   "(default: each case's own, see the docs); with --variants the windows (default 512,4096)")
-    p.add_argument("--batch", type=int, help="sequences per forward (default 1); with --variants, windows per forward of "
-                   "the batched run (default 32)")
-    p.add_argument("--variants", type=int, metavar="N", help="instead of forwards, time score_variants on N random "
-                   "substitutions per case and window: batched against one window per forward")
-    p.add_argument("--backend", default="cpu", help="scan backend to measure (default cpu)")
-    p.add_argument("--repeats", type=int, default=2, help="forwards per measurement, best is kept (default 2; "
-                   "1 above 8,192 tokens)")
-    p.add_argument("--reference-max-length", type=int,
-                   help="run the full-depth reference backend up to this length (default: per case, 8192 for "
-                   "Caduceus, 1024 for PlantCAD2; 0 = never)")
-    p.add_argument("--reference-layers", type=int, default=2,
-                   help="above that length, time the reference on this many layers and scale to the full model "
-                   "(default 2; 0 = skip)")
-    p.add_argument("--threads", type=int, help="torch threads in every measurement (default: PyTorch's)")
-    p.add_argument("--malloc-cache", action="store_true", help="run the measurements with MALLOC_CACHE_ENV (glibc keeps "
-                   "freed memory: fewer page faults on long inputs, higher peak RSS)")
-    p.add_argument("--json", help="also write the measurements to this JSON file")
-    p.add_argument("--worker", help=argparse.SUPPRESS)
-    return p
-
-
 def _row(m: Measurement, ref: Measurement | None, scale: float) -> str:
     rate = m.flops / m.seconds
     if ref is None:
@@ -302,38 +286,41 @@ def _row(m: Measurement, ref: Measurement | None, scale: float) -> str:
             f"{m.peak_rss_mb:>9,.0f} {rate / 1e9:>8.1f} {rate / m.gemm_flops_per_s:>6.0%} {ref_text:>10} {speedup:>8}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    "Entry point of `dnallm-nb bench`: measure the selected cases and print one table row per case and length."
-    args = build_parser().parse_args(argv)
-    if args.worker:
-        _worker(json.loads(args.worker))
-        return 0
-    if args.variants:
-        return _variant_main(args)
-    cases = [c.strip() for c in (args.cases or ",".join(CASES)).split(",") if c.strip()]
-    args.batch = args.batch or 1
+def run_bench(
+    cases: Sequence[str] | None = None,  # names from `CASES` (default: all)
+    lengths: Sequence[int] | None = None,  # sequence lengths for every case (default: each case's own)
+    batch: int = 1,  # sequences per forward
+    backend: str = "cpu",  # scan backend to measure
+    repeats: int = 2,  # forwards per measurement, the best kept (1 above 8,192 tokens)
+    reference_max_length: int | None = None,  # full-depth reference up to this length (default: per case; 0 = never)
+    reference_layers: int = 2,  # above it, time the reference on this many layers and scale (0 = skip)
+    threads: int | None = None,  # torch threads in every measurement (default: PyTorch's)
+    malloc_cache: bool = False,  # run the measurements with `MALLOC_CACHE_ENV`
+    json_path: str | Path | None = None,  # also write the measurements here
+) -> list[dict]:
+    "`dnallm-nb bench`: measure each case and length in a fresh process and print one table row per case and length."
+    cases = list(cases or CASES)
     for c in cases:
         case_config(c)  # validates the name
-    lengths = [int(x) for x in args.lengths.split(",")] if args.lengths else None
-    threads = args.threads or torch.get_num_threads()
-    env = MALLOC_CACHE_ENV if args.malloc_cache else None
+    threads = threads or torch.get_num_threads()
+    env = MALLOC_CACHE_ENV if malloc_cache else None
     print(f"dnallm-nb bench: {platform.processor() or platform.machine()}, {threads} torch threads, "
-          f"torch {torch.__version__}, float32, batch {args.batch}, backend {args.backend!r}"
+          f"torch {torch.__version__}, float32, batch {batch}, backend {backend!r}"
           + (", glibc malloc cache" if env else ""))
     print(f"{'case':<17} {'L':>7} {'s/forward':>9} {'cpu s':>7} {'tokens/s':>10} {'peak MB':>9} {'GFLOP/s':>8} {'%GEMM':>6} "
           f"{'ref tok/s':>10} {'speed-up':>8}", flush=True)
     results, notes = [], []
     for case in cases:
         for length in lengths or CASES[case]["lengths"]:
-            repeats = args.repeats if length <= 8192 else 1
-            m = measure_in_subprocess(case, length, args.backend, args.batch, repeats=repeats, threads=threads, env=env)
+            repeats = repeats if length <= 8192 else 1
+            m = measure_in_subprocess(case, length, backend, batch, repeats=repeats, threads=threads, env=env)
             ref, scale = None, 1.0
-            limit = CASES[case]["reference_max_length"] if args.reference_max_length is None else args.reference_max_length
+            limit = CASES[case]["reference_max_length"] if reference_max_length is None else reference_max_length
             if length <= limit:
-                ref = measure_in_subprocess(case, length, "reference", args.batch, repeats=1, threads=threads,
+                ref = measure_in_subprocess(case, length, "reference", batch, repeats=1, threads=threads,
                                             count_flops=False, env=env)
-            elif args.reference_layers:
-                ref = measure_in_subprocess(case, length, "reference", args.batch, n_layer=args.reference_layers,
+            elif reference_layers:
+                ref = measure_in_subprocess(case, length, "reference", batch, n_layer=reference_layers,
                                             repeats=1, threads=threads, count_flops=False, env=env)
                 scale = m.n_layer / ref.n_layer
             print(_row(m, ref, scale), flush=True)
@@ -344,10 +331,71 @@ def main(argv: list[str] | None = None) -> int:
     if any(r["reference"] is None for r in results):
         notes.append("reference not run on the longer inputs (too slow); --reference-layers K estimates it from K layers.")
     if any(r["reference_scale"] != 1 for r in results):
-        notes.append(f"~ = reference timed on {args.reference_layers} layers and scaled by n_layer / {args.reference_layers}.")
+        notes.append(f"~ = reference timed on {reference_layers} layers and scaled by n_layer / {reference_layers}.")
     for note in notes:
         print("note:", note)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(results, f, indent=1)
-    return 0
+    if json_path:
+        Path(json_path).write_text(json.dumps(results, indent=1))
+    return results
+
+# %% ../nbs/12_bench.ipynb #c268a6fb
+_EMBED_WORKER = "import sys\nfrom dnallm_nb.bench import embed_scaling_worker\nembed_scaling_worker(sys.argv[1])\n"
+
+
+def embed_scaling_worker(spec_json: str) -> None:
+    "One rank of a benchmark run: load the model, wait for the others, time extract_embeddings; rank 0 prints JSON."
+    spec = json.loads(spec_json)
+    dist = init_distributed()
+    model, tokenizer = load_model_and_tokenizer(spec["model"], device="cpu")
+    dist.barrier()
+    start = time.perf_counter()
+    extract_embeddings_to(spec["out"], model, tokenizer, spec["fasta"], shard_size=spec["shard_size"],
+                          batch_size=spec["batch_size"], progress=False)
+    seconds = time.perf_counter() - start
+    if dist.is_main:
+        print(json.dumps({"seconds": seconds, "threads": torch.get_num_threads()}))
+
+
+def _folder_bytes(folder: Path) -> dict[str, bytes]:
+    "Every file of an embeddings folder but its manifest."
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "manifest.json"}
+
+
+def bench_embed_scaling(
+    model: str = "dnallm-nb/plant-caduceus-ps-tiny",  # checkpoint (bundled demo model by default)
+    n_records: int = 300,
+    lengths: tuple[int, int] = (1000, 4000),  # record lengths, drawn uniformly
+    processes: Sequence[int] = (1, 2),  # torchrun processes per run; the first is the reference
+    cpus: int | None = None,  # CPUs to share among a run's processes (default: all this process may use)
+    shard_size: int = 16,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> list[dict]:
+    "Records/s of `extract_embeddings_to` with each number of torchrun processes, threads shared fairly; prints a table."
+    cpus = cpus or fair_threads(1)
+    rng = np.random.default_rng(seed)
+    work = Path(tempfile.mkdtemp(prefix="dnallm_bench_"))
+    sizes = rng.integers(lengths[0], lengths[1] + 1, n_records)
+    with open(work / "records.fa", "w") as f:
+        for i, n in enumerate(sizes):
+            f.write(f">r{i}\n{''.join(rng.choice(list('ACGT'), n))}\n")
+    (work / "worker.py").write_text(_EMBED_WORKER)
+    print(f"{n_records} records of {lengths[0]:,}-{lengths[1]:,} bases ({sizes.sum():,} tokens), {model}, "
+          f"shards of {shard_size}, {cpus} CPUs shared by each run's processes")
+    print(f"{'processes':>9} {'threads each':>12} {'seconds':>8} {'records/s':>10} {'tokens/s':>10} {'speed-up':>8}  identical")
+    rows: list[dict] = []
+    for n in processes:
+        threads = max(1, cpus // n)
+        spec = dict(model=model, fasta=str(work / "records.fa"), out=str(work / f"out{n}"), shard_size=shard_size,
+                    batch_size=batch_size)
+        run = subprocess.run(torchrun_argv(n, str(work / "worker.py"), json.dumps(spec)), capture_output=True, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+        if run.returncode != 0:
+            raise RuntimeError(f"benchmark run with {n} processes failed:\n{run.stderr[-3000:]}")
+        seconds = json.loads(run.stdout.strip().splitlines()[-1])["seconds"]
+        same = _folder_bytes(work / f"out{n}") == _folder_bytes(work / f"out{processes[0]}")
+        rows.append(dict(processes=n, threads=threads, seconds=seconds, records_per_s=n_records / seconds,
+                         tokens_per_s=int(sizes.sum()) / seconds, identical=same))
+        print(f"{n:>9} {threads:>12} {seconds:>8.2f} {n_records / seconds:>10.2f} {sizes.sum() / seconds:>10,.0f} "
+              f"{rows[0]['seconds'] / seconds:>7.2f}x  {'yes' if same else 'NO'}", flush=True)
+    return rows

@@ -5,32 +5,29 @@
 # %% ../nbs/17_distributed.ipynb #e22997e6
 from __future__ import annotations
 
-import argparse
 import atexit
 import hashlib
 import json
 import os
 import pickle
-import subprocess
 import sys
-import tempfile
-import time
 import warnings
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
 
-import numpy as np
 import torch
 import torch.distributed as torch_dist
+
+from .io import atomic_write
 
 _T = TypeVar("_T")
 
 # %% auto #0
 __all__ = ['DEFAULT_TIMEOUT', 'ASSIGNMENT', 'RankError', 'Distributed', 'launch_env', 'require_one_process', 'init_distributed',
            'rank_device', 'fair_threads', 'pin_threads', 'command_setup', 'ShareBook', 'assign_shares', 'ShardedJob',
-           'atomic_write', 'write_json', 'ShardFolder', 'torchrun_argv', 'bench_embed_scaling', 'build_parser', 'main']
+           'write_json', 'ShardFolder', 'torchrun_argv']
 
 # %% ../nbs/17_distributed.ipynb #ef34adc0
 class RankError(RuntimeError):
@@ -302,14 +299,6 @@ class ShardedJob:
         return self.dist.on_main(lambda: write(self.n_shards))
 
 # %% ../nbs/17_distributed.ipynb #b6e66ae9
-def atomic_write(path: Path, write: Callable[[Any], Any]) -> None:
-    "Call `write(handle)` on a temporary file `.NAME.tmp` next to `path`, then rename it onto `path`: no reader sees half a file."
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        write(handle)
-    os.replace(tmp, path)
-
-
 def write_json(path: Path, obj: Any) -> None:
     "`obj` as indented, key-sorted JSON in `path`, written atomically."
     atomic_write(path, lambda f: f.write((json.dumps(obj, indent=1, sort_keys=True) + "\n").encode()))
@@ -371,90 +360,3 @@ class ShardFolder:
 def torchrun_argv(nproc_per_node: int, *program: str) -> list[str]:
     "Command line that runs `program` (a Python script and its arguments) as `nproc_per_node` processes on this machine."
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc_per_node}", *program]
-
-# %% ../nbs/17_distributed.ipynb #d83e11ed
-_BENCH_WORKER = "import sys\nfrom dnallm_nb.distributed import _bench_worker\n_bench_worker(sys.argv[1])\n"
-
-
-def _bench_worker(spec_json: str) -> None:
-    "One rank of a benchmark run: load the model, wait for the others, time extract_embeddings; rank 0 prints JSON."
-    from dnallm_nb.embeddings import extract_embeddings
-    from dnallm_nb.load import load_model_and_tokenizer
-    spec = json.loads(spec_json)
-    dist = init_distributed()
-    model, tokenizer = load_model_and_tokenizer(spec["model"], device="cpu")
-    dist.barrier()
-    start = time.perf_counter()
-    extract_embeddings(model, tokenizer, spec["fasta"], out=spec["out"], shard_size=spec["shard_size"],
-                       batch_size=spec["batch_size"], progress=False)
-    seconds = time.perf_counter() - start
-    if dist.is_main:
-        print(json.dumps({"seconds": seconds, "threads": torch.get_num_threads()}))
-
-
-def _folder_bytes(folder: Path) -> dict[str, bytes]:
-    "Every file of an embeddings folder but its manifest."
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "manifest.json"}
-
-
-def bench_embed_scaling(
-    model: str = "dnallm-nb/plant-caduceus-ps-tiny",  # checkpoint (bundled demo model by default)
-    n_records: int = 300,
-    lengths: tuple[int, int] = (1000, 4000),  # record lengths, drawn uniformly
-    processes: Sequence[int] = (1, 2),  # torchrun processes per run; the first is the reference
-    cpus: int | None = None,  # CPUs to share among a run's processes (default: all this process may use)
-    shard_size: int = 16,
-    batch_size: int = 32,
-    seed: int = 0,
-) -> list[dict]:
-    "Records/s of `extract_embeddings(out=...)` with each number of torchrun processes, threads shared fairly; prints a table."
-    cpus = cpus or fair_threads(1)
-    rng = np.random.default_rng(seed)
-    work = Path(tempfile.mkdtemp(prefix="dnallm_bench_"))
-    sizes = rng.integers(lengths[0], lengths[1] + 1, n_records)
-    with open(work / "records.fa", "w") as f:
-        for i, n in enumerate(sizes):
-            f.write(f">r{i}\n{''.join(rng.choice(list('ACGT'), n))}\n")
-    (work / "worker.py").write_text(_BENCH_WORKER)
-    print(f"{n_records} records of {lengths[0]:,}-{lengths[1]:,} bases ({sizes.sum():,} tokens), {model}, "
-          f"shards of {shard_size}, {cpus} CPUs shared by each run's processes")
-    print(f"{'processes':>9} {'threads each':>12} {'seconds':>8} {'records/s':>10} {'tokens/s':>10} {'speed-up':>8}  identical")
-    rows: list[dict] = []
-    for n in processes:
-        threads = max(1, cpus // n)
-        spec = dict(model=model, fasta=str(work / "records.fa"), out=str(work / f"out{n}"), shard_size=shard_size,
-                    batch_size=batch_size)
-        run = subprocess.run(torchrun_argv(n, str(work / "worker.py"), json.dumps(spec)), capture_output=True, text=True,
-                             env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-        if run.returncode != 0:
-            raise RuntimeError(f"benchmark run with {n} processes failed:\n{run.stderr[-3000:]}")
-        seconds = json.loads(run.stdout.strip().splitlines()[-1])["seconds"]
-        same = _folder_bytes(work / f"out{n}") == _folder_bytes(work / f"out{processes[0]}")
-        rows.append(dict(processes=n, threads=threads, seconds=seconds, records_per_s=n_records / seconds,
-                         tokens_per_s=int(sizes.sum()) / seconds, identical=same))
-        print(f"{n:>9} {threads:>12} {seconds:>8.2f} {n_records / seconds:>10.2f} {sizes.sum() / seconds:>10,.0f} "
-              f"{rows[0]['seconds'] / seconds:>7.2f}x  {'yes' if same else 'NO'}", flush=True)
-    return rows
-
-# %% ../nbs/17_distributed.ipynb #063d285c
-def build_parser() -> argparse.ArgumentParser:
-    "Arguments of `dnallm-nb bench-distributed`, the scaling benchmark."
-    p = argparse.ArgumentParser(prog="dnallm-nb bench-distributed", description="Records/s of embedding extraction with 1 "
-                                "vs N torchrun processes, the machine's CPUs shared fairly among them.")
-    p.add_argument("--model", default="dnallm-nb/plant-caduceus-ps-tiny", help="checkpoint (default: the bundled demo model)")
-    p.add_argument("--records", type=int, default=300, help="random records to embed (default 300)")
-    p.add_argument("--min-length", type=int, default=1000)
-    p.add_argument("--max-length", type=int, default=4000)
-    p.add_argument("--processes", default="1,2", help="comma-separated process counts; the first is the reference")
-    p.add_argument("--cpus", type=int, help="CPUs shared by each run's processes (default: all)")
-    p.add_argument("--shard-size", type=int, default=16)
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    "Entry point of `dnallm-nb bench-distributed`; returns the exit status (1 when the folders differ)."
-    args = build_parser().parse_args(argv)
-    processes = [int(x) for x in args.processes.split(",")]
-    rows = bench_embed_scaling(args.model, args.records, (args.min_length, args.max_length), processes, args.cpus,
-                               args.shard_size)
-    return 0 if all(r["identical"] for r in rows) else 1

@@ -5,13 +5,11 @@
 # %% ../nbs/08_embeddings.ipynb #19c31437
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import itertools
 import json
 import math
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -23,11 +21,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .distributed import (Distributed, RankError, ShardedJob, ShardFolder, command_setup, init_distributed,
-                                   require_one_process)
+from .distributed import Distributed, ShardedJob, ShardFolder, init_distributed, require_one_process
 from .dna import validate_dna
 from .io import atomic_write, input_fingerprint, iter_sequences
-from .load import MODEL_REGISTRY, load_model_and_tokenizer
+from .load import MODEL_REGISTRY
 from .modeling import pool_positions as pool_hidden_positions
 from .rc import (align_rc_output, conjoin, model_complement_map, model_layout, resolve_layers, reverse_complement_ids,
                           strand_invariant_view)
@@ -36,7 +33,7 @@ from .rc import (align_rc_output, conjoin, model_complement_map, model_layout, r
 __all__ = ['POOLINGS', 'RC_MODES', 'FORMAT', 'check_pooling', 'pool_positions', 'resolve_rc', 'rc_view', 'count_entries',
            'embed_token_ids', 'window_starts', 'check_window', 'tokenize_bases', 'equal_width_batches',
            'trained_context', 'EmbeddingResult', 'load_embeddings', 'model_identity', 'extract_embeddings',
-           'build_embed_parser', 'embed_main']
+           'extract_embeddings_to']
 
 # %% ../nbs/08_embeddings.ipynb #b12de3ca
 POOLINGS: tuple[str, ...] = ("mean", "max", "center", "first", "last", "none")
@@ -351,6 +348,12 @@ class _ShardWriter(ShardFolder):
         with open(marker, newline="") as f:
             return [row["id"] for row in csv.DictReader(f)]
 
+    def check_done(self, k: int, ids: list[str]) -> None:
+        "Refuse to skip finished shard k when it was made from other sequences than `ids` (the input changed)."
+        if (finished := self.done_ids(k)) != ids:
+            raise ValueError(f"shard {k} in {str(self.root)!r} was made from other sequences (ids {finished[:3]}… vs "
+                             f"{ids[:3]}…): the input changed since the first run. Write to a new out folder.")
+
     def write(self, k: int, ids: list[str], lengths: list[int], results: list[dict[int, np.ndarray]]) -> None:
         "Write shard k: one .npy per layer, then its id list (the completion marker)."
         residual = self.params["residual"]
@@ -400,7 +403,7 @@ def load_embeddings(out: str | Path, layers: int | Sequence[int] | None = None) 
     root = Path(out)
     manifest_path = root / "manifest.json"
     if not manifest_path.exists():
-        raise FileNotFoundError(f"{str(root)!r} has no manifest.json; is it an extract_embeddings(out=...) folder?")
+        raise FileNotFoundError(f"{str(root)!r} has no manifest.json; is it an extract_embeddings_to(out, ...) folder?")
     manifest = json.loads(manifest_path.read_text())
     if "n_sequences" not in manifest:
         raise ValueError(f"{str(root)!r} holds an unfinished run; rerun the same extract_embeddings call to resume it.")
@@ -486,62 +489,37 @@ def _context_warner(context: int | None, window: int | None):
             warned = True
             warnings.warn(f"sequence {rid!r} has {length} tokens, more than the {context}-token context the checkpoint was "
                           f"trained on (further ones not reported); outputs beyond it are extrapolation. Pass window={context} "
-                          "(and a stride) to embed long sequences in windows.", stacklevel=3)
+                          "(and a stride) to embed long sequences in windows.", stacklevel=4)
     return check
 
 
-def extract_embeddings(
-    model: torch.nn.Module,  # a Caduceus-family model (base or task model), e.g. from `load_model_and_tokenizer`
-    tokenizer,  # its character-level tokenizer
-    sequences: str | Path | Sequence[str] | pd.Series | Mapping[str, str] | pd.DataFrame,  # see `iter_sequences`
-    *,
-    layers: int | Sequence[int] | str = -1,  # hidden_states index/indices (SPEC §5), or "all"
-    pooling: str = "mean",  # mean, max, center, first, last, none (per token)
-    rc: str = "auto",  # none, average, concat, auto (= average)
-    residual: bool = False,  # index the residual stream after each layer instead of hidden_states
-    batch_size: int = 32,  # equal-length rows per forward pass (Ph with rc adds as many rc(x) rows)
-    window: int | None = None,  # embed longer sequences in windows of this many tokens
-    stride: int | None = None,  # largest step between window starts (default: window)
-    genome: str | Path | None = None,  # genome FASTA for BED input
-    device: str | torch.device | None = None,  # move the model here (in place); default: where it is
-    dtype: str | torch.dtype | None = None,  # cast the model to this dtype (in place); outputs are float32
-    progress: bool = True,  # tqdm bar with sequences/s and tokens/s
-    out: str | Path | None = None,  # folder for .npy shards + index (streamed, resumable, torchrun-ready); None: in memory
-    shard_size: int = 1024,  # sequences per shard
-) -> EmbeddingResult | Path:  # in-memory result, or `out` once every shard is written
-    "Embed DNA sequences with a Caduceus-family model: any layer, any pooling, RC-aware, windowed, exact under batching."
+def _plan_for(model: torch.nn.Module, layers, rc: str, residual: bool, pooling: str, batch_size: int, window: int | None,
+              stride: int | None, device, dtype) -> _Plan:
+    "Check the options, move the model to `device` / `dtype` (in place), and plan the passes."
     check_pooling(pooling)
     check_window(window, stride)
-    if batch_size < 1 or shard_size < 1:
-        raise ValueError(f"batch_size ({batch_size}) and shard_size ({shard_size}) must be at least 1.")
+    if batch_size < 1:
+        raise ValueError(f"batch_size ({batch_size}) must be at least 1.")
     if device is not None or dtype is not None:
         model.to(device=device, dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype)
-    plan = _Plan.make(model, layers, rc, residual)
-    params = {"layers": plan.layers, "residual": residual, "pooling": pooling, "rc": plan.rc, "window": window, "stride": stride}
-    if out is not None:
-        params |= _call_identity(plan, tokenizer, sequences, genome, shard_size)
-        sink: _ShardWriter | _Collector = _ShardWriter(out, params)
-        job = ShardedJob(init_distributed(plan.device), prepare=sink.prepare, check=sink.check)  # one process: no-op
-    else:
-        require_one_process("pass out=FOLDER so the processes share the work and write one folder, then read it with "
-                            "load_embeddings(FOLDER); in memory, every process would embed everything.")
-        sink, job = _Collector(plan.layers, pooling), ShardedJob(Distributed(), prepare=lambda: ())
-    dist = job.dist
-    check_context = _context_warner(trained_context(model, tokenizer), window)
-    total = len(sequences) if isinstance(sequences, (list, tuple, pd.Series, Mapping)) and dist.world_size == 1 else None
-    bar = tqdm(total=total, unit="seq", desc="embedding" + (f" (rank 0 of {dist.world_size})" if dist.world_size > 1 else ""),
-               disable=not progress or not dist.is_main)  # several processes: rank 0's own shards
+    return _Plan.make(model, layers, rc, residual)
+
+
+def _embed_all(plan: _Plan, tokenizer, records: Iterator[tuple[str, str]], sink, job: ShardedJob, *, pooling: str,
+               batch_size: int, window: int | None, stride: int | None, shard_size: int, progress: bool, total: int | None) -> None:
+    "Embed `records` chunk by chunk into `sink`: the chunks `job` gives this process; finished ones (a resumed run) are checked and skipped."
+    dist, check_context = job.dist, _context_warner(trained_context(plan.model, tokenizer), window)
+    bar = tqdm(total=total if dist.world_size == 1 else None, unit="seq", disable=not progress or not dist.is_main,
+               desc="embedding" + (f" (rank 0 of {dist.world_size})" if dist.world_size > 1 else ""))  # rank 0's own shards
     meter, was_training = _Meter(bar), plan.model.training
     plan.model.eval()
     try:
         with torch.inference_mode():
-            for k, chunk in enumerate(_chunks(iter_sequences(sequences, genome), shard_size)):
+            for k, chunk in enumerate(_chunks(records, shard_size)):
                 ids = [rid for rid, _ in chunk]
                 if not job.take(k, sum(len(seq) for _, seq in chunk), "\t".join(ids)):  # finished, or another rank's
                     if k in job.finished:
-                        if (finished := sink.done_ids(k)) != ids:
-                            raise ValueError(f"shard {k} in {str(out)!r} was made from other sequences (ids {finished[:3]}… "
-                                             f"vs {ids[:3]}…): the input changed since the first run. Write to a new out folder.")
+                        sink.check_done(k, ids)
                         bar.update(len(chunk))
                     continue
                 tokens = tokenize_bases(tokenizer, [seq for _, seq in chunk])
@@ -555,61 +533,68 @@ def extract_embeddings(
         bar.close()
     if job.n_shards == 0:
         raise ValueError("no sequences to embed: the input is empty.")
-    if isinstance(sink, _ShardWriter):
-        job.finish(lambda n_shards: sink.finish(n_shards, job.summary))  # rank 0, once every rank is done
-        return Path(out)
-    return sink.result(params)
 
-# %% ../nbs/08_embeddings.ipynb #8f67c669
-def _parse_layers(text: str) -> int | list[int] | str:
-    "'all', '-1' or '0,2,-1'."
-    if text == "all":
-        return text
-    try:
-        values = [int(v) for v in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--layers {text!r}: use 'all', an int, or comma-separated ints such as 0,-1") from None
-    return values[0] if len(values) == 1 else values
+# %% ../nbs/08_embeddings.ipynb #0059c6af
+def extract_embeddings(
+    model: torch.nn.Module,  # a Caduceus-family model (base or task model), e.g. from `load_model_and_tokenizer`
+    tokenizer,  # its character-level tokenizer
+    sequences: str | Path | Sequence[str] | pd.Series | Mapping[str, str] | pd.DataFrame,  # see `dnallm_nb.io.iter_sequences`
+    *,
+    layers: int | Sequence[int] | str = -1,  # hidden_states index/indices (SPEC §5), or "all"
+    pooling: str = "mean",  # mean, max, center, first, last, none (per token)
+    rc: str = "auto",  # none, average, concat, auto (= average)
+    residual: bool = False,  # index the residual stream after each layer instead of hidden_states
+    batch_size: int = 32,  # equal-length rows per forward pass (Ph with rc adds as many rc(x) rows)
+    window: int | None = None,  # embed longer sequences in windows of this many tokens
+    stride: int | None = None,  # largest step between window starts (default: window)
+    genome: str | Path | None = None,  # genome FASTA for BED input
+    device: str | torch.device | None = None,  # move the model here (in place); default: where it is
+    dtype: str | torch.dtype | None = None,  # cast the model to this dtype (in place); outputs are float32
+    progress: bool = True,  # tqdm bar with sequences/s and tokens/s
+) -> EmbeddingResult:
+    "Embed DNA sequences in memory with a Caduceus-family model: any layer, any pooling, RC-aware, windowed, exact under batching."
+    plan = _plan_for(model, layers, rc, residual, pooling, batch_size, window, stride, device, dtype)
+    require_one_process("call extract_embeddings_to(FOLDER, ...) so the processes share the work and write one folder, "
+                        "then read it with load_embeddings(FOLDER); in memory, every process would embed everything.")
+    sink = _Collector(plan.layers, pooling)
+    total = len(sequences) if isinstance(sequences, (list, tuple, pd.Series, Mapping)) else None
+    _embed_all(plan, tokenizer, iter_sequences(sequences, genome), sink, ShardedJob(Distributed(), prepare=lambda: ()),
+               pooling=pooling, batch_size=batch_size, window=window, stride=stride, shard_size=1024, progress=progress,
+               total=total)
+    return sink.result({"layers": plan.layers, "residual": residual, "pooling": pooling, "rc": plan.rc, "window": window,
+                        "stride": stride})
 
-
-def build_embed_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    "Arguments of `dnallm-nb embed` (added to `parser` when given, e.g. a sub-command parser)."
-    p = parser or argparse.ArgumentParser(prog="dnallm-nb embed", description="Embed DNA sequences to a folder of .npy shards.")
-    p.add_argument("model", help="local checkpoint folder or registry/hub id")
-    p.add_argument("input", help="FASTA (.fa/.fasta/.fna, .gz ok), or BED (.bed) with --genome")
-    p.add_argument("--out", required=True, help="output folder (created; rerun the same command to resume)")
-    p.add_argument("--genome", help="genome FASTA for BED input")
-    p.add_argument("--layers", type=_parse_layers, default=-1, help="'all', an index, or comma-separated indices (default -1)")
-    p.add_argument("--residual", action="store_true", help="index the residual stream instead of hidden_states")
-    p.add_argument("--pooling", choices=POOLINGS, default="mean")
-    p.add_argument("--rc", choices=RC_MODES, default="auto")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--window", type=int, help="embed longer sequences in windows of this many tokens")
-    p.add_argument("--stride", type=int, help="largest step between window starts (default: window)")
-    p.add_argument("--shard-size", type=int, default=1024, help="sequences per shard")
-    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="model dtype (default: float32)")
-    p.add_argument("--threads", type=int, help="torch threads per process (default: OMP_NUM_THREADS, else the CPUs shared "
-                   "evenly among this machine's processes)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
-
-
-def embed_main(argv: list[str] | None = None) -> int:
-    "Entry point of `dnallm-nb embed`; returns the exit status."
-    args = build_embed_parser().parse_args(argv)
-    try:
-        env, device = command_setup(args.threads, args.device)
-        model, tokenizer = load_model_and_tokenizer(args.model, task="embedding", device=device, dtype=args.dtype)
-        out = extract_embeddings(model, tokenizer, args.input, layers=args.layers, pooling=args.pooling, rc=args.rc,
-                                 residual=args.residual, batch_size=args.batch_size, window=args.window, stride=args.stride,
-                                 genome=args.genome, progress=not args.no_progress, out=args.out, shard_size=args.shard_size)
-    except (ValueError, TypeError, IndexError, FileNotFoundError, RankError) as e:  # InvalidSequenceError is a ValueError
-        print(f"dnallm-nb embed: error: {e}", file=sys.stderr)
-        return 2
-    if env.is_main:
-        manifest = json.loads((out / "manifest.json").read_text())
-        processes = f", {env.world_size} processes" if env.world_size > 1 else ""
-        print(f"embedded {manifest['n_sequences']} sequences into {out} ({manifest['n_shards']} shards{processes}; "
-              f"layers {manifest['params']['layers']}, dims {manifest['dims']})")
-    return 0
+# %% ../nbs/08_embeddings.ipynb #16629588
+def extract_embeddings_to(
+    out: str | Path,  # folder for .npy shards + index (created; rerun the same call to resume)
+    model: torch.nn.Module,
+    tokenizer,
+    sequences: str | Path | Sequence[str] | pd.Series | Mapping[str, str] | pd.DataFrame,
+    *,
+    layers: int | Sequence[int] | str = -1,
+    pooling: str = "mean",
+    rc: str = "auto",
+    residual: bool = False,
+    batch_size: int = 32,
+    window: int | None = None,
+    stride: int | None = None,
+    genome: str | Path | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+    progress: bool = True,
+    shard_size: int = 1024,  # sequences per shard
+) -> Path:  # `out`, once every shard is written
+    """`extract_embeddings` streamed to a folder of shards: resumable (a rerun skips finished shards), and under torchrun
+    the processes share the shards and write the folder one process would."""
+    if shard_size < 1:
+        raise ValueError(f"shard_size ({shard_size}) must be at least 1.")
+    plan = _plan_for(model, layers, rc, residual, pooling, batch_size, window, stride, device, dtype)
+    params = {"layers": plan.layers, "residual": residual, "pooling": pooling, "rc": plan.rc, "window": window,
+              "stride": stride, **_call_identity(plan, tokenizer, sequences, genome, shard_size)}
+    sink = _ShardWriter(out, params)
+    job = ShardedJob(init_distributed(plan.device), prepare=sink.prepare, check=sink.check)  # one process: no-op
+    total = len(sequences) if isinstance(sequences, (list, tuple, pd.Series, Mapping)) else None
+    _embed_all(plan, tokenizer, iter_sequences(sequences, genome), sink, job, pooling=pooling, batch_size=batch_size,
+               window=window, stride=stride, shard_size=shard_size, progress=progress, total=total)
+    job.finish(lambda n_shards: sink.finish(n_shards, job.summary))  # rank 0, once every rank is done
+    return Path(out)

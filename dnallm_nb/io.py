@@ -474,6 +474,23 @@ def _vcf_values(values: Iterator[float], n: int, source: Path) -> tuple:
 _END = object()
 
 
+def _header_with(source: pysam.VariantHeader, field: str, description: str, lines: Sequence[str],
+                 symbolic: bool) -> pysam.VariantHeader:
+    "A copy of `source` whose INFO `field` is ours (Float, one per ALT allele; any other declaration of it dropped), plus `lines`."
+    header = pysam.VariantHeader()  # starts with ##fileformat and FILTER/PASS
+    for record in source.records:
+        if record.key != "fileformat" and not (record.type == "INFO" and record.get("ID") == field):
+            header.add_record(record)
+    for sample in source.samples:
+        header.add_sample(sample)
+    header.info.add(field, "A", "Float", description)
+    if symbolic and "END" not in header.info:  # htslib writes END for symbolic alleles: declare it
+        header.info.add("END", 1, "Integer", "End position of the variant described in this record")
+    for line in lines:
+        header.add_line(line)
+    return header
+
+
 def _index_vcf(path: Path, fmt: str, index: Path, shown: Path) -> None:
     "Write the tabix (.tbi) or CSI index of the bgzip VCF / BCF `path` to `index`, or warn (naming `shown`) when the records are not sorted."
     try:
@@ -500,20 +517,10 @@ def add_info_field(
         for record in vcf:  # a first pass: htslib declares the contigs and fields the header lacks, as it meets them
             symbolic = symbolic or any(alt.startswith("<") for alt in record.alts or ())
         vcf.reset()
-        if symbolic and "END" not in vcf.header.info:  # htslib writes END for symbolic alleles: declare it
-            vcf.header.info.add("END", 1, "Integer", "End position of the variant described in this record")
-        if field in vcf.header.info:
-            declared = vcf.header.info[field]
-            if (declared.number, declared.type) != ("A", "Float"):
-                raise ValueError(f"{str(source)!r} declares INFO/{field} as Number={declared.number}, Type={declared.type}; "
-                                 f"remove it first (`bcftools annotate -x INFO/{field}`).")
-        else:
-            vcf.header.info.add(field, "A", "Float", description)
-        for line in header_lines:
-            vcf.header.add_line(line)
-        with pysam.VariantFile(str(tmp), {"vcf": "w", "vcf.gz": "wz", "bcf": "wb"}[fmt], header=vcf.header) as dst:
+        header = _header_with(vcf.header, field, description, header_lines, symbolic)
+        with pysam.VariantFile(str(tmp), {"vcf": "w", "vcf.gz": "wz", "bcf": "wb"}[fmt], header=header) as dst:
             for record in vcf:
-                record.translate(dst.header)  # the output's header is a copy, with its own numbering of the fields
+                record.translate(dst.header)  # to the output's header, where `field` is ours
                 record.info[field] = _vcf_values(values, len(record.alts or ()), source)
                 dst.write(record)
     if next(values, None) is not None:

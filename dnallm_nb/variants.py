@@ -5,15 +5,12 @@
 # %% ../nbs/14_variants.ipynb #dbe12cc8
 from __future__ import annotations
 
-import argparse
 import difflib
 import hashlib
-import json
 import math
 import os
 import re
 import shutil
-import sys
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -28,19 +25,17 @@ from tqdm.auto import tqdm
 
 from .data import centre_index
 from .dna import IUPAC_COMPLEMENT, validate_dna
-from .distributed import (RankError, ShardedJob, ShardFolder, command_setup, init_distributed, require_one_process)
+from .distributed import ShardedJob, ShardFolder, init_distributed, require_one_process
 from .embeddings import equal_width_batches, model_identity, tokenize_bases, trained_context
 from .io import (Genome, add_info_field, as_genome, atomic_write, output_format, read_vcf, split_alt_alleles,
                           table_writer)
-from .load import load_model_and_tokenizer
 from .rc import model_complement_map, reverse_complement_ids
 
 # %% auto #0
 __all__ = ['VARIANT_COLUMNS', 'BASES', 'SCORE_COLUMNS', 'REF_MISMATCH_CHOICES', 'RC_CHOICES', 'LOGO_COLOURS', 'PARTS_FORMAT',
            'VCF_FORMATS', 'LLR_DESCRIPTION', 'variants_table', 'close_chromosome_names', 'variant_window',
            'check_masked_lm', 'resolve_window', 'resolve_batch_size', 'score_variants', 'mutagenesis',
-           'plot_mutagenesis', 'parts_folder', 'annotate_vcf', 'score_variants_to', 'build_score_parser',
-           'score_variants_main']
+           'plot_mutagenesis', 'parts_folder', 'annotate_vcf', 'score_variants_to']
 
 # %% ../nbs/14_variants.ipynb #5ee9b439
 VARIANT_COLUMNS: tuple[str, ...] = ("chrom", "pos", "ref", "alt")
@@ -586,50 +581,3 @@ def score_variants_to(
         bar.close()
     note = f'model="{getattr(model, "name_or_path", "")}",window={window},rc={rc}'
     return job.finish(lambda n_chunks: parts.finish(n_chunks, out, fmt, vcf_outputs, variants, note, job.summary))
-
-# %% ../nbs/14_variants.ipynb #067036af
-def build_score_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
-    "Arguments of `dnallm-nb score-variants` (added to `parser` when given)."
-    p = parser or argparse.ArgumentParser(prog="dnallm-nb score-variants",
-                                          description="Zero-shot variant-effect scores (LLR) of the SNVs of a VCF; resumable.")
-    p.add_argument("--model", required=True, help="registry/hub id or checkpoint folder of a Caduceus-family masked LM")
-    p.add_argument("--genome", required=True, help="genome FASTA (plain or gzip) that the VCF positions refer to")
-    p.add_argument("--vcf", required=True, help="variants: VCF, plain, gzip or bgzip")
-    p.add_argument("--out", required=True, help="scores.tsv, or .vcf/.vcf.gz for the VCF with INFO/LLR; finished chunks "
-                   "are kept in OUT.parts/: rerun the same command to resume")
-    p.add_argument("--out-vcf", help="also write the input VCF with INFO/LLR here")
-    p.add_argument("--window", type=int, help="bases per window (default: the checkpoint's trained context)")
-    p.add_argument("--rc", choices=RC_CHOICES, default="average", help="average both strands' LLRs, or forward strand only")
-    p.add_argument("--batch-size", type=int, help="windows per forward pass (default: 1 on CPU, 32 on GPU)")
-    p.add_argument("--chunk-size", type=int, default=10_000, help="variants per part file (the unit of resuming, and of "
-                   "sharing among torchrun processes)")
-    p.add_argument("--ref-mismatch", choices=REF_MISMATCH_CHOICES, default="error",
-                   help="REF that is not the genome's base: stop (error) or score and flag it")
-    p.add_argument("--split-multiallelic", action="store_true", help="score every ALT of multi-allelic records")
-    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), help="model dtype (default: float32)")
-    p.add_argument("--threads", type=int, help="torch threads per process (default: OMP_NUM_THREADS, else the CPUs shared "
-                   "evenly among this machine's processes)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    return p
-
-
-def score_variants_main(argv: list[str] | None = None) -> int:
-    "Entry point of `dnallm-nb score-variants`; returns the exit status."
-    args = build_score_parser().parse_args(argv)
-    try:
-        env, device = command_setup(args.threads, args.device)
-        model, tokenizer = load_model_and_tokenizer(args.model, task="mask", device=device, dtype=args.dtype)
-        out = score_variants_to(args.out, model, tokenizer, args.vcf, args.genome, window=args.window, rc=args.rc,
-                                batch_size=args.batch_size, chunk_size=args.chunk_size, ref_mismatch=args.ref_mismatch,
-                                split_multiallelic=args.split_multiallelic, progress=not args.no_progress, out_vcf=args.out_vcf)
-    except (ValueError, TypeError, FileNotFoundError, IndexError, RankError) as e:  # CheckpointNotFoundError is a FileNotFoundError
-        print(f"dnallm-nb score-variants: error: {e}", file=sys.stderr)
-        return 2
-    if env.is_main:
-        params = json.loads((parts_folder(out) / "manifest.json").read_text())["params"]
-        also = f" and {args.out_vcf}" if args.out_vcf else ""
-        processes = f", {env.world_size} processes" if env.world_size > 1 else ""
-        print(f"scored {params['input']['n_variants']} variants into {out}{also} (window {params['window']}, rc {params['rc']}"
-              f"{processes})")
-    return 0

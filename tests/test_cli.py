@@ -85,3 +85,68 @@ def test_module_form_runs_the_same_cli():  # what `torchrun -m dnallm_nb.cli ...
     assert result.returncode == 2 and "invalid choice" in result.stderr
     result = subprocess.run([sys.executable, "-m", "dnallm_nb.cli", "--version"], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("dnallm_nb ")
+
+
+# ---- bad input: one `error:` line naming the fix, exit status 2, no traceback unless --debug ------------------------------
+
+VCF_TEXT = "##fileformat=VCFv4.2\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\nchr1\t3\tv1\tG\tA\t.\t.\t.\n"
+
+
+def run_cli(*argv) -> subprocess.CompletedProcess:
+    env = {**__import__("os").environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "dnallm_nb.cli", *map(str, argv)], capture_output=True, text=True, env=env)
+
+
+def one_error_line(result: subprocess.CompletedProcess, command: str, *expected: str) -> str:
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"dnallm-nb {command}: error: "), result.stderr
+    assert "Traceback" not in result.stderr and all(e in lines[0] for e in expected), lines[0]
+    return lines[0]
+
+
+def test_bad_paths_and_swapped_files_are_named_by_their_argument(tmp_path: Path):
+    (tmp_path / "g.fa").write_text(">chr1\nACGTACGTTGCAACGTAGCTAGGCTTAACG\n")
+    (tmp_path / "v.vcf").write_text(VCF_TEXT)
+    score = ["score-variants", "--model", GOLDEN / "caduceus-ps-tiny", "--no-progress"]
+    one_error_line(run_cli(*score, "--genome", tmp_path / "v.vcf", "--vcf", tmp_path / "v.vcf", "--out", tmp_path / "s.tsv"),
+                   "score-variants", "--genome", "is a VCF file, not a FASTA file")
+    one_error_line(run_cli(*score, "--genome", tmp_path / "g.fa", "--vcf", tmp_path / "g.fa", "--out", tmp_path / "s.tsv"),
+                   "score-variants", "--vcf", "is a FASTA file, not a VCF file")
+    one_error_line(run_cli(*score, "--genome", tmp_path / "absent.fa", "--vcf", tmp_path / "v.vcf", "--out", tmp_path / "s.tsv"),
+                   "score-variants", "--genome", "absent.fa", "does not exist")
+    for out in ("s.csv", "s.vcf.zip"):  # refused before any work
+        one_error_line(run_cli(*score, "--genome", tmp_path / "g.fa", "--vcf", tmp_path / "v.vcf", "--out", tmp_path / out),
+                       "score-variants", "--out", ".tsv, .tsv.gz, .vcf, .vcf.gz, .vcf.bgz, .bcf")
+        assert not (tmp_path / f"{out}.parts").exists()
+    one_error_line(run_cli("embed", GOLDEN / "caduceus-ps-tiny", tmp_path / "v.vcf", "--out", tmp_path / "e"),
+                   "embed", "INPUT", "is a VCF file, not a FASTA file")
+
+
+def test_bad_fasta_and_checkpoint_errors_are_one_line_and_debug_shows_the_traceback(tmp_path: Path):
+    (tmp_path / "dup.fa").write_text(">alpha\nACGT\n>alpha\nGGGG\n")
+    one_error_line(run_cli("embed", GOLDEN / "caduceus-ps-tiny", tmp_path / "dup.fa", "--out", tmp_path / "e", "--no-progress"),
+                   "embed", "dup.fa", "more than one record named 'alpha'")
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    for model in (tmp_path / "absent-model", tmp_path / "broken"):
+        one_error_line(run_cli("embed", model, tmp_path / "dup.fa", "--out", tmp_path / "e", "--no-progress"), "embed",
+                       model.name)
+    result = run_cli("embed", tmp_path / "absent-model", tmp_path / "dup.fa", "--out", tmp_path / "e", "--debug")
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+def test_crlf_fasta_with_a_trailing_blank_line_and_a_bgz_vcf_score(tmp_path: Path):
+    (tmp_path / "g.fa").write_bytes(b">chr1 x\r\nACGTACGTTGCAACGTAGCTAGGCTTAACG\r\n\r\n")
+    from Bio import bgzf
+    with bgzf.BgzfWriter(str(tmp_path / "v.vcf.bgz")) as f:  # gnomAD's naming
+        f.write(VCF_TEXT.replace("\t.\t.\t.\n", "\t.\t.\tLLR=5\n"))  # a record that already carries LLR=
+    result = run_cli("score-variants", "--model", GOLDEN / "caduceus-ps-tiny", "--genome", tmp_path / "g.fa", "--vcf",
+                     tmp_path / "v.vcf.bgz", "--out", tmp_path / "s.bcf", "--out-vcf", tmp_path / "s.vcf.bgz", "--no-progress")
+    assert result.returncode == 0, result.stderr
+    import pysam
+    for name in ("s.bcf", "s.vcf.bgz"):
+        with pysam.VariantFile(str(tmp_path / name)) as back:
+            records = list(back)
+        assert len(records) == 1 and str(records[0]).count("LLR=") == 1 and records[0].info["LLR"][0] != 5, name
+    assert not (tmp_path / "g.fa.fai").exists()

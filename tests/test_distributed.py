@@ -1,4 +1,4 @@
-"""torchrun acceptance tests (issue 14): `dnallm-nb embed` / `extract_embeddings(out=)` as 2 processes, or 2 "machines",
+"""torchrun acceptance tests (issue 14): `dnallm-nb embed` / `extract_embeddings_to` as 2 processes, or 2 "machines",
 write the one-process folder byte for byte; a killed or failing rank fails the job and a relaunch resumes."""
 import json
 import os
@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from dnallm_nb.distributed import Distributed, ShardedJob, assign_shares, launch_env, torchrun_argv
-from dnallm_nb.embeddings import _ShardWriter, embed_main, extract_embeddings, load_embeddings
+from dnallm_nb.cli import main as cli_main
+from dnallm_nb.embeddings import _ShardWriter, extract_embeddings, extract_embeddings_to, load_embeddings
 from dnallm_nb.load import load_model_and_tokenizer
 from dnallm_nb.testing import golden_path
 
@@ -60,7 +61,7 @@ def one_process(fasta: Path, out: Path, *options: str) -> Path:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert embed_main([str(MODEL), str(fasta), "--out", str(out), "--no-progress", *options]) == 0
+        assert cli_main(["embed", str(MODEL), str(fasta), "--out", str(out), "--no-progress", *options]) == 0
     finally:
         torch.set_num_threads(threads)
     return out
@@ -139,7 +140,8 @@ def write_then_die(self, k, *args):  # rank 1 dies (SIGKILL: no cleanup) right a
     if launch_env().rank == 1:
         os.kill(os.getpid(), signal.SIGKILL)
 E._ShardWriter.write = write_then_die
-sys.exit(E.embed_main(sys.argv[1:]))
+from dnallm_nb.cli import main
+sys.exit(main(["embed", *sys.argv[1:]]))
 """
 
 
@@ -190,7 +192,7 @@ def logged(self, k, *args):  # which rank writes which shard
     write(self, k, *args)
 E._ShardWriter.write = logged
 model, tokenizer = load_model_and_tokenizer(model_path, device="cpu")
-E.extract_embeddings(model, tokenizer, fasta, out=out, shard_size=4, pooling="none", rc="concat", progress=False)
+E.extract_embeddings_to(out, model, tokenizer, fasta, shard_size=4, pooling="none", rc="concat", progress=False)
 """
 
 
@@ -228,14 +230,14 @@ def write_then_die(self, k, frame):  # rank 1 dies (SIGKILL: no cleanup) right a
     if launch_env().rank == 1:
         os.kill(os.getpid(), signal.SIGKILL)
 V._Parts.write = write_then_die
-sys.exit(V.score_variants_main(sys.argv[1:]))
+from dnallm_nb.cli import main
+sys.exit(main(["score-variants", *sys.argv[1:]]))
 """
 
 
 @pytest.fixture(scope="module")
 def variant_data(tmp_path_factory):
     "A 2-chromosome genome, a VCF of 40 SNVs on it (10 chunks of 4), and the one-process output of score-variants."
-    from dnallm_nb.variants import score_variants_main
     root = tmp_path_factory.mktemp("variants")
     rng = np.random.default_rng(3)
     genome = {name: "".join(rng.choice(list("ACGT"), 1500)) for name in ("chr1", "chr2")}
@@ -251,7 +253,7 @@ def variant_data(tmp_path_factory):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert score_variants_main([*options, "--out", str(root / "one.tsv"), "--out-vcf", str(root / "one.vcf.gz")]) == 0
+        assert cli_main(["score-variants", *options, "--out", str(root / "one.tsv"), "--out-vcf", str(root / "one.vcf.gz")]) == 0
     finally:
         torch.set_num_threads(threads)
     return root, options

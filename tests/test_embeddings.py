@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 
 from dnallm_nb.distributed import ASSIGNMENT
 from dnallm_nb.dna import InvalidSequenceError
-from dnallm_nb.embeddings import POOLINGS, embed_main, extract_embeddings, load_embeddings, pool_positions
+from dnallm_nb.cli import main as cli_main
+from dnallm_nb.embeddings import POOLINGS, extract_embeddings, extract_embeddings_to, load_embeddings, pool_positions
 from dnallm_nb.load import load_model_and_tokenizer
 from dnallm_nb.rc import reverse_complement
 from dnallm_nb.testing import golden_path
@@ -182,7 +183,7 @@ def test_shard_folder_structure(models, tmp_path):
     rng = np.random.default_rng(6)
     records = [(f"r{i}", random_dna(rng, 16 + i % 2)) for i in range(40)]
     fasta = write_fasta(tmp_path / "x.fa", records)
-    out = extract_embeddings(model, tok, fasta, out=tmp_path / "emb", shard_size=16, layers=[0, -1], progress=False)
+    out = extract_embeddings_to(tmp_path / "emb", model, tok, fasta, shard_size=16, layers=[0, -1], progress=False)
     assert out == tmp_path / "emb"
     names = sorted(p.name for p in (out / "shards").iterdir())
     assert names == [f"0000{k}.{part}" for k in range(3) for part in ("csv", "hidden0.npy", "hidden2.npy")]
@@ -197,7 +198,7 @@ def test_shard_folder_structure(models, tmp_path):
     stored = load_embeddings(out)
     direct = extract_embeddings(model, tok, fasta, layers=[0, -1], progress=False)
     assert stored.ids == direct.ids and all(np.array_equal(stored[k], direct[k]) for k in (0, 2))
-    tokens = extract_embeddings(model, tok, fasta, out=tmp_path / "tok", shard_size=16, pooling="none", progress=False)
+    tokens = extract_embeddings_to(tmp_path / "tok", model, tok, fasta, shard_size=16, pooling="none", progress=False)
     assert np.load(tokens / "shards" / "00000.hidden2.npy").shape == (16 * 16 + 8, 32)  # rows at the index's offsets
     assert [a.shape[0] for a in load_embeddings(tokens).array] == [len(s) for _, s in records]
 
@@ -216,7 +217,7 @@ def dying_write(path, write):  # on call N: leave a partial temp file, then die 
         os.kill(os.getpid(), signal.SIGKILL)
     original(path, write)
 E.atomic_write = dying_write
-E.extract_embeddings(model, tokenizer, sys.argv[2], out=sys.argv[3], shard_size=8, layers=[0, -1], progress=False)
+E.extract_embeddings_to(sys.argv[3], model, tokenizer, sys.argv[2], shard_size=8, layers=[0, -1], progress=False)
 """
 
 
@@ -224,7 +225,7 @@ def test_killed_run_resumes_to_the_same_files(models, tmp_path):
     model, tok = models["ps"]
     rng = np.random.default_rng(7)
     fasta = write_fasta(tmp_path / "x.fa", [(f"r{i}", random_dna(rng, 20 + i % 3)) for i in range(40)])  # 5 shards
-    clean = extract_embeddings(model, tok, fasta, out=tmp_path / "clean", shard_size=8, layers=[0, -1], progress=False)
+    clean = extract_embeddings_to(tmp_path / "clean", model, tok, fasta, shard_size=8, layers=[0, -1], progress=False)
     killed = tmp_path / "killed"
     # the module's atomic_write calls: per shard 2 arrays + id list (the manifest is the ShardFolder's); die on shard 2's second array
     run = subprocess.run([sys.executable, "-c", KILLER, str(GOLDEN / "caduceus-ps-tiny"), str(fasta), str(killed), "8"],
@@ -234,7 +235,7 @@ def test_killed_run_resumes_to_the_same_files(models, tmp_path):
     assert list((killed / "shards").glob(".*.tmp")) and not (killed / "index.csv").exists()
     with pytest.raises(ValueError, match="unfinished run"):
         load_embeddings(killed)
-    extract_embeddings(model, tok, fasta, out=killed, shard_size=8, layers=[0, -1], progress=False)
+    extract_embeddings_to(killed, model, tok, fasta, shard_size=8, layers=[0, -1], progress=False)
     assert files_of(killed) == files_of(clean)
 
 
@@ -242,14 +243,14 @@ def test_rerun_refuses_other_parameters_or_input(models, tmp_path):
     model, tok = models["ps"]
     rng = np.random.default_rng(8)
     seqs = [random_dna(rng, 10) for _ in range(10)]
-    extract_embeddings(model, tok, seqs, out=tmp_path / "a", shard_size=4, progress=False)
+    extract_embeddings_to(tmp_path / "a", model, tok, seqs, shard_size=4, progress=False)
     with pytest.raises(ValueError, match=r"different parameters \(pooling\)"):
-        extract_embeddings(model, tok, seqs, out=tmp_path / "a", shard_size=4, pooling="max", progress=False)
+        extract_embeddings_to(tmp_path / "a", model, tok, seqs, shard_size=4, pooling="max", progress=False)
     with pytest.raises(ValueError, match=r"different parameters \(input\)"):
-        extract_embeddings(model, tok, seqs[::-1], out=tmp_path / "a", shard_size=4, progress=False)
-    extract_embeddings(model, tok, (s for s in seqs), out=tmp_path / "b", shard_size=4, progress=False)
+        extract_embeddings_to(tmp_path / "a", model, tok, seqs[::-1], shard_size=4, progress=False)
+    extract_embeddings_to(tmp_path / "b", model, tok, (s for s in seqs), shard_size=4, progress=False)
     with pytest.raises(ValueError, match="made from other sequences"):  # a stream cannot be fingerprinted: ids are checked
-        extract_embeddings(model, tok, ((f"x{i}", s) for i, s in enumerate(seqs)), out=tmp_path / "b", shard_size=4,
+        extract_embeddings_to(tmp_path / "b", model, tok, ((f"x{i}", s) for i, s in enumerate(seqs)), shard_size=4,
                            progress=False)
 
 
@@ -282,11 +283,11 @@ def test_cli(models, tmp_path, capsys):
     fasta = write_fasta(tmp_path / "x.fa", [(f"r{i}", random_dna(rng, 25)) for i in range(6)])
     argv = [str(GOLDEN / "caduceus-ps-tiny"), str(fasta), "--out", str(tmp_path / "cli"), "--layers", "all",
             "--pooling", "center", "--device", "cpu", "--no-progress"]
-    assert embed_main(argv) == 0
+    assert cli_main(["embed", *argv]) == 0
     assert "embedded 6 sequences" in capsys.readouterr().out
     stored = load_embeddings(tmp_path / "cli")
     direct = extract_embeddings(model, tok, fasta, layers="all", pooling="center", progress=False)
     assert stored.layers == [0, 1, 2] and all(np.array_equal(stored[k], direct[k]) for k in (0, 1, 2))
     bad = write_fasta(tmp_path / "bad.fa", [("weird", "ACGU")])
-    assert embed_main([argv[0], str(bad), "--out", str(tmp_path / "bad"), "--no-progress"]) == 2
+    assert cli_main(["embed", argv[0], str(bad), "--out", str(tmp_path / "bad"), "--no-progress"]) == 2
     assert "'weird' has non-DNA characters 'U'" in capsys.readouterr().err

