@@ -20,7 +20,7 @@ import pandas as pd
 import pysam
 from Bio.SeqIO.FastaIO import SimpleFastaParser
 
-from .dna import reverse_complement
+from .dna import InvalidSequenceError, reverse_complement
 
 # %% auto #0
 __all__ = ['FORMAT_NAMES', 'BED_COLUMNS', 'OUTPUT_SUFFIXES', 'default_cache_dir', 'sha256_file', 'content_key', 'atomic_write',
@@ -102,7 +102,7 @@ _FIXES = {"fasta": "each record starts with a '>' header line", "vcf": "a VCF st
 
 
 def check_input(path: str | Path, kind: str, role: str) -> Path:
-    "`path` as a Path when it is an existing file holding `kind` ('fasta' or 'vcf'; 'vcf' accepts BCF), else an error naming `role`."
+    "`path` as a Path when it is an existing file holding `kind` ('fasta' or 'vcf'; 'vcf' accepts BCF), else an error naming `role` (`InvalidSequenceError` for a FASTA without records)."
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{role} {str(path)!r} does not exist (or is not a file); check the path.")
@@ -113,7 +113,8 @@ def check_input(path: str | Path, kind: str, role: str) -> Path:
         raise ValueError(f"{role} {str(path)!r} is {FORMAT_NAMES[found]}, not {FORMAT_NAMES[kind]}: were two inputs swapped?")
     records = "variant records" if kind == "vcf" else "records"
     what = f"holds no {records}" if found == "empty" or kind == "fasta" else f"is {FORMAT_NAMES[found]}"
-    raise ValueError(f"{role} {str(path)!r} {what}; check the path, and that {_FIXES[kind]}.")
+    error = InvalidSequenceError if kind == "fasta" else ValueError  # a FASTA without records holds no sequence
+    raise error(f"{role} {str(path)!r} {what}; check the path, and that {_FIXES[kind]}.")
 
 # %% ../nbs/00a_io.ipynb #c189e84b
 def read_fasta(path: str | Path) -> Iterator[tuple[str, str]]:
@@ -371,8 +372,8 @@ def _read_path(path: Path, genome) -> Iterator[tuple[str, str]]:
     elif found in ("fasta", "empty"):
         yield from read_fasta(path)  # an empty file: read_fasta says it holds no records
     else:
-        raise ValueError(f"{str(path)!r} is {FORMAT_NAMES[sniff_format(path)]}: pass a FASTA file (records start with "
-                         "'>'), or a BED file with genome=FASTA_PATH to cut its intervals from.")
+        raise ValueError(f"{str(path)!r} is not a FASTA file (whose records start with '>'); a BED file needs "
+                         "genome=FASTA_PATH to cut its intervals from.")
 
 # %% ../nbs/00a_io.ipynb #dc5c8567
 def input_fingerprint(sequences: Any, genome: Genome | str | Path | None = None) -> dict:
