@@ -161,32 +161,30 @@ def _duplicate_problem(path: Path) -> str | None:
     return None
 
 # %% ../nbs/00a_io.ipynb #54ca7d49
-def genome_index(fasta: str | Path, cache_dir: str | Path | None = None) -> tuple[Path, Path, Path | None]:
-    "(FASTA to read, its .fai, its .gzi or None) for `fasta`, made once per file content in `cache_dir/genomes`."
+def genome_index(fasta: str | Path, cache_dir: str | Path | None = None) -> tuple[Path, Path]:
+    "(FASTA to read, its .fai) for `fasta`, made once per file content in `cache_dir/genomes`."
     path = check_input(fasta, "fasta", "genome FASTA")
     folder = Path(cache_dir or default_cache_dir()) / "genomes" / content_key(path)[:32]
     kind = compression(path)
-    source = folder / "genome.fa" if kind == "gzip" else path
-    fai, gzi = folder / "genome.fa.fai", (folder / "genome.fa.gzi" if kind == "bgzf" else None)
-    if fai.is_file():  # written last: the entry is complete
-        return source, fai, gzi
+    source, fai = (folder / "genome.fa" if kind else path), folder / "genome.fa.fai"
+    if fai.is_file() and source.is_file():  # the .fai is written last: the entry is complete
+        return source, fai
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=folder) as work:
         work = Path(work)
-        todo = gunzip_to(path, work / "genome.fa") if kind == "gzip" else path
+        todo = gunzip_to(path, work / "genome.fa") if kind else path
         if problem := _duplicate_problem(todo):
             raise ValueError(problem.replace(str(todo), str(path)))
-        args = ["--fai-idx", str(work / fai.name)] + (["--gzi-idx", str(work / gzi.name)] if gzi else [])
         try:
-            pysam.faidx(str(todo), *args)
+            pysam.faidx(str(todo), "--fai-idx", str(work / fai.name))
         except pysam.SamtoolsError as e:
             detail = " ".join(str(e).split())[-300:]
             raise ValueError(f"genome FASTA {str(path)!r} cannot be indexed by samtools faidx ({detail}); every line of a "
                              "record but its last must have the same length: rewrap it (e.g. `seqkit seq -w 60`).") from None
-        for name in ("genome.fa", "genome.fa.gzi", "genome.fa.fai"):  # the .fai last
+        for name in ("genome.fa", "genome.fa.fai"):  # the .fai last
             if (work / name).exists():
                 os.replace(work / name, folder / name)
-    return source, fai, gzi
+    return source, fai
 
 # %% ../nbs/00a_io.ipynb #13b3c665
 class GenomeSequence:
@@ -225,9 +223,9 @@ class Genome:
             names, lengths = list(self._sequences), [len(s) for s in self._sequences.values()]
         else:
             self.path = Path(source)
-            fasta, fai, gzi = genome_index(self.path, cache_dir)
+            fasta, fai = genome_index(self.path, cache_dir)
             self.identity = {"name": self.path.name, "sha256": content_key(self.path)}
-            self._fasta = pysam.FastaFile(str(fasta), filepath_index=str(fai), filepath_index_compressed=gzi and str(gzi))
+            self._fasta = pysam.FastaFile(str(fasta), filepath_index=str(fai))
             names, lengths = list(self._fasta.references), list(self._fasta.lengths)
         self.names: list[str] = names
         self._lengths = dict(zip(names, lengths))
