@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyfaidx
 import pysam
 from Bio.SeqIO.FastaIO import SimpleFastaParser
 
@@ -190,10 +191,10 @@ def genome_index(fasta: str | Path, cache_dir: str | Path | None = None) -> tupl
 class GenomeSequence:
     "One sequence of a `Genome`: its length, and slices and single bases as str (`genome['chr1'][100:200]`, `[100]`)."
     def __init__(self, genome: Genome, name: str):
-        self.genome, self.name = genome, name
+        self.genome, self.name, self._length = genome, name, genome.length(name)
 
     def __len__(self) -> int:
-        return self.genome.length(self.name)
+        return self._length
 
     def __getitem__(self, rows: slice | int) -> str:
         if isinstance(rows, int):
@@ -202,15 +203,15 @@ class GenomeSequence:
             rows = slice(rows % len(self), rows % len(self) + 1)
         if not isinstance(rows, slice) or rows.step not in (None, 1):
             raise TypeError(f"index {self.name!r} with a position or a slice such as [start:end], not {rows!r}.")
-        start, end, _ = rows.indices(len(self))
-        return self.genome.fetch(self.name, start, max(start, end))
+        start, end, _ = rows.indices(self._length)
+        return self.genome.read(self.name, start, max(start, end))
 
     def __str__(self) -> str:
         return self[:]
 
 # %% ../nbs/00a_io.ipynb #614f6503
 class Genome:
-    """Random access to a genome: a FASTA file (plain, gzip or bgzip; read through samtools' index, see `genome_index`)
+    """Random access to a genome: a FASTA file (plain, gzip or bgzip; indexed by samtools, see `genome_index`, and read with pyfaidx)
     or a dict {name: sequence}. Case is kept (soft-masked repeats stay lower case); `genome[name][start:end]` is str."""
     def __init__(self, source: str | os.PathLike | Mapping[str, str], cache_dir: str | Path | None = None):
         self._fasta, self._sequences, self.path = None, None, None
@@ -225,8 +226,10 @@ class Genome:
             self.path = Path(source)
             fasta, fai = genome_index(self.path, cache_dir)
             self.identity = {"name": self.path.name, "sha256": content_key(self.path)}
-            self._fasta = pysam.FastaFile(str(fasta), filepath_index=str(fai))
-            names, lengths = list(self._fasta.references), list(self._fasta.lengths)
+            with warnings.catch_warnings():  # "index older than FASTA": the index is keyed by content, its age does not matter
+                warnings.simplefilter("ignore", RuntimeWarning)
+                self._fasta = pyfaidx.Fasta(str(fasta), indexname=str(fai), as_raw=True, rebuild=False, build_index=False)
+            names, lengths = list(self._fasta.keys()), [len(self._fasta[name]) for name in self._fasta.keys()]
         self.names: list[str] = names
         self._lengths = dict(zip(names, lengths))
 
@@ -262,10 +265,11 @@ class Genome:
     def fetch(self, name: str, start: int = 0, end: int | None = None) -> str:
         "Bases [start, end) of sequence `name` (0-based; default: all of it), case kept."
         self._check(name)
-        end = self._lengths[name] if end is None else end
-        if self._sequences is not None:
-            return self._sequences[name][start:end]
-        return self._fasta.fetch(reference=name, start=start, end=end)
+        return self.read(name, start, self._lengths[name] if end is None else end)
+
+    def read(self, name: str, start: int, end: int) -> str:
+        "`fetch` without its checks: bases [start, end) of a sequence known to exist."
+        return self._sequences[name][start:end] if self._sequences is not None else self._fasta[name][start:end]
 
     def __getitem__(self, name: str) -> GenomeSequence:
         self._check(name)
