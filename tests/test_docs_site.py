@@ -45,6 +45,8 @@ TEMP_PATH = re.compile(re.escape(tempfile.gettempdir().rstrip("/")) + r"/(tmp|ip
 RAW_LATEX = re.compile(r"\$\$|\\(frac|mathrm|text|Delta|sum|log|langle|rangle|qquad|top|mid)\b|\\[()\[\]]")
 
 # Run in each page by Chromium once it has loaded: what a reader would see, measured, as JSON on <body data-site-check>.
+# Overflow: an element that reaches past the content column by more than furo's own bleed (headings and table wrappers
+# have -8 px margins) without a scrolling ancestor inside the column.
 SITE_CHECK_JS = """
 window.addEventListener("load", () => {
   const main = document.querySelector("article[role=main]") || document.querySelector("article");
@@ -52,7 +54,7 @@ window.addEventListener("load", () => {
   const scrolls = (el) => { for (let a = el.parentElement; a && a !== main; a = a.parentElement)
       if (getComputedStyle(a).overflowX !== "visible") return true; return false; };
   const right = main.getBoundingClientRect().right;
-  const overflow = [...main.querySelectorAll("*")].filter(el => el.getBoundingClientRect().right > right + 1 && !scrolls(el))
+  const overflow = [...main.querySelectorAll("*")].filter(el => el.getBoundingClientRect().right > right + 16 && !scrolls(el))
                                                   .filter((el, _, all) => !all.includes(el.parentElement)).map(describe);
   if (document.documentElement.scrollWidth > window.innerWidth + 1) overflow.push(`the page is ${document.documentElement.scrollWidth}px wide`);
   const stderr = [...main.querySelectorAll(".stderr")].filter(el => !el.closest(".tag_keep-stderr")).map(describe);
@@ -184,20 +186,20 @@ def run_chromium(exe: str, *args: str) -> subprocess.CompletedProcess:
                               capture_output=True, text=True, timeout=120)
 
 
-def instrumented(page: Path, folder: Path) -> Path:
-    "A copy of `page` in `folder` that loads everything from the page's own folder and runs SITE_CHECK_JS."
+def instrumented(page: Path, folder: Path, extra: str = "") -> Path:
+    "A copy of `page` in `folder` that loads everything from the page's own folder and runs SITE_CHECK_JS; `extra` HTML goes before the h1."
     html = page.read_text(encoding="utf-8")
-    html = html.replace("<head>", f'<head><base href="{page.parent.as_uri()}/">', 1)
+    html = html.replace("<head>", f'<head><base href="{page.parent.as_uri()}/">', 1).replace("<h1>", extra + "<h1>", 1)
     copy = folder / page.relative_to(SITE)
     copy.parent.mkdir(parents=True, exist_ok=True)
     copy.write_text(html.replace("</body>", f"<script>{SITE_CHECK_JS}</script></body>", 1), encoding="utf-8")
     return copy
 
 
-def render(chromium: str, page: Path, folder: Path) -> Page:
+def render(chromium: str, page: Path, folder: Path, extra: str = "") -> Page:
     "`page` as headless Chromium renders it (`--dump-dom`) at WINDOW size, with SITE_CHECK_JS's measurements."
     res = run_chromium(chromium, f"--window-size={WINDOW[0]},{WINDOW[1]}", "--virtual-time-budget=5000", "--dump-dom",
-                       instrumented(page, folder).as_uri())
+                       instrumented(page, folder, extra).as_uri())
     assert res.returncode == 0 and "<html" in res.stdout, f"Chromium could not render {page}:\n{res.stderr[-2000:]}"
     dom = Page(res.stdout)
     assert dom.check, f"the page check did not run in {page}"
@@ -336,8 +338,10 @@ def test_no_build_machine_paths(site):
     assert not found, "build-machine paths in the site:\n" + "\n".join(found)
 
 
-def test_content_stays_in_its_column(doms):
+def test_content_stays_in_its_column(doms, chromium, tmp_path):
     "Wide tables, code and outputs scroll inside the content column; nothing runs past it at 1280 px."
+    control = render(chromium, SITE / "index.html", tmp_path, extra='<p style="width: 3000px">a deliberately wide line</p>')
+    assert any("a deliberately wide line" in o for o in control.check["overflow"])  # the check sees what it should
     wide = {page.name: dom.check["overflow"][:3] for page, dom in doms.items() if dom.check["overflow"]}
     assert not wide, f"content wider than its column: {wide}"
 
