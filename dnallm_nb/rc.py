@@ -277,10 +277,11 @@ class RCReport:
                 f"<p>Mean-pooled embeddings, x vs rc(x):</p>{cosine.to_html(float_format='{:.6f}'.format)}"
                 f"<details><summary>every layer</summary>{self.summary().to_html(index=False, float_format=fmt)}</details>")
 
-    def plot(self, view: str | None = None, layer: str | None = None, floor: float = 1e-12, title: str | None = None):
+    def plot(self, view: str | None = None, layer: str | None = None, floor: float = 1e-12, sample: str | None = None):
         """Left: the largest |Δ| per layer, one marker per view, side by side. Right: for one view and layer (default:
         the first view's worst layer), the largest |Δ| over the sequences at each position. In the green band (|Δ| ≤
-        `atol`) x and rc(x) count as equal; exact zeros sit at `floor`. `title` (default: the headline) goes on top."""
+        `atol`) x and rc(x) count as equal; exact zeros sit at `floor`. The title is the headline, then `sample` (what the
+        sequences are, e.g. "ath_tis: 8 windows of 512 bp") when given."""
         import matplotlib.pyplot as plt
         from matplotlib.patches import Patch
         view = view or self.errors.view.iloc[0]
@@ -319,7 +320,7 @@ class RCReport:
         handles.append(Patch(color="C2", alpha=0.15, label=f"|Δ| ≤ atol {self.atol:g}: equal"))
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 3), fontsize="small",
                    title="view (output for x vs the aligned output for rc(x))", title_fontsize="small")
-        fig.suptitle(title or self.headline, fontsize="medium")
+        fig.suptitle(self.headline + (f"\n{sample}" if sample else ""), fontsize="medium")
         fig.tight_layout(rect=(0, 0.06 + 0.045 * -(-len(handles) // 3), 1, 1))
         plt.close(fig)  # shown once, by the notebook's display of the returned Figure
         return fig

@@ -154,8 +154,7 @@ def run_journey(out: str | Path = "reports/demo", model: str | Path | None = Non
     rc_sequences = {f"{w.chrom}:{w.start}-{w.end}({w.strand})": w.sequence for w in sample.head(8).itertuples()}
     rc_report = check_rc_equivariance(model_obj, tokenizer, rc_sequences)
     rc_report.summary().to_csv(out / "rc_check.csv", index=False)
-    rc_title = f"{rc_report.headline}\n{task}: the first {len(rc_sequences)} windows of the probe sample ({window} bp)"
-    _save(rc_report.plot(title=rc_title), out / "rc_check.png")
+    _save(rc_report.plot(sample=f"{task}: the first {len(rc_sequences)} windows of the probe sample ({window} bp)"), out / "rc_check.png")
     layers = _probe_sample(model_obj, tokenizer, sample, pooling, seed, progress)
     layers.summary().to_csv(out / "layer_probe.csv")
     metric = layers.primary_metric

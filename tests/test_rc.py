@@ -169,7 +169,7 @@ def test_report_summary_repr_and_plot():
     np.testing.assert_allclose(by_position.get_lines()[0].get_ydata(), np.clip(largest, 1e-12, None))
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert legend[:4] == ["raw: differs", "conjoined: equal", "logits: differs", "conjoined logits: equal"]
-    assert fig.get_suptitle() == report.headline and report.plot(title="ath_tis").get_suptitle() == "ath_tis"
+    assert fig.get_suptitle() == report.headline and report.plot(sample="ath_tis").get_suptitle() == f"{report.headline}\nath_tis"
     assert report.plot(view="logits").axes[1].get_title() == "per position: logits, lm_head"
     with pytest.raises(ValueError, match="choose one of"):
         report.plot(view="equivariant")
