@@ -417,7 +417,8 @@ def build(out: Path, nbs_path: Path | None = None, work: Path | None = None, job
 def machine_paths() -> list[tuple[str, str]]:
     """(regex, placeholder) pairs for the paths of this machine that must not appear in the site: the virtual
     environment, the repository, temporary folders and the home folder (longest path first)."""
-    folders = {str(Path(sys.prefix)): "<venv>", str(Path(sys.prefix).resolve()): "<venv>", str(ROOT): "<repo>"}
+    venv = {str(Path(sys.prefix)): "<venv>", str(Path(sys.prefix).resolve()): "<venv>"} if sys.prefix != sys.base_prefix else {}
+    folders = {**venv, str(ROOT): "<repo>"}
     pairs = [(re.escape(path), text) for path, text in sorted(folders.items(), key=lambda kv: -len(kv[0]))]
     pairs.append((re.escape(tempfile.gettempdir().rstrip("/")) + r"/(?:tmp|ipykernel_)[\w.-]*", "<tmp>"))
     if (home := str(Path.home())) not in ("/", ""):

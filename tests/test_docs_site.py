@@ -40,7 +40,8 @@ CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 "--disable-dev-shm-usage", "--hide-scrollbars"]
 WINDOW = (1280, 900)
-MACHINE_PATHS = sorted({str(ROOT), sys.prefix, str(Path(sys.prefix).resolve()), str(Path.home())} - {"/", ""}, key=len, reverse=True)
+VENV = {sys.prefix, str(Path(sys.prefix).resolve())} if sys.prefix != sys.base_prefix else set()  # not /usr: no venv
+MACHINE_PATHS = sorted({str(ROOT), str(Path.home()), *VENV} - {"/", ""}, key=len, reverse=True)
 TEMP_PATH = re.compile(re.escape(tempfile.gettempdir().rstrip("/")) + r"/(tmp|ipykernel_|pytest-)")  # tempfile's folders
 RAW_LATEX = re.compile(r"\$\$|\\(frac|mathrm|text|Delta|sum|log|langle|rangle|qquad|top|mid)\b|\\[()\[\]]")
 
