@@ -15,6 +15,7 @@ What the pages show, beyond nbdev's rules:
   folders are written `<repo>`, `<venv>`, `~` and `<tmp>` in every page.
 - **Math is MathML**, converted from LaTeX at build time (latex2mathml): it renders offline, with no script.
 - **Wide tables, code and outputs scroll** inside the content column.
+- **No widgets**: a widget output (a progress bar) is dropped; on a static page it would be a bar frozen at 0%.
 
 Usage: `.venv/bin/python scripts/build_docs.py` (or `make docs`); `--help` lists the options. Work files (the
 processed notebooks, conf.py, executed notebooks, sphinx.log) stay in `_build/docs/`.
@@ -264,6 +265,12 @@ def _hide_machine_paths(app, doctree):
     for node in doctree.findall(lambda n: isinstance(n, (nodes.literal_block, nodes.raw))):
         node.rawsource = scrub(node.rawsource, isinstance(node, nodes.raw))
 
+def _drop_widgets(app, doctree):
+    "Widget outputs (progress bars) have no live view on a static page, and their text fallback is a bar frozen at 0%."
+    widget = lambda n: isinstance(n, nodes.container) and n.get("mime_type") == "application/vnd.jupyter.widget-view+json"
+    for bundle in list(doctree.findall(lambda n: isinstance(n, nodes.container) and n.get("nb_element") == "mime_bundle")):
+        if any(widget(child) for child in bundle.children): bundle.parent.remove(bundle)
+
 def _visit_math(self, node):
     self.body.append(_mathml(node.astext(), display="inline"))
     raise nodes.SkipNode
@@ -304,6 +311,7 @@ def _drop_toc_markers(app, doctree):
 def setup(app):
     app.add_html_math_renderer("mathml", (_visit_math, None), (_visit_math_block, None))
     app.connect("doctree-read", _hide_machine_paths, priority=300)
+    app.connect("doctree-read", _drop_widgets, priority=300)
     app.connect("doctree-read", _nbdev_display)
     app.connect("doctree-read", _showdoc_toc_markers, priority=400)  # before Sphinx collects the TOC (500)
     app.connect("doctree-read", _drop_toc_markers, priority=600)

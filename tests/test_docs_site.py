@@ -316,6 +316,12 @@ def test_no_stderr_noise(doms):
     assert not noise, f"stderr blocks that no cell asked to show (fix the warning, or mark the cell `#| keep_stderr`): {noise}"
 
 
+def test_no_frozen_progress_bars(doms):
+    "A progress bar on a static page is a widget's text fallback, frozen at 0%: the build drops widget outputs."
+    bars = {page.name: m.group(0) for page, dom in doms.items() if (m := re.search(r"\d+%\|[^|]*\|", dom.text))}
+    assert not bars, f"progress bars on {bars}"
+
+
 def test_math_is_rendered_offline(doms):
     "Math arrives as MathML (no script, no network) on every page whose notebook has display math; no raw LaTeX anywhere."
     with_math = {SITE / page_of(nb) for nb in notebooks() if "$$" in (NBS / nb).read_text()}
@@ -395,6 +401,7 @@ def test_build_honours_nbdev_directives(tmp_path):
         ("code", "#| keep_stderr\nimport sys\nprint('error: an intended error message', file=sys.stderr)"),
         ("code", f"from IPython.display import HTML\nprint({str(ROOT)!r} + '/nbs/x.ipynb', {tempfile.gettempdir()!r} + '/tmpab_12/out.tsv')\n"
                  f"HTML('<b>html ' + {str(ROOT)!r} + '/y</b>')"),
+        ("code", "from tqdm.auto import tqdm\nfor _ in tqdm(range(3), desc='a frozen bar', disable=False): pass"),
         ("markdown", "Display math:\n\n$$y_t = \\frac{a}{b} + \\mathrm{LLR}$$\n\nand inline $x^2$."),
     ])
     (nbs / "data.txt").write_text("read-from-the-notebook-folder")
@@ -424,6 +431,7 @@ def test_build_honours_nbdev_directives(tmp_path):
     assert page.text.count("stdout is shown") == 2 and page.text.count("warning noise") == 1  # stderr noise dropped...
     assert page.text.count("error: an intended error message") == 2               # ...unless the cell keeps it
     assert "<repo>/nbs/x.ipynb <tmp>/out.tsv" in page.text and "html <repo>/y" in page.text and str(ROOT) not in html
+    assert page.text.count("a frozen bar") == 1                                 # in the source only: the widget is dropped
     assert html.count("<math") == 2 and not RAW_LATEX.search(page.text)         # MathML...
     assert not [ref for _, ref in page.refs if "mathjax" in ref.lower()]         # ...and no MathJax script
     assert "warning noise" in res.stdout and "stderr not shown: 01_plots.ipynb" in res.stdout  # the build lists what it dropped
