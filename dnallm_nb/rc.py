@@ -6,10 +6,10 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -301,7 +301,7 @@ class RCReport:
         step = 0.5 / len(views)  # views side by side within a layer, so that equal values do not hide each other
         for i, name in enumerate(views):
             view_rows = self.errors[self.errors.view == name]
-            x = np.array([order.index(l) for l in view_rows.layer]) + (i - (len(views) - 1) / 2) * step
+            x = np.array([order.index(name) for name in view_rows.layer]) + (i - (len(views) - 1) / 2) * step
             by_layer.plot(x, view_rows.max_abs.clip(lower=floor), marker="os^Dv"[i % 5], ms=6, lw=1, color=f"C{i}",
                           label=f"{name}: {'equal' if self.passed_views[name] else 'differs'}")
         by_layer.set_xticks(range(len(order)), order, rotation=30, ha="right")
@@ -361,9 +361,9 @@ class _ErrorTally:
         "One row per (view, layer), views in the order first seen, layers in model order."
         views = list(dict.fromkeys(view for view, _ in self.stats))
         keys = sorted(self.stats, key=lambda k: (views.index(k[0]), (layers + list(HEADS)).index(k[1])))
-        return pd.DataFrame([dict(view=v, layer=l, max_abs=s["max_abs"], mean_abs=s["sum_abs"] / s["count"],
+        return pd.DataFrame([dict(view=v, layer=name, max_abs=s["max_abs"], mean_abs=s["sum_abs"] / s["count"],
                                   rel_err=s["max_abs"] / s["max_ref"] if s["max_ref"] else 0.0)
-                             for (v, l), s in ((k, self.stats[k]) for k in keys)])
+                             for (v, name), s in ((k, self.stats[k]) for k in keys)])
 
 # %% ../nbs/07_rc.ipynb #56cf6f5e
 def check_rc_equivariance(

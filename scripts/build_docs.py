@@ -36,6 +36,7 @@ import traceback
 from pathlib import Path
 
 T0 = time.time()  # build time is reported from here, imports included
+# ruff: noqa: E402 (the imports below follow T0 on purpose)
 
 from execnb.nbio import mk_cell, read_nb, write_nb
 from nbdev.config import get_config
@@ -442,7 +443,7 @@ def dropped_stderr(executed: Path) -> list[str]:
         if "keep-stderr" in cell.get("metadata", {}).get("tags", []): continue
         for out in cell.get("outputs", []):
             if out.get("name") == "stderr":
-                first = next((l for l in _re_ansi.sub("", "".join(out["text"])).splitlines() if l.strip()), "")
+                first = next((line for line in _re_ansi.sub("", "".join(out["text"])).splitlines() if line.strip()), "")
                 lines.append(f"cell {i} ({''.join(cell['source']).splitlines()[0][:50]!r}): {first[:150]}")
     return lines
 

@@ -1,6 +1,5 @@
 """RC-equivariance checks on the golden checkpoints: exact for PS, approximate for Ph, broken models caught."""
-from functools import lru_cache
-from pathlib import Path
+from functools import cache
 
 import matplotlib
 import numpy as np
@@ -22,13 +21,13 @@ ATOL = 1e-5
 SEQUENCES = {"odd": "ACGTTGCAAGC", "one": "G", "lower+N": "acgtNNacgtA", "even": "TTTACGGACTAG", "longer": "GATTACA" * 9}
 
 
-@lru_cache(maxsize=None)
+@cache
 def load(folder: str, task: str = "mask"):
     model, tokenizer = load_model_and_tokenizer(GOLDEN / folder, task=task)
     return model, tokenizer
 
 
-@lru_cache(maxsize=None)
+@cache
 def report_for(folder: str) -> RCReport:
     return check_rc_equivariance(*load(folder), SEQUENCES)
 
