@@ -21,5 +21,5 @@ test: $(BIN)/python
 
 # The docs site `_docs/` from the notebooks (executed); needs the dev tools, installed here when missing.
 docs: $(BIN)/python
-	$(BIN)/python -c "import sphinx, myst_nb, furo, nbdev" 2>/dev/null || $(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/python -c "import sphinx, myst_nb, furo, nbdev, latex2mathml" 2>/dev/null || $(BIN)/pip install -q -e ".[dev]"
 	$(BIN)/python scripts/build_docs.py

@@ -6,10 +6,10 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 import pandas as pd
@@ -163,8 +163,11 @@ def _rc_pair(tokenizer, name: str, seq: str, complement_map: list[int]) -> tuple
 
 # %% ../nbs/07_rc.ipynb #f4716088
 def hidden_state_names(n_states: int) -> list[str]:
-    "Names of the `hidden_states` entries of a Caduceus model (SPEC §5): embeddings, mixer outputs, final norm."
-    return ["embeddings", *[f"mixer {i}" for i in range(n_states - 2)], "final norm"]
+    """Names of the `n_states` entries of a Caduceus model's `hidden_states` (SPEC §5), numbered as the probes number
+    them (entry k is "layer k"): the embeddings, the mixer outputs of layers 1 … n−1, and the output of layer n after
+    the final norm, for a model of n = `n_states` − 1 layers."""
+    n = n_states - 1
+    return ["embeddings", *[f"layer {k}" for k in range(1, n)], f"layer {n} (final norm)"]
 
 
 def resolve_layers(layers: int | Sequence[int] | str, n_entries: int) -> list[int]:
@@ -257,8 +260,9 @@ class RCReport:
     def headline(self) -> str:
         "One line: model, layout, verdict, tolerance and the sequences checked."
         verdict = "PASSED" if self.passed else "FAILED"
+        low, high = min(self.lengths), max(self.lengths)
         return (f"RCReport {self.model_name!r} ({self.layout} layout): {verdict} at atol={self.atol:g} "
-                f"on {len(self.names)} sequence(s) of {min(self.lengths)}–{max(self.lengths)} tokens")
+                f"on {len(self.names)} sequence(s) of {low if low == high else f'{low}–{high}'} tokens")
 
     def __repr__(self) -> str:
         cosine = self.pooled_cosine.drop(columns=["name", "length"]).min()
@@ -273,9 +277,13 @@ class RCReport:
                 f"<p>Mean-pooled embeddings, x vs rc(x):</p>{cosine.to_html(float_format='{:.6f}'.format)}"
                 f"<details><summary>every layer</summary>{self.summary().to_html(index=False, float_format=fmt)}</details>")
 
-    def plot(self, view: str | None = None, layer: str | None = None, floor: float = 1e-12):
-        "Max |Δ| by layer for every view (left) and by position for one view and layer (right, default: its worst layer)."
+    def plot(self, view: str | None = None, layer: str | None = None, floor: float = 1e-12, sample: str | None = None):
+        """Left: the largest |Δ| per layer, one marker per view, side by side. Right: for one view and layer (default:
+        the first view's worst layer), the largest |Δ| over the sequences at each position. In the green band (|Δ| ≤
+        `atol`) x and rc(x) count as equal; exact zeros sit at `floor`. The title is the headline, then `sample` (what the
+        sequences are, e.g. "ath_tis: 8 windows of 512 bp") when given."""
         import matplotlib.pyplot as plt
+        from matplotlib.patches import Patch
         view = view or self.errors.view.iloc[0]
         rows = self.errors[self.errors.view == view]
         if rows.empty:
@@ -284,20 +292,36 @@ class RCReport:
         if (view, layer) not in self.position_errors:
             raise ValueError(f"view {view!r} has no layer {layer!r}; choose one of {list(rows.layer)}.")
         order = self.layers + [head for head in HEADS if (self.errors.layer == head).any()]
-        fig, (by_layer, by_position) = plt.subplots(1, 2, figsize=(11, 3.8))
-        for name, view_rows in self.errors.groupby("view", sort=False):
-            by_layer.plot([order.index(l) for l in view_rows.layer], view_rows.max_abs.clip(lower=floor), marker="o", label=name)
-        by_layer.set_xticks(range(len(order)), order, rotation=30, ha="right")
-        by_layer.set(title="by layer", ylabel=f"max |Δ| (0 drawn at {floor:g})")
-        for name, errors in list(zip(self.names, self.position_errors[view, layer]))[:10]:
-            by_position.plot(np.clip(errors, floor, None), lw=1, marker=".", ms=3, label=name)
-        by_position.set(title=f"by position: {view}, {layer}", xlabel="position (token)", ylabel="max |Δ| over channels")
+        views = list(self.errors.view.unique())
+        fig, (by_layer, by_position) = plt.subplots(1, 2, figsize=(11, 4.4))
         for ax in (by_layer, by_position):
-            ax.axhline(self.atol, color="k", ls="--", lw=1, label=f"atol {self.atol:g}")
             ax.set_yscale("log")
-            ax.legend(fontsize="small")
-        fig.suptitle(self.headline, fontsize="medium")
-        fig.tight_layout()
+            ax.axhspan(floor / 10, self.atol, color="C2", alpha=0.15, lw=0)
+            ax.set_ylim(floor / 10, 30 * max(self.atol, float(self.errors.max_abs.max())))
+        step = 0.5 / len(views)  # views side by side within a layer, so that equal values do not hide each other
+        for i, name in enumerate(views):
+            view_rows = self.errors[self.errors.view == name]
+            x = np.array([order.index(name) for name in view_rows.layer]) + (i - (len(views) - 1) / 2) * step
+            by_layer.plot(x, view_rows.max_abs.clip(lower=floor), marker="os^Dv"[i % 5], ms=6, lw=1, color=f"C{i}",
+                          label=f"{name}: {'equal' if self.passed_views[name] else 'differs'}")
+        by_layer.set_xticks(range(len(order)), order, rotation=30, ha="right")
+        by_layer.set(title="largest |Δ| per layer", ylabel=f"max |Δ| (exact 0 drawn at {floor:g})")
+        per_sequence = self.position_errors[view, layer]
+        stacked = np.full((len(per_sequence), max(map(len, per_sequence))), np.nan)  # (sequences, positions)
+        for row, errors in enumerate(per_sequence):
+            stacked[row, :len(errors)] = errors
+        worst = np.nanmax(stacked, axis=0)
+        by_position.plot(np.clip(worst, floor, None), lw=1, color=f"C{views.index(view)}",
+                         label=f"{view}, {layer}: largest over {len(per_sequence)} sequence(s)")
+        if worst.max() <= floor:
+            by_position.text(0.5, 0.5, "|Δ| = 0 at every position", transform=by_position.transAxes, ha="center")
+        by_position.set(title=f"per position: {view}, {layer}", xlabel="position (token)", ylabel="max |Δ| over channels")
+        handles = by_layer.get_legend_handles_labels()[0] + by_position.get_legend_handles_labels()[0]
+        handles.append(Patch(color="C2", alpha=0.15, label=f"|Δ| ≤ atol {self.atol:g}: equal"))
+        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 3), fontsize="small",
+                   title="view (output for x vs the aligned output for rc(x))", title_fontsize="small")
+        fig.suptitle(self.headline + (f"\n{sample}" if sample else ""), fontsize="medium")
+        fig.tight_layout(rect=(0, 0.06 + 0.045 * -(-len(handles) // 3), 1, 1))
         plt.close(fig)  # shown once, by the notebook's display of the returned Figure
         return fig
 
@@ -337,9 +361,9 @@ class _ErrorTally:
         "One row per (view, layer), views in the order first seen, layers in model order."
         views = list(dict.fromkeys(view for view, _ in self.stats))
         keys = sorted(self.stats, key=lambda k: (views.index(k[0]), (layers + list(HEADS)).index(k[1])))
-        return pd.DataFrame([dict(view=v, layer=l, max_abs=s["max_abs"], mean_abs=s["sum_abs"] / s["count"],
+        return pd.DataFrame([dict(view=v, layer=name, max_abs=s["max_abs"], mean_abs=s["sum_abs"] / s["count"],
                                   rel_err=s["max_abs"] / s["max_ref"] if s["max_ref"] else 0.0)
-                             for (v, l), s in ((k, self.stats[k]) for k in keys)])
+                             for (v, name), s in ((k, self.stats[k]) for k in keys)])
 
 # %% ../nbs/07_rc.ipynb #56cf6f5e
 def check_rc_equivariance(
@@ -407,7 +431,7 @@ def rcps_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 def break_rc_sharing(
     model: torch.nn.Module,  # an RCPS (PS) model; left unchanged
-    layer: int = 0,  # which layer's mixer to unshare
+    layer: int = 0,  # which layer's mixer to unshare, counted from 0: `layer=0` breaks the report's "layer 1"
     parameter: str = "mamba_fwd.out_proj.weight",  # the weight of the mixer to nudge, on the RC strand only
     delta: float = 1e-2,  # added to the first entry of that weight
 ) -> torch.nn.Module:

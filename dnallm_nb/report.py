@@ -90,6 +90,7 @@ def _summary_markdown(model_label: str, task: str, n: int, window: int, pooling:
 
 # %% ../nbs/13_report.ipynb #da60e961
 def _model_label(model: str | Path) -> str:
+    import dnallm_nb
     from dnallm_nb.load import MODEL_REGISTRY, model_card, resolve_checkpoint
     info = MODEL_REGISTRY.get(str(model))
     if info is None or info.package_folder is None:
@@ -100,7 +101,7 @@ def _model_label(model: str | Path) -> str:
             f"{info.n_layer} layers, {info.n_params:,} parameters; masked-LM pretraining for {card['steps']:,} steps on "
             f"{card['data']}, {card['held_out_region']} held out). Held-out masked-token accuracy "
             f"{card['held_out']['accuracy']:.1%}; best k-mer context baseline ({best_name}) {best:.1%}. "
-            f"Model card: `{folder / 'README.md'}`")
+            f"Model card: `{folder.relative_to(Path(dnallm_nb.__file__).parent.parent) / 'README.md'}` in the installed package")
 
 # %% ../nbs/13_report.ipynb #a5e7a04e
 def _probe_sample(model, tokenizer, sample: pd.DataFrame, pooling: str, seed: int, progress: bool, controls=True):
@@ -123,6 +124,14 @@ def _finetune_sample(model, tokenizer, sample: pd.DataFrame, pooling: str, seed:
     return compare_with_controls(layers, finetuned), comparison_results(layers, finetuned)
 
 
+def _save(fig, path: Path):
+    "Write a report figure as PNG, its titles also in the PNG's `Title` text, and close it (a long job must not keep them)."
+    import matplotlib.pyplot as plt
+    titles = [fig.get_suptitle(), *(ax.get_title() for ax in fig.axes)]
+    fig.savefig(path, dpi=120, bbox_inches="tight", metadata={"Title": " | ".join(t for t in titles if t)})
+    plt.close(fig)
+
+
 def run_journey(out: str | Path = "reports/demo", model: str | Path | None = None, task: str = "ath_tis",
                 n_sequences: int = 1000, window: int = 512, pooling: str = "center", seed: int = 0,
                 finetune: bool = True, finetune_sequences: int = 300, finetune_window: int = 128,
@@ -141,20 +150,28 @@ def run_journey(out: str | Path = "reports/demo", model: str | Path | None = Non
     model_obj, tokenizer = load_model_and_tokenizer(model)
     sample = task_sample(task, n_sequences, window, seed)
     finetune_sample = task_sample(task, finetune_sequences, finetune_window, seed) if finetune else None  # drawn now: a bad size fails before the slow steps
-    rc_report = check_rc_equivariance(model_obj, tokenizer, dict(zip(sample.index.astype(str)[:8], sample.sequence[:8])))
+    name = Path(model).name if Path(str(model)).is_absolute() else str(model)  # plot titles: the id, or the folder's name
+    rc_sequences = {f"{w.chrom}:{w.start}-{w.end}({w.strand})": w.sequence for w in sample.head(8).itertuples()}
+    rc_report = check_rc_equivariance(model_obj, tokenizer, rc_sequences)
     rc_report.summary().to_csv(out / "rc_check.csv", index=False)
-    rc_report.plot().savefig(out / "rc_check.png", dpi=120, bbox_inches="tight")
+    _save(rc_report.plot(sample=f"{task}: the first {len(rc_sequences)} windows of the probe sample ({window} bp)"), out / "rc_check.png")
     layers = _probe_sample(model_obj, tokenizer, sample, pooling, seed, progress)
     layers.summary().to_csv(out / "layer_probe.csv")
-    layers.compare().to_csv(out / "controls.csv")
-    layers.plot().savefig(out / "layer_curve.png", dpi=120, bbox_inches="tight")
+    metric = layers.primary_metric
+    layers.compare().rename(columns={"mean": metric, "sd": f"{metric}_sd"}).rename_axis("probe").to_csv(out / "controls.csv")
+    curve = layers.plot()
+    curve.axes[0].set_title(f"{task}: {name}, {pooling}-pooled probes on {len(sample)} windows of {window} bp", fontsize="medium")
+    _save(curve, out / "layer_curve.png")
     finetuned = None
     if finetune:
         params = DEMO_FINETUNE if finetune_params is None else finetune_params
         finetune_started = time.time()
         comparison, results = _finetune_sample(model_obj, tokenizer, finetune_sample, pooling, seed, params, progress)
-        comparison.to_csv(out / "finetune.csv")
-        plot_comparison(results).savefig(out / "finetune.png", dpi=120, bbox_inches="tight")
+        comparison.rename_axis("predictor").to_csv(out / "finetune.csv")
+        chart = plot_comparison(results)
+        chart.axes[0].set_title(f"{task}: {name}, LoRA fine-tune vs frozen probe vs k-mers, {len(finetune_sample)} windows "
+                                f"of {finetune_window} bp", fontsize="medium")
+        _save(chart, out / "finetune.png")
         finetuned = dict(comparison=comparison, n=len(finetune_sample), window=finetune_window, params=params,
                          seconds=time.time() - finetune_started, n_folds=len(next(iter(results.values())).folds))
     summary = out / "summary.md"

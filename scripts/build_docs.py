@@ -8,6 +8,15 @@ Quarto option in the source (`#| echo: false`, `#| output: asis`), the cell is k
 instead (`remove-cell`, `remove-input`, `skip-execution`, ...), so that myst-nb can execute the whole notebook
 in a Jupyter kernel and still render only what nbdev would show. Sphinx + myst-nb + furo then build HTML.
 
+What the pages show, beyond nbdev's rules:
+- **No stderr blocks** (warnings, library log chatter): stderr output is dropped, except in cells that demonstrate an
+  error, marked `#| keep_stderr` or `#| error: true`. The build lists what it dropped, so that its causes get fixed.
+- **No paths of the build machine**: the repository folder, the virtual environment, the home folder and temporary
+  folders are written `<repo>`, `<venv>`, `~` and `<tmp>` in every page.
+- **Math is MathML**, converted from LaTeX at build time (latex2mathml): it renders offline, with no script.
+- **Wide tables, code and outputs scroll** inside the content column.
+- **No widgets**: a widget output (a progress bar) is dropped; on a static page it would be a bar frozen at 0%.
+
 Usage: `.venv/bin/python scripts/build_docs.py` (or `make docs`); `--help` lists the options. Work files (the
 processed notebooks, conf.py, executed notebooks, sphinx.log) stay in `_build/docs/`.
 """
@@ -21,11 +30,13 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from pathlib import Path
 
 T0 = time.time()  # build time is reported from here, imports included
+# ruff: noqa: E402 (the imports below follow T0 on purpose)
 
 from execnb.nbio import mk_cell, read_nb, write_nb
 from nbdev.config import get_config
@@ -97,9 +108,12 @@ def cell_tags(directives: dict, options: dict[str, str], test_flags: set[str]) -
     if _false(options.get("output", "true")): tags.append("remove-output")
     if _false(options.get("eval", "true")) or directives.keys() & test_flags: tags.append("skip-execution")
     if _true(options.get("error", "false")): tags.append("raises-exception")
+    if "keep_stderr" in directives or "raises-exception" in tags:  # a cell that demonstrates an error keeps its stderr
+        tags.append("keep-stderr")
+        meta["output_stderr"] = "show"
     if "remove-input" not in tags and ("exports" in directives or _true(options.get("code-fold", "false"))):
         tags.append("hide-input")
-        meta = {"code_prompt_show": options.get("code-summary", "Show code"), "code_prompt_hide": "Hide code"}
+        meta |= {"code_prompt_show": options.get("code-summary", "Show code"), "code_prompt_hide": "Hide code"}
     return tags, meta
 
 
@@ -224,15 +238,47 @@ nb_execution_in_temp = False
 nb_execution_timeout = {timeout}         # seconds per cell
 nb_execution_raise_on_error = True
 nb_execution_show_tb = True
+nb_output_stderr = "remove"           # warnings and log chatter; `#| keep_stderr` cells override it (output_stderr: show)
+html_math_renderer = "mathml"         # LaTeX -> MathML at build time: no MathJax from a CDN
 nb_render_markdown_format = "myst"    # show_doc's markdown uses attribute syntax
 nb_ipywidgets_js = {{}}                 # offline site: no widget JS from a CDN
 nb_mime_priority_overrides = [("html", "application/vnd.jupyter.widget-view+json", None),
                               ("html", "application/vnd.jupyter.widget-state+json", None)]
 suppress_warnings = ["myst.header", "mystnb.unknown_mime_type"]
 
+import html as _html
 import re
 from docutils import nodes
+from latex2mathml.converter import convert as _mathml
 from sphinx import addnodes
+
+MACHINE_PATHS = [(re.compile(pattern), text) for pattern, text in {machine_paths!r}]
+
+def _hide_machine_paths(app, doctree):
+    "Paths of the build machine (repository, venv, home, temporary folders) written as placeholders, in text and outputs."
+    def scrub(text, html=False):
+        for pattern, replacement in MACHINE_PATHS:
+            text = pattern.sub(_html.escape(replacement) if html else replacement, text)
+        return text
+    for node in list(doctree.findall(nodes.Text)):
+        html = isinstance(node.parent, nodes.raw)  # an HTML output: the placeholder must be escaped
+        if (new := scrub(str(node), html)) != str(node): node.parent.replace(node, nodes.Text(new))
+    for node in doctree.findall(lambda n: isinstance(n, (nodes.literal_block, nodes.raw))):
+        node.rawsource = scrub(node.rawsource, isinstance(node, nodes.raw))
+
+def _drop_widgets(app, doctree):
+    "Widget outputs (progress bars) have no live view on a static page, and their text fallback is a bar frozen at 0%."
+    widget = lambda n: isinstance(n, nodes.container) and n.get("mime_type") == "application/vnd.jupyter.widget-view+json"
+    for bundle in list(doctree.findall(lambda n: isinstance(n, nodes.container) and n.get("nb_element") == "mime_bundle")):
+        if any(widget(child) for child in bundle.children): bundle.parent.remove(bundle)
+
+def _visit_math(self, node):
+    self.body.append(_mathml(node.astext(), display="inline"))
+    raise nodes.SkipNode
+
+def _visit_math_block(self, node):
+    self.body.append('<div class="math-display">' + _mathml(node.astext(), display="block") + "</div>")
+    raise nodes.SkipNode
 
 def _nbdev_display(app, doctree):
     "nbdev's `#| hide_line` (the line runs but is not shown) and `#| filter_stream words` (matching output lines dropped)."
@@ -264,6 +310,9 @@ def _drop_toc_markers(app, doctree):
         marker.parent.remove(marker)
 
 def setup(app):
+    app.add_html_math_renderer("mathml", (_visit_math, None), (_visit_math_block, None))
+    app.connect("doctree-read", _hide_machine_paths, priority=300)
+    app.connect("doctree-read", _drop_widgets, priority=300)
     app.connect("doctree-read", _nbdev_display)
     app.connect("doctree-read", _showdoc_toc_markers, priority=400)  # before Sphinx collects the TOC (500)
     app.connect("doctree-read", _drop_toc_markers, priority=600)
@@ -277,6 +326,12 @@ article div.showdoc.docutils.container { border: 1px solid var(--color-backgroun
 article div.showdoc > p:first-child:not(.rubric) { float: right; font-size: smaller; margin: 0.6em 0 0 1em; }
 article div.showdoc > .rubric { font-family: var(--font-stack--monospace); font-size: 1.15em; margin: 0.6em 0 0.5em; }
 article div.showdoc div.highlight pre { margin: 0; }
+/* wide outputs, tables, code and math scroll inside the content column instead of running past it */
+article div.cell_output, article div.output, article div.math-display, article div.table-wrapper { max-width: 100%; overflow-x: auto; }
+article div.highlight, article pre { max-width: 100%; overflow-x: auto; }
+article table { max-width: none; }
+article code.literal, article a { overflow-wrap: anywhere; }
+article div.math-display { margin: 1em 0; }
 '''
 
 
@@ -332,7 +387,7 @@ def build(out: Path, nbs_path: Path | None = None, work: Path | None = None, job
     (src_dir / "_static" / "docs.css").write_text(CSS)
     (src_dir / "conf.py").write_text(CONF.format(title=cfg.get("title", cfg.lib_name), author=cfg.get("author", ""),
                                                  copyright=cfg.get("copyright", ""), version=cfg.get("version", ""),
-                                                 timeout=timeout))
+                                                 timeout=timeout, machine_paths=machine_paths()))
 
     # kernels run this venv's python; plots render inline whatever MPLBACKEND the caller exported; no progress-bar
     # widgets; no network; torch/numpy threads split between the notebooks executed at once
@@ -361,8 +416,36 @@ def build(out: Path, nbs_path: Path | None = None, work: Path | None = None, job
     for r in rels:
         data = NbMetadataCollector.get_exec_data(app.env, pages[r].with_suffix("").as_posix()) or {}
         if data.get("runtime") is not None: print(f"  executed {r.as_posix():40s} {data['runtime']:6.1f}s")
+    for r in rels:
+        for line in dropped_stderr(work / "jupyter_execute" / pages[r].with_suffix(".ipynb")):
+            print(f"  stderr not shown: {r.as_posix()} {line}")
     print(f"docs: {len(rels)} notebooks -> {out} in {time.time() - T0:.1f}s")
     return out
+
+
+def machine_paths() -> list[tuple[str, str]]:
+    """(regex, placeholder) pairs for the paths of this machine that must not appear in the site: the virtual
+    environment, the repository, temporary folders and the home folder (longest path first)."""
+    venv = {str(Path(sys.prefix)): "<venv>", str(Path(sys.prefix).resolve()): "<venv>"} if sys.prefix != sys.base_prefix else {}
+    folders = {**venv, str(ROOT): "<repo>"}
+    pairs = [(re.escape(path), text) for path, text in sorted(folders.items(), key=lambda kv: -len(kv[0]))]
+    pairs.append((re.escape(tempfile.gettempdir().rstrip("/")) + r"/(?:tmp|ipykernel_)[\w.-]*", "<tmp>"))
+    if (home := str(Path.home())) not in ("/", ""):
+        pairs.append((re.escape(home) + r"(?![\w.-])", "~"))
+    return pairs
+
+
+def dropped_stderr(executed: Path) -> list[str]:
+    "For the executed notebook `executed`: one line per stderr output the page does not show (its cell, its first line)."
+    if not executed.exists(): return []
+    lines = []
+    for i, cell in enumerate(json.loads(executed.read_text())["cells"]):
+        if "keep-stderr" in cell.get("metadata", {}).get("tags", []): continue
+        for out in cell.get("outputs", []):
+            if out.get("name") == "stderr":
+                first = next((line for line in _re_ansi.sub("", "".join(out["text"])).splitlines() if line.strip()), "")
+                lines.append(f"cell {i} ({''.join(cell['source']).splitlines()[0][:50]!r}): {first[:150]}")
+    return lines
 
 
 def _jobs(jobs: str) -> int:

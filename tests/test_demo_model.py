@@ -44,6 +44,8 @@ def test_is_rc_equivariant():
     model, tokenizer = load_model_and_tokenizer(DEMO_MODEL_NAME, task="mask")
     report = check_rc_equivariance(model, tokenizer, {"a": "ACGTTGCAATGGCATTACGA" * 5, "b": "ATGC" * 31 + "A"})
     assert report.passed, report.summary()
+    n = model.config.n_layer  # 4: the report names its layers as the model has them, the last one after the final norm
+    assert report.layers == ["embeddings", *[f"layer {k}" for k in range(1, n)], f"layer {n} (final norm)"]
 
 
 def test_card_accuracy_reproduces_on_a_subset():

@@ -3,11 +3,13 @@
 Build the site first (`make docs`), then run `pytest -m docs`: these tests open the pages in headless Chromium
 (Debian package `chromium`) and read the built HTML; two more build small synthetic sites to check that nbdev's
 directives are honoured and that a failing notebook fails the build.
+
+What a reader must never meet: a stderr block that is noise (only cells demonstrating an error keep theirs), raw
+LaTeX where math should be, a path of the machine that built the site, or content running past its column.
 """
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -37,6 +39,31 @@ CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
                 "--disable-dev-shm-usage", "--hide-scrollbars"]
 WINDOW = (1280, 900)
+VENV = {sys.prefix, str(Path(sys.prefix).resolve())} if sys.prefix != sys.base_prefix else set()  # not /usr: no venv
+MACHINE_PATHS = sorted({str(ROOT), str(Path.home()), *VENV} - {"/", ""}, key=len, reverse=True)
+TEMP_PATH = re.compile(re.escape(tempfile.gettempdir().rstrip("/")) + r"/(tmp|ipykernel_|pytest-)")  # tempfile's folders
+RAW_LATEX = re.compile(r"\$\$|\\(frac|mathrm|text|Delta|sum|log|langle|rangle|qquad|top|mid)\b|\\[()\[\]]")
+
+# Run in each page by Chromium once it has loaded: what a reader would see, measured, as JSON on <body data-site-check>.
+# Overflow: an element that reaches past the content column by more than furo's own bleed (headings and table wrappers
+# have -8 px margins) without a scrolling ancestor inside the column.
+SITE_CHECK_JS = """
+window.addEventListener("load", () => {
+  const main = document.querySelector("article[role=main]") || document.querySelector("article");
+  const describe = el => `<${el.tagName.toLowerCase()} class="${el.className}">: ${el.textContent.trim().slice(0, 80)}`;
+  const scrolls = (el) => { for (let a = el.parentElement; a && a !== main; a = a.parentElement)
+      if (getComputedStyle(a).overflowX !== "visible") return true; return false; };
+  const right = main.getBoundingClientRect().right;
+  const overflow = [...main.querySelectorAll("*")].filter(el => el.getBoundingClientRect().right > right + 16 && !scrolls(el))
+                                                  .filter((el, _, all) => !all.includes(el.parentElement)).map(describe);
+  if (document.documentElement.scrollWidth > window.innerWidth + 1) overflow.push(`the page is ${document.documentElement.scrollWidth}px wide`);
+  const stderr = [...main.querySelectorAll(".stderr")].filter(el => !el.closest(".tag_keep-stderr")).map(describe);
+  const walker = document.createTreeWalker(main, NodeFilter.SHOW_TEXT, {acceptNode: t =>
+      t.parentElement.closest("pre, code, script, style, math") ? NodeFilter.FILTER_REJECT : NodeFilter.FILTER_ACCEPT});
+  const prose = []; while (walker.nextNode()) prose.push(walker.currentNode.textContent);
+  document.body.dataset.siteCheck = JSON.stringify({overflow, stderr, prose: prose.join(" "), math: main.querySelectorAll("math").length});
+});
+"""
 
 
 # ---- what the site should contain, read from the notebooks themselves --------------------------------------------
@@ -86,6 +113,7 @@ class Page(HTMLParser):
     def __init__(self, html: str):
         super().__init__(convert_charrefs=True)
         self.ids, self.refs, self.sidebar, self.texts = set(), [], [], {"h1": [], "lead": [], "all": [], "toc": []}
+        self.check: dict = {}  # what SITE_CHECK_JS measured, when the page ran it
         self.stack: list[set[str]] = []  # for each open element: which regions (h1, lead, sidebar) it is inside
         self.feed(html)
         self.h1, self.lead = plain("".join(self.texts["h1"])), plain("".join(self.texts["lead"]))
@@ -97,6 +125,7 @@ class Page(HTMLParser):
         a = dict(attrs)
         if a.get("id"): self.ids.add(a["id"])
         if tag == "a" and a.get("name"): self.ids.add(a["name"])
+        if tag == "body" and a.get("data-site-check"): self.check = json.loads(a["data-site-check"])
         for attr in ("href", "src"):
             if a.get(attr) is not None and tag in ("a", "img", "link", "script"): self.refs.append((tag, a[attr]))
         inside = set(self.stack[-1]) if self.stack else set()
@@ -154,20 +183,36 @@ def chromium() -> str:
 def run_chromium(exe: str, *args: str) -> subprocess.CompletedProcess:
     with tempfile.TemporaryDirectory() as profile:  # a fresh profile each time: runs can go in parallel
         return subprocess.run([exe, *CHROME_FLAGS, f"--user-data-dir={profile}", *args],
-                              capture_output=True, text=True, timeout=120)
+                              capture_output=True, text=True, timeout=120, check=False)
+
+
+def instrumented(page: Path, folder: Path, extra: str = "") -> Path:
+    "A copy of `page` in `folder` that loads everything from the page's own folder and runs SITE_CHECK_JS; `extra` HTML goes before the h1."
+    html = page.read_text(encoding="utf-8")
+    html = html.replace("<head>", f'<head><base href="{page.parent.as_uri()}/">', 1).replace("<h1>", extra + "<h1>", 1)
+    copy = folder / page.relative_to(SITE)
+    copy.parent.mkdir(parents=True, exist_ok=True)
+    copy.write_text(html.replace("</body>", f"<script>{SITE_CHECK_JS}</script></body>", 1), encoding="utf-8")
+    return copy
+
+
+def render(chromium: str, page: Path, folder: Path, extra: str = "") -> Page:
+    "`page` as headless Chromium renders it (`--dump-dom`) at WINDOW size, with SITE_CHECK_JS's measurements."
+    res = run_chromium(chromium, f"--window-size={WINDOW[0]},{WINDOW[1]}", "--virtual-time-budget=5000", "--dump-dom",
+                       instrumented(page, folder, extra).as_uri())
+    assert res.returncode == 0 and "<html" in res.stdout, f"Chromium could not render {page}:\n{res.stderr[-2000:]}"
+    dom = Page(res.stdout)
+    assert dom.check, f"the page check did not run in {page}"
+    return dom
 
 
 @pytest.fixture(scope="session")
-def doms(site, chromium) -> dict[Path, Page]:
-    "Each notebook's page as headless Chromium renders it (`--dump-dom`), parsed."
+def doms(site, chromium, tmp_path_factory) -> dict[Path, Page]:
+    "Each notebook's page as headless Chromium renders it, parsed, with what SITE_CHECK_JS measured."
     pages = [site / page_of(nb) for nb in notebooks() if (site / page_of(nb)).exists()]
-
-    def dump(page: Path) -> Page:
-        res = run_chromium(chromium, "--dump-dom", page.as_uri())
-        assert res.returncode == 0 and "<html" in res.stdout, f"Chromium could not render {page}:\n{res.stderr[-2000:]}"
-        return Page(res.stdout)
+    folder = tmp_path_factory.mktemp("instrumented")
     with ThreadPoolExecutor(2) as pool:
-        return dict(zip(pages, pool.map(dump, pages)))
+        return dict(zip(pages, pool.map(lambda page: render(chromium, page, folder), pages)))
 
 
 # ---- the built site --------------------------------------------------------------------------------------------
@@ -264,9 +309,55 @@ def test_every_exported_function_and_class_has_an_api_entry(site):
     assert not missing, "exported symbols without an API entry:\n" + "\n".join(missing)
 
 
+def test_no_stderr_noise(doms):
+    "stderr blocks appear only in cells that demonstrate an error (`#| keep_stderr` or `#| error: true`)."
+    noise = {page.name: dom.check["stderr"] for page, dom in doms.items() if dom.check["stderr"]}
+    assert not noise, f"stderr blocks that no cell asked to show (fix the warning, or mark the cell `#| keep_stderr`): {noise}"
+
+
+def test_no_frozen_progress_bars(doms):
+    "A progress bar on a static page is a widget's text fallback, frozen at 0%: the build drops widget outputs."
+    bars = {page.name: m.group(0) for page, dom in doms.items() if (m := re.search(r"\d+%\|[^|]*\|", dom.text))}
+    assert not bars, f"progress bars on {bars}"
+
+
+def test_math_is_rendered_offline(doms):
+    "Math arrives as MathML (no script, no network) on every page whose notebook has display math; no raw LaTeX anywhere."
+    with_math = {SITE / page_of(nb) for nb in notebooks() if "$$" in (NBS / nb).read_text()}
+    assert with_math, "no notebook has display math: this test needs one"
+    missing = [p.name for p in with_math if doms[p].check["math"] == 0]
+    assert not missing, f"display math not rendered on {missing}"
+    raw = {page.name: m.group(0) for page, dom in doms.items() if (m := RAW_LATEX.search(dom.check["prose"]))}
+    assert not raw, f"raw LaTeX in the text of {raw}"
+    remote = {page.name: ref for page, dom in doms.items() for tag, ref in dom.refs
+              if tag in ("script", "link", "img") and urlsplit(ref).scheme in ("http", "https")}
+    assert not remote, f"pages that load files from the network: {remote}"
+
+
+def test_no_build_machine_paths(site):
+    "No file of the site names a folder of the machine that built it (repository, venv, home, temporary folders)."
+    found = []
+    for f in sorted(p for p in site.rglob("*") if p.is_file() and p.suffix in (".html", ".js", ".txt", ".json", ".css", ".svg")):
+        text = f.read_text(encoding="utf-8", errors="replace")
+        found += [f"{f.relative_to(site)}: {path}" for path in MACHINE_PATHS if path in text]
+        found += [f"{f.relative_to(site)}: {m.group(0)}..." for m in [TEMP_PATH.search(text)] if m]
+    assert not found, "build-machine paths in the site:\n" + "\n".join(found)
+
+
+def test_content_stays_in_its_column(doms, chromium, tmp_path):
+    "Wide tables, code and outputs scroll inside the content column; nothing runs past it at 1280 px."
+    control = render(chromium, SITE / "index.html", tmp_path, extra='<p style="width: 3000px">a deliberately wide line</p>')
+    assert any("a deliberately wide line" in o for o in control.check["overflow"])  # the check sees what it should
+    wide = {page.name: dom.check["overflow"][:3] for page, dom in doms.items() if dom.check["overflow"]}
+    assert not wide, f"content wider than its column: {wide}"
+
+
 def test_outputs_are_executed_and_hidden_cells_removed(site):
     dna = parsed(site / "dna.html").text
-    assert f"'{CFG['DEFAULT']['version']}'" in parsed(site / "index.html").text  # output of `dnallm_nb.__version__`
+    index = parsed(site / "index.html")
+    assert "make demo" in index.text and "make test" in index.text                 # the README's two commands
+    assert "ProbeResult(binary, logistic, n=200, folds=5, auroc=" in index.text   # the quick start's real output...
+    assert "llr" in index.text and "importdnallm_nb" not in index.flat        # ...and its table; the hidden check is not shown
     assert "TTAgggCAT" in dna                                 # output of reverse_complement("ATGcccTAA")
     assert "_COMPLEMENT_TABLE = str.maketrans" not in dna     # `#| export` source is not shown
 
@@ -285,7 +376,8 @@ def write_nb(path: Path, cells: list[tuple[str, str]]):
 
 def build_site(tmp_path: Path) -> subprocess.CompletedProcess:
     return subprocess.run([*BUILD, "--nbs", str(tmp_path / "nbs"), "--out", str(tmp_path / "site"),
-                           "--work", str(tmp_path / "work"), "--jobs", "1"], capture_output=True, text=True, timeout=600)
+                           "--work", str(tmp_path / "work"), "--jobs", "1"], capture_output=True, text=True, timeout=600,
+                          check=False)
 
 
 def test_build_honours_nbdev_directives(tmp_path):
@@ -305,6 +397,12 @@ def test_build_honours_nbdev_directives(tmp_path):
         ("code", "#| output: asis\n#| echo: false\nprint('**asis bold**')"),
         ("code", "print(open('data.txt').read())"),  # runs in the notebook's own folder
         ("code", "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2]); plt.title('a plot'); plt.show()"),
+        ("code", "import sys\nprint('stdout is shown'); print('warning noise', file=sys.stderr)"),
+        ("code", "#| keep_stderr\nimport sys\nprint('error: an intended error message', file=sys.stderr)"),
+        ("code", f"from IPython.display import HTML\nprint({str(ROOT)!r} + '/nbs/x.ipynb', {tempfile.gettempdir()!r} + '/tmpab_12/out.tsv')\n"
+                 f"HTML('<b>html ' + {str(ROOT)!r} + '/y</b>')"),
+        ("code", "from tqdm.auto import tqdm\nfor _ in tqdm(range(3), desc='a frozen bar', disable=False): pass"),
+        ("markdown", "Display math:\n\n$$y_t = \\frac{a}{b} + \\mathrm{LLR}$$\n\nand inline $x^2$."),
     ])
     (nbs / "data.txt").write_text("read-from-the-notebook-folder")
     write_nb(nbs / "tutorials" / "01_walk.ipynb", [("markdown", "# Walkthrough"), ("markdown", "Back to [plots](../01_plots.ipynb).")])
@@ -330,6 +428,13 @@ def test_build_honours_nbdev_directives(tmp_path):
     assert ("a", "../plots.html") in parsed(site / "tutorials" / "walk.html").refs
     assert ("a", "plots.html") in parsed(site / "index.html").refs
     assert "Tutorials" in (site / "index.html").read_text()                      # sub-folder section in the sidebar
+    assert page.text.count("stdout is shown") == 2 and page.text.count("warning noise") == 1  # stderr noise dropped...
+    assert page.text.count("error: an intended error message") == 2               # ...unless the cell keeps it
+    assert "<repo>/nbs/x.ipynb <tmp>/out.tsv" in page.text and "html <repo>/y" in page.text and str(ROOT) not in html
+    assert page.text.count("a frozen bar") == 1                                 # in the source only: the widget is dropped
+    assert html.count("<math") == 2 and not RAW_LATEX.search(page.text)         # MathML...
+    assert not [ref for _, ref in page.refs if "mathjax" in ref.lower()]         # ...and no MathJax script
+    assert "warning noise" in res.stdout and "stderr not shown: 01_plots.ipynb" in res.stdout  # the build lists what it dropped
 
 
 def test_build_fails_on_a_notebook_error(tmp_path):

@@ -1,6 +1,5 @@
 """RC-equivariance checks on the golden checkpoints: exact for PS, approximate for Ph, broken models caught."""
-from functools import lru_cache
-from pathlib import Path
+from functools import cache
 
 import matplotlib
 import numpy as np
@@ -22,13 +21,13 @@ ATOL = 1e-5
 SEQUENCES = {"odd": "ACGTTGCAAGC", "one": "G", "lower+N": "acgtNNacgtA", "even": "TTTACGGACTAG", "longer": "GATTACA" * 9}
 
 
-@lru_cache(maxsize=None)
+@cache
 def load(folder: str, task: str = "mask"):
     model, tokenizer = load_model_and_tokenizer(GOLDEN / folder, task=task)
     return model, tokenizer
 
 
-@lru_cache(maxsize=None)
+@cache
 def report_for(folder: str) -> RCReport:
     return check_rc_equivariance(*load(folder), SEQUENCES)
 
@@ -80,10 +79,10 @@ def test_one_weight_perturbed_on_the_rc_strand_only_is_caught_at_its_layer(folde
     report = check_rc_equivariance(break_rc_sharing(model, layer=layer), tokenizer, SEQUENCES)
     errors = max_abs(report)
     assert not report.passed
-    first_broken = ["mixer 0", "final norm"][layer]  # hidden_states entry that holds layer `layer`'s mixer output
+    first_broken = ["layer 1", "layer 2 (final norm)"][layer]  # the report names the output of block `layer` "layer {layer + 1}"
     assert errors["equivariant", "embeddings"] <= ATOL
     if layer == 1:
-        assert errors["equivariant", "mixer 0"] <= ATOL
+        assert errors["equivariant", "layer 1"] <= ATOL
     assert errors["equivariant", first_broken] > 10 * ATOL and errors["logits", "lm_head"] > 10 * ATOL
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the original is untouched
 
@@ -100,11 +99,11 @@ def test_break_rc_sharing_rejects_plain_models_and_unknown_weights():
 def test_edge_case_inputs_are_grouped_by_length_without_padding():
     report = report_for("caduceus-ph-tiny")
     assert report.names == list(SEQUENCES) and report.lengths == [len(s) for s in SEQUENCES.values()]
-    assert [len(e) for e in report.position_errors["raw", "final norm"]] == report.lengths
+    assert [len(e) for e in report.position_errors["raw", "layer 2 (final norm)"]] == report.lengths
     model, tokenizer = load("caduceus-ph-tiny")
     for i, (name, seq) in enumerate(SEQUENCES.items()):  # checked alone: same errors, so nothing leaked between rows
-        alone = check_rc_equivariance(model, tokenizer, {name: seq}).position_errors["raw", "final norm"][0]
-        np.testing.assert_allclose(alone, report.position_errors["raw", "final norm"][i], atol=1e-6)
+        alone = check_rc_equivariance(model, tokenizer, {name: seq}).position_errors["raw", "layer 2 (final norm)"][0]
+        np.testing.assert_allclose(alone, report.position_errors["raw", "layer 2 (final norm)"][i], atol=1e-6)
 
 
 def test_lower_case_gives_the_same_result_as_upper_case():
@@ -128,12 +127,12 @@ def test_special_tokens_would_break_the_symmetry():
 def test_base_model_and_classifier_are_checked_too():
     model, tokenizer = load("caduceus-ps-tiny", "embedding")
     report = check_rc_equivariance(model, tokenizer, SEQUENCES, layers=[0, -1])
-    assert report.passed and report.layers == ["embeddings", "final norm"]
-    assert set(report.errors.layer) == {"embeddings", "final norm"}  # no LM head on a base model
+    assert report.passed and report.layers == ["embeddings", "layer 2 (final norm)"]
+    assert set(report.errors.layer) == {"embeddings", "layer 2 (final norm)"}  # no LM head on a base model
     classifier, _ = load_model_and_tokenizer(GOLDEN / "caduceus-ph-tiny", task="classification", num_labels=3)
     errors = max_abs(check_rc_equivariance(classifier, tokenizer, SEQUENCES))
     assert errors["sequence logits", "classifier"] <= ATOL  # the Ph classifier conjoins: invariant predictions
-    assert errors["raw", "final norm"] > 1e-2
+    assert errors["raw", "layer 2 (final norm)"] > 1e-2
 
 
 def test_bad_inputs_give_clear_errors():
@@ -161,9 +160,15 @@ def test_report_summary_repr_and_plot():
     assert "PASSED" in repr(report_for("caduceus-ps-tiny"))
     fig = report.plot()
     by_layer, by_position = fig.axes
-    assert [t.get_text() for t in by_layer.get_xticklabels()] == ["embeddings", "mixer 0", "final norm", "lm_head"]
-    assert by_position.get_title() == "by position: raw, final norm"  # default: first view, its worst layer
-    assert len(by_position.get_lines()) == len(SEQUENCES) + 1  # one per sequence, plus the atol line
-    assert report.plot(view="logits").axes[1].get_title() == "by position: logits, lm_head"
+    assert [t.get_text() for t in by_layer.get_xticklabels()] == ["embeddings", "layer 1", "layer 2 (final norm)", "lm_head"]
+    assert by_position.get_title() == "per position: raw, layer 2 (final norm)"  # default: first view, its worst layer
+    assert len(by_position.get_lines()) == 1  # the largest |Δ| over the sequences, not one line per sequence
+    per_sequence = report.position_errors["raw", "layer 2 (final norm)"]
+    largest = [max(e[i] for e in per_sequence if len(e) > i) for i in range(max(map(len, per_sequence)))]
+    np.testing.assert_allclose(by_position.get_lines()[0].get_ydata(), np.clip(largest, 1e-12, None))
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend[:4] == ["raw: differs", "conjoined: equal", "logits: differs", "conjoined logits: equal"]
+    assert fig.get_suptitle() == report.headline and report.plot(sample="ath_tis").get_suptitle() == f"{report.headline}\nath_tis"
+    assert report.plot(view="logits").axes[1].get_title() == "per position: logits, lm_head"
     with pytest.raises(ValueError, match="choose one of"):
         report.plot(view="equivariant")

@@ -1,4 +1,7 @@
-"""The tutorials in nbs/tutorials/ run top to bottom under a real Jupyter kernel, as a person running them in JupyterLab would (issue 8)."""
+"""The tutorials in nbs/tutorials/ run top to bottom under a real Jupyter kernel, as a person running them in JupyterLab would
+("Run All"): quickly by default, with full-size runs behind a flag at the top (issues 8 and 26)."""
+import configparser
+import importlib.util
 import json
 import os
 import sys
@@ -12,7 +15,8 @@ from nbclient.exceptions import CellExecutionError
 
 TUTORIALS = Path(__file__).resolve().parents[1] / "nbs" / "tutorials"
 EXPECTED = ["01_load_models.ipynb", "02_rc_equivariance.ipynb", "03_embeddings_from_fasta.ipynb", "04_probing_arabidopsis.ipynb"]
-SKIP_FLAG = "#| notest"  # settings.ini tst_flags: cells too large for a test run, skipped as nbdev_test skips them
+SKIP_FLAG = "#| notest"  # settings.ini tst_flags: a cell the tests skip; a tutorial has none, since "Run All" runs every cell
+OPT_IN = {"04_probing_arabidopsis.ipynb": "FULL_SIZE"}  # tutorials with a full-size run, and the flag at the top that turns it on
 PYTHON_NAMES = {"python", f"python{sys.version_info[0]}", "python{}.{}".format(*sys.version_info[:2])}  # jupyter_client runs these as sys.executable
 
 
@@ -52,11 +56,29 @@ def test_tutorials_present():
         assert nb.cells[0].cell_type == "markdown" and nb.cells[0].source.startswith("# "), f"{name} needs a title cell"
 
 
+def test_jupyterlab_is_a_runtime_requirement():
+    "After `make demo` (which installs the package, not its dev extras), `jupyter lab nbs/` works."
+    cfg = configparser.ConfigParser()
+    cfg.read(TUTORIALS.parents[1] / "settings.ini")
+    assert "jupyterlab" in cfg["DEFAULT"]["requirements"].split() and importlib.util.find_spec("jupyterlab")
+
+
+@pytest.mark.parametrize("name", EXPECTED)
+def test_full_size_runs_are_opt_in(name):
+    "Run All never meets a cell the tests skip; a full-size run waits for its flag, which says how long the run takes."
+    nb = nbformat.read(TUTORIALS / name, as_version=4)
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    assert not [src for src in code if SKIP_FLAG in src], f"{name}: `#| notest` cells would run under Run All; use a flag"
+    if name in OPT_IN:
+        flag = OPT_IN[name]
+        setting = next((line for src in code[:4] for line in src.splitlines() if line.startswith(f"{flag} = ")), None)
+        assert setting and setting.startswith(f"{flag} = False") and "minutes" in setting, f"{name}: {setting!r}"
+
+
 @pytest.mark.parametrize("name", EXPECTED)
 def test_tutorial_runs_in_jupyter_kernel(name, kernel_env):
-    "Execute the tutorial in the python3 kernel with cwd = nbs/tutorials, `#| notest` cells left out; any cell error fails."
+    "Execute the whole tutorial in the python3 kernel with cwd = nbs/tutorials, as Run All would; any cell error fails."
     nb = nbformat.read(TUTORIALS / name, as_version=4)
-    nb.cells = [c for c in nb.cells if not (c.cell_type == "code" and SKIP_FLAG in c.source)]
     check = f"import sys\nassert sys.prefix == {sys.prefix!r}, f'kernel python3 runs {{sys.executable}}, not this venv'"
     nb.cells.insert(0, nbformat.v4.new_code_cell(check))  # the kernel really is this interpreter
     client = NotebookClient(nb, kernel_name="python3", timeout=600, resources={"metadata": {"path": str(TUTORIALS)}})
@@ -68,3 +90,8 @@ def test_tutorial_runs_in_jupyter_kernel(name, kernel_env):
     assert not errors
     images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert name == "01_load_models.ipynb" or images >= 2, f"{name} shows {images} plots; tutorials 2-4 are meant to show theirs"
+    if name in OPT_IN:  # the full-size run was skipped, and said so
+        last = "".join(o.get("text", "") for o in nb.cells[-1].outputs)
+        assert last.startswith("Full-size run skipped") and f"set {OPT_IN[name]} = True" in last, last
+    texts = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "\r" not in texts  # no carriage-return progress bars: progress is printed as lines
