@@ -173,7 +173,7 @@ def _run_worker(spec: dict, env: dict | None, what: str) -> dict:
     "`run_worker(spec)` in a new Python process with `env` added to its environment: its JSON result, or RuntimeError with the child's error."
     code = "import sys; from dnallm_nb.bench import run_worker; run_worker(sys.argv[1])"
     proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True, text=True,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, **(env or {})}, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark worker for {what} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -389,7 +389,7 @@ def bench_embed_scaling(
         spec = dict(model=model, fasta=str(work / "records.fa"), out=str(work / f"out{n}"), shard_size=shard_size,
                     batch_size=batch_size)
         run = subprocess.run(torchrun_argv(n, str(work / "worker.py"), json.dumps(spec)), capture_output=True, text=True,
-                             env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+                             env={**os.environ, "OMP_NUM_THREADS": str(threads)}, check=False)
         if run.returncode != 0:
             raise RuntimeError(f"benchmark run with {n} processes failed:\n{run.stderr[-3000:]}")
         seconds = json.loads(run.stdout.strip().splitlines()[-1])["seconds"]

