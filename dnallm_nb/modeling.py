@@ -39,8 +39,8 @@ __all__ = ['logger', 'MAMBA1_DEFAULTS', 'MAMBA2_DEFAULTS', 'WEIGHT_FILES', 'POOL
            'RCPSAddNorm', 'RCPSEmbedding', 'RCPSLMHead', 'CaduceusBlock', 'CaduceusEmbeddings', 'CaduceusMixerModel',
            'CheckpointError', 'checkpoint_keys', 'detect_mixer_type', 'CaduceusPreTrainedModel',
            'check_unsupported_inputs', 'token_mask', 'zero_padding', 'CaduceusOutput', 'CaduceusMaskedLMOutput',
-           'CaduceusModel', 'masked_lm_loss', 'CaduceusForMaskedLM', 'pool_positions', 'sequence_classification_loss',
-           'CaduceusForSequenceClassification']
+           'CaduceusModel', 'prepare_lora_merge', 'masked_lm_loss', 'CaduceusForMaskedLM', 'pool_positions',
+           'sequence_classification_loss', 'CaduceusForSequenceClassification']
 
 # %% ../nbs/04_modeling.ipynb #191c613a
 def flip_strands(x: torch.Tensor) -> torch.Tensor:
@@ -170,6 +170,7 @@ def masked_step(dt: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor | None)
 
 class Mamba1Mixer(nn.Module):
     "Mamba-1 mixer (mamba_ssm `Mamba`), state-dict compatible."
+    weight_read_projections = ("in_proj", "dt_proj")  # read as `.weight`, as mamba_ssm does: adapters on them do nothing
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank: int | str = "auto",
                  dt_min: float = 0.001, dt_max: float = 0.1, dt_init: str = "random", dt_scale: float = 1.0,
                  dt_init_floor: float = 1e-4, conv_bias: bool = True, bias: bool = False):
@@ -208,7 +209,11 @@ class Mamba1Mixer(nn.Module):
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         """u: (B, L, d_model) -> (B, L, d_model); `reverse`: read the sequence from its end (the backward direction);
         `mask`: (B, L) bool, True on real tokens (see `masked_conv_input`, `masked_step`)."""
-        return self.out_proj(self.mix(self.in_proj(u), backend, reverse, mask))
+        return self.out_proj(self.mix(self.project_in(u), backend, reverse, mask))
+
+    def project_in(self, u: torch.Tensor) -> torch.Tensor:
+        "in_proj(u) from its weight and bias, as mamba_ssm's `Mamba` computes it (an adapter wrapping in_proj is not applied)."
+        return F.linear(u, self.in_proj.weight, self.in_proj.bias)
 
     def mix(self, xz: torch.Tensor, backend: ScanBackend, reverse: bool = False,
             mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -242,6 +247,7 @@ class GatedRMSNorm(nn.Module):
 
 class Mamba2Mixer(nn.Module):
     "Mamba-2 mixer (mamba_ssm `Mamba2`: gated RMSNorm, scalar A per head), state-dict compatible."
+    weight_read_projections = ()  # every projection is called as a module
     def __init__(self, d_model: int, d_state: int = 128, d_conv: int = 4, expand: int = 2, headdim: int = 64,
                  ngroups: int = 1, A_init_range: tuple = (1, 16), dt_min: float = 0.001, dt_max: float = 0.1,
                  dt_init_floor: float = 1e-4, conv_bias: bool = True, bias: bool = False, chunk_size: int = 256):
@@ -276,7 +282,11 @@ class Mamba2Mixer(nn.Module):
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         """u: (B, L, d_model) -> (B, L, d_model); `reverse`: read the sequence from its end (the backward direction);
         `mask`: (B, L) bool, True on real tokens."""
-        return self.out_proj(self.mix(self.in_proj(u), backend, reverse, mask))
+        return self.out_proj(self.mix(self.project_in(u), backend, reverse, mask))
+
+    def project_in(self, u: torch.Tensor) -> torch.Tensor:
+        "in_proj(u), called as a module (as mamba_ssm's `Mamba2` does)."
+        return self.in_proj(u)
 
     def mix(self, zxbcdt: torch.Tensor, backend: ScanBackend, reverse: bool = False,
             mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -323,11 +333,16 @@ class BiMamba(nn.Module):
                     rev.bias = fwd.bias
 
     def shares_projections(self) -> bool:
-        """True when both directions' in_proj and out_proj are plain `nn.Linear` layers with the same weights, so one
-        product can serve both; False once an adapter (e.g. a peft LoRA layer per direction) wraps any of them."""
-        pairs = [(getattr(self.mamba_fwd, n), getattr(self.mamba_rev, n)) for n in ("in_proj", "out_proj")]
-        return self.tied and all(type(f) is nn.Linear and type(r) is nn.Linear and f.weight is r.weight
-                                 and f.bias is r.bias for f, r in pairs)
+        """True when one product can serve both directions: the projections' weights are tied and no adapter (e.g. a
+        peft LoRA layer per direction) wraps a projection that the mixer calls as a module."""
+        if not self.tied:
+            return False
+        for name in ("in_proj", "out_proj"):
+            fwd, rev = getattr(self.mamba_fwd, name), getattr(self.mamba_rev, name)
+            called = name not in self.mamba_fwd.weight_read_projections
+            if fwd.weight is not rev.weight or (called and not type(fwd) is type(rev) is nn.Linear):
+                return False
+        return True
 
     def forward(self, x: torch.Tensor, backend: ScanBackend, mask: torch.Tensor | None = None) -> torch.Tensor:
         "x: (B, L, d) -> (B, L, d); `mask`: (B, L) bool, True on real tokens, or None (all real)."
@@ -341,8 +356,8 @@ class BiMamba(nn.Module):
     def tied_forward(self, x: torch.Tensor, backend: ScanBackend, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Both directions through one in_proj and, for "add", one out_proj (the forward mixer's).
         (B, L, d) -> (B, L, d)"""
-        in_proj, out_proj = self.mamba_fwd.in_proj, self.mamba_fwd.out_proj
-        projected = in_proj(x)  # (B, L, ·)
+        out_proj = self.mamba_fwd.out_proj
+        projected = self.mamba_fwd.project_in(x)  # (B, L, ·)
         fwd = self.mamba_fwd.mix(projected, backend, mask=mask)  # (B, L, d_inner)
         rev = self.mamba_rev.mix(projected, backend, reverse=True, mask=mask)
         if self.strategy != "add":
@@ -773,6 +788,32 @@ class CaduceusModel(CaduceusPreTrainedModel):
                              hidden_states=tuple(zero_padding(s, mask) for s in hidden) if output_hidden_states else None,
                              residual_states=tuple(zero_padding(s, mask) for s in residual) if output_residual_states else None)
         return out if (return_dict if return_dict is not None else self.config.return_dict) else out.to_tuple()
+
+# %% ../nbs/04_modeling.ipynb #8fb2f2c7
+def prepare_lora_merge(model: nn.Module) -> nn.Module:
+    """Make peft's `merge_and_unload` exact on `model` (a peft model of a Caduceus model), in place: drop adapters on
+    projections the mixers read as weights (they never acted), and untie every BiMamba's reverse in_proj/out_proj
+    (each direction then takes its own adapter's delta); the configs say `bidirectional_weight_tie = False`."""
+    for module in model.modules():
+        if isinstance(module, (Mamba1Mixer, Mamba2Mixer)):
+            for name in module.weight_read_projections:
+                wrapped = getattr(module, name)
+                if hasattr(wrapped, "get_base_layer"):  # a peft adapter layer
+                    setattr(module, name, wrapped.get_base_layer())
+        if isinstance(module, BiMamba) and module.tied:
+            for name in ("in_proj", "out_proj"):
+                rev = getattr(module.mamba_rev, name)
+                rev = rev.get_base_layer() if hasattr(rev, "get_base_layer") else rev
+                for p in ("weight", "bias"):
+                    shared = getattr(rev, p)
+                    if shared is not None:
+                        setattr(rev, p, nn.Parameter(shared.detach().clone(), requires_grad=shared.requires_grad))
+            module.tied = False
+    for module in model.modules():
+        if isinstance(module, CaduceusPreTrainedModel):
+            module.config.bidirectional_weight_tie = False
+            module.all_tied_weights_keys = {k: v for k, v in module.all_tied_weights_keys.items() if ".mamba_rev." not in k}
+    return model
 
 # %% ../nbs/04_modeling.ipynb #d98664db
 def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor, pad_token_id: int | None) -> torch.Tensor:
