@@ -556,8 +556,41 @@ def _checked_mixer_type(declared: str | None, keys: list[str] | None, source) ->
     return declared or detected
 
 
-def _check_loading_info(model: "CaduceusPreTrainedModel", info: dict, source) -> None:
-    "Raise CheckpointError for any missing or unexpected weight that is not an expected head change."
+def _mismatch_cause(name: str) -> str:
+    "The config fields that most likely disagree with the weights, judged from the first mismatched tensor's name."
+    if "word_embeddings" in name or "lm_head" in name:
+        return "vocab_size (rounded up to pad_vocab_size_multiple) or d_model"
+    if name.endswith(("A_log", "x_proj.weight")):
+        return "ssm_cfg d_state (or dt_rank, headdim)"
+    if "dt_proj" in name:
+        return "ssm_cfg dt_rank or expand"
+    if name.startswith("score."):
+        return "num_labels (a classifier head of another size)"
+    return "d_model or ssm_cfg expand / d_conv / headdim / ngroups"
+
+
+def _check_shapes(model: "CaduceusPreTrainedModel", info: dict, source, new_head_allowed: bool) -> None:
+    """Raise CheckpointError for weights whose shapes disagree with the model built from the config; only a task
+    head (`_new_head_keys`) may be re-initialised, and only with `ignore_mismatched_sizes=True`."""
+    mismatched = sorted(info.get("mismatched_keys") or ())
+    refused = [m for m in mismatched if not (new_head_allowed and m[0] in model._new_head_keys)]
+    if not refused:
+        return
+    shapes = "; ".join(f"{name}: checkpoint {tuple(ckpt)} vs model {tuple(built)}" for name, ckpt, built in refused[:6])
+    more = f" (and {len(refused) - 6} more)" if len(refused) > 6 else ""
+    backbone = [m for m in refused if m[0] not in model._new_head_keys]
+    fix = ("dnallm_nb never re-initialises backbone weights, so ignore_mismatched_sizes=True is refused for them. "
+           if backbone and new_head_allowed else "")
+    head = "" if backbone else " To start a new head of this size, pass ignore_mismatched_sizes=True."
+    raise CheckpointError(f"checkpoint {source} has weights whose shapes disagree with {type(model).__name__} built from "
+                          f"its config: {shapes}{more}. Likely cause: config.json's {_mismatch_cause(refused[0][0])} "
+                          f"does not belong to these weights. {fix}Fix the config (or pass the config the checkpoint "
+                          f"was saved with) instead of loading with random weights.{head}")
+
+
+def _check_loading_info(model: "CaduceusPreTrainedModel", info: dict, source, new_head_allowed: bool = False) -> None:
+    "Raise CheckpointError for any mismatched, missing or unexpected weight that is not an expected head change."
+    _check_shapes(model, info, source, new_head_allowed)
     unexpected = sorted(info["unexpected_keys"])  # other task heads are already filtered out
     rebuilt = {k for k in info["missing_keys"] if k.endswith("complement_map")}  # buffers rebuilt from the config
     missing = sorted(set(info["missing_keys"]) - set(model._new_head_keys) - rebuilt)
@@ -600,6 +633,7 @@ class CaduceusPreTrainedModel(PreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         "Load a checkpoint folder or Hub id strictly (see above); accepts the usual `transformers` arguments."
         output_loading_info = kwargs.pop("output_loading_info", False)
+        new_head_allowed = kwargs.pop("ignore_mismatched_sizes", False)  # only a task head may start anew (see above)
         hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
         state_dict = kwargs.get("state_dict")
         keys = list(state_dict) if state_dict is not None else checkpoint_keys(
@@ -612,9 +646,9 @@ class CaduceusPreTrainedModel(PreTrainedModel):
                 config or pretrained_model_name_or_path, **hub_kwargs)[0].get("mixer_type")
             kwargs["mixer_type"] = _checked_mixer_type(declared, keys, pretrained_model_name_or_path)
         with _without_weight_loading_bar():
-            model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args,
-                                                  output_loading_info=True, **kwargs)
-        _check_loading_info(model, info, pretrained_model_name_or_path)
+            model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True,
+                                                  ignore_mismatched_sizes=True, **kwargs)  # checked below, strictly
+        _check_loading_info(model, info, pretrained_model_name_or_path, new_head_allowed)
         return (model, info) if output_loading_info else model
 
     def _init_weights(self, module: nn.Module) -> None:

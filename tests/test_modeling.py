@@ -69,6 +69,29 @@ def test_unexpected_key_is_an_error(tmp_path):
             cls.from_pretrained(folder)
 
 
+def test_shapes_that_disagree_with_the_config_are_an_error_naming_them(tmp_path):
+    folder = copy_checkpoint("caduceus-ps-tiny", tmp_path / "ckpt")
+    config = json.loads((folder / "config.json").read_text())
+    config["ssm_cfg"]["d_state"] = 8  # the weights have 16
+    (folder / "config.json").write_text(json.dumps(config))
+    expected = (r"shapes disagree with CaduceusForMaskedLM built from its config: "
+                r"caduceus\.backbone\.layers\.0\.mixer\.submodule\.mamba_fwd\.A_log: checkpoint \(64, 16\) vs model "
+                r"\(64, 8\).*Likely cause: config\.json's ssm_cfg d_state")
+    with pytest.raises(CheckpointError, match=expected):
+        CaduceusForMaskedLM.from_pretrained(folder)
+    with pytest.raises(CheckpointError, match="ignore_mismatched_sizes=True is refused for them"):
+        CaduceusForMaskedLM.from_pretrained(folder, ignore_mismatched_sizes=True)
+
+
+def test_only_a_task_head_may_start_anew_with_ignore_mismatched_sizes(tmp_path):
+    CaduceusForSequenceClassification.from_pretrained(GOLDEN / "caduceus-ps-tiny", num_labels=3).save_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match=r"score\.weight: checkpoint \(3, 32\) vs model \(2, 32\).*num_labels.*"
+                                              r"pass ignore_mismatched_sizes=True"):
+        CaduceusForSequenceClassification.from_pretrained(tmp_path, num_labels=2)
+    clf = CaduceusForSequenceClassification.from_pretrained(tmp_path, num_labels=2, ignore_mismatched_sizes=True)
+    assert clf.score.weight.shape == (2, 32)
+
+
 def test_untied_config_does_not_invent_tied_copies(tmp_path):
     "PS safetensors omit mamba_rev in/out_proj; that is only fine when the config says they are tied."
     folder = copy_checkpoint("caduceus-ps-tiny", tmp_path / "ckpt")
