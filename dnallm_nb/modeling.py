@@ -40,7 +40,7 @@ __all__ = ['logger', 'MAMBA1_DEFAULTS', 'MAMBA2_DEFAULTS', 'WEIGHT_FILES', 'POOL
            'CheckpointError', 'checkpoint_keys', 'detect_mixer_type', 'CaduceusPreTrainedModel',
            'check_unsupported_inputs', 'token_mask', 'zero_padding', 'CaduceusOutput', 'CaduceusMaskedLMOutput',
            'CaduceusModel', 'prepare_lora_merge', 'masked_lm_loss', 'CaduceusForMaskedLM', 'pool_positions',
-           'sequence_classification_loss', 'CaduceusForSequenceClassification']
+           'sequence_classification_loss', 'CaduceusForSequenceClassification', 'forward_throughput']
 
 # %% ../nbs/04_modeling.ipynb #191c613a
 def flip_strands(x: torch.Tensor) -> torch.Tensor:
@@ -161,11 +161,12 @@ def masked_conv_input(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tenso
 
 def masked_step(dt: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor | None):
     """(step, bias, softplus) for the scan. Without a mask: `dt` (B, L, ·) with the bias and softplus left to the
-    backend. With one: Δ = softplus(dt + bias) in float32, exactly 0 at pad positions, so that those steps decay by
-    exp(0·A) = 1 and add 0·B·u = 0: the state passes through a pad unchanged."""
+    backend. With one: Δ = softplus(dt + bias) (computed in float32, returned in dt's dtype as the CUDA kernels
+    require), exactly 0 at pad positions, so that those steps decay by exp(0·A) = 1 and add 0·B·u = 0: the state
+    passes through a pad unchanged."""
     if mask is None:
         return dt, bias.float(), True
-    return F.softplus(dt.float() + bias.float()) * mask[..., None], None, False
+    return (F.softplus(dt.float() + bias.float()) * mask[..., None]).to(dt.dtype), None, False
 
 
 class Mamba1Mixer(nn.Module):
@@ -744,10 +745,11 @@ def token_mask(attention_mask: torch.Tensor | None, input_ids: torch.Tensor | No
         row, runs = bad
         if runs == 0:
             raise ValueError(f"row {row} of the batch has no token, only padding ({source}); drop it from the batch.")
+        fix = ("mark every position from the first token to the last with 1, or split the sequence"
+               if attention_mask is not None else "remove the pad tokens inside the sequence, or pass an attention_mask "
+               "of ones there to read them as tokens")
         raise ValueError(f"row {row} of {source} has {runs} separate runs of tokens: padding must sit at the start "
-                         "and/or end of a sequence, and a pad between tokens is a hole, not padding. Pass an explicit "
-                         "attention_mask that marks every token (pad ids inside a sequence are then read as tokens), "
-                         "or split the sequence.")
+                         f"and/or end of a sequence, and a pad between tokens is a hole, not padding. To fix it, {fix}.")
     if attention_mask is not None and input_ids is not None and has_pad_id:
         other = input_ids.masked_select(~mask.to(input_ids.device)) != pad_token_id
         if bool(other.any()):
@@ -984,3 +986,32 @@ AutoConfig.register("caduceus", CaduceusConfig, exist_ok=True)
 AutoModel.register(CaduceusConfig, CaduceusModel, exist_ok=True)
 AutoModelForMaskedLM.register(CaduceusConfig, CaduceusForMaskedLM, exist_ok=True)
 AutoModelForSequenceClassification.register(CaduceusConfig, CaduceusForSequenceClassification, exist_ok=True)
+
+# %% ../nbs/04_modeling.ipynb #956c8db8
+def forward_throughput(model: CaduceusPreTrainedModel, tokenizer, batch_sizes: tuple[int, ...] = (1, 8, 32),
+                       lengths: tuple[int, ...] = (512, 4096), repeats: int = 3, seed: int = 0) -> list[dict]:
+    """Sequences per second of `model`'s forward pass (no gradients, best of `repeats` after one warm-up) on random
+    bases, for every batch size and length: unpadded, and padded (every other row 10% shorter, with an
+    attention_mask). Prints the table and returns its rows."""
+    import time
+    bases = torch.tensor(tokenizer("ACGT", add_special_tokens=False)["input_ids"])
+    g = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    rows = []
+    for length in lengths:
+        for batch in batch_sizes:
+            ids = bases[torch.randint(0, 4, (batch, length), generator=g)].to(device)
+            mask = torch.ones_like(ids)
+            mask[1::2, length - length // 10:] = 0  # every other row 10% shorter (none in a batch of 1)
+            padded = ids.masked_fill(mask == 0, tokenizer.pad_token_id)
+            row = {"batch": batch, "length": length}
+            for name, kwargs in (("unpadded", dict(input_ids=ids)), ("padded", dict(input_ids=padded, attention_mask=mask))):
+                with torch.no_grad():
+                    model(**kwargs)
+                    seconds = min((lambda start: (model(**kwargs), time.perf_counter() - start)[1])(time.perf_counter())
+                                  for _ in range(repeats))
+                row[f"{name} seq/s"] = batch / seconds
+            rows.append(row)
+            print(f"batch {batch:3d} × {length:5d} bp: {row['unpadded seq/s']:8.2f} seq/s unpadded, "
+                  f"{row['padded seq/s']:8.2f} seq/s padded")
+    return rows

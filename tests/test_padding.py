@@ -208,3 +208,11 @@ def test_feature_extraction_pipeline_returns_tokens_then_zero_padding(side):
         pads = b[:, :-n] if side == "left" else b[:, n:]
         torch.testing.assert_close(tokens, a, atol=1e-5, rtol=0)
         assert not pads.any()
+
+
+def test_forward_throughput_reports_both_paths(ps, capsys):
+    from dnallm_nb.modeling import forward_throughput
+    rows = forward_throughput(ps, CaduceusTokenizer(), batch_sizes=(1, 2), lengths=(10,), repeats=1)
+    assert [(r["batch"], r["length"]) for r in rows] == [(1, 10), (2, 10)]
+    assert all(r["unpadded seq/s"] > 0 and r["padded seq/s"] > 0 for r in rows)
+    assert "batch   2 ×    10 bp" in capsys.readouterr().out
