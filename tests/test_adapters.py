@@ -115,3 +115,12 @@ def test_merging_per_direction_adapters_unties_and_is_exact(adapter, tmp_path):
     with torch.no_grad():
         for m in (merged, reloaded):
             assert (m(golden["short.input_ids"]).logits - golden["short.logits"]).abs().max() <= 1e-4
+
+
+def test_finetune_adapters_use_upstream_key_names(tmp_path):
+    from dnallm_nb.finetune import sequence_classifier, trainable_model
+    classifier, _ = sequence_classifier(golden_path("caduceus-ps-tiny"), 2, "single_label_classification")
+    trainable_model(classifier, "lora", lora_targets=["out_proj"], lora_r=4).save_pretrained(tmp_path)
+    saved = {k for k in load_file(tmp_path / "adapter_model.safetensors") if "lora_" in k}
+    released = {k for k in load_file(golden_path("caduceus-ps-tiny-lora") / "adapter_model.safetensors") if ".out_proj." in k}
+    assert saved == released  # both directions, upstream's module paths
