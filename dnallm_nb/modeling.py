@@ -32,12 +32,12 @@ from .scan import ScanBackend, resolve_scan_backend
 logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['logger', 'MAMBA1_DEFAULTS', 'MAMBA2_DEFAULTS', 'WEIGHT_FILES', 'POOLINGS', 'flip_strands', 'split_strands',
-           'to_strand_batch', 'from_strand_batch', 'swap_strands', 'RMSNorm', 'LayerNorm', 'make_norm', 'add_norm',
-           'resolve_mixer_type', 'mixer_arguments', 'inverse_softplus', 'sample_dt', 'masked_conv_input', 'masked_step',
-           'Mamba1Mixer', 'GatedRMSNorm', 'Mamba2Mixer', 'make_mixer', 'bimamba_combine', 'BiMamba', 'RCPSWrapper',
-           'RCPSAddNorm', 'RCPSEmbedding', 'RCPSLMHead', 'CaduceusBlock', 'CaduceusEmbeddings', 'CaduceusMixerModel',
-           'CheckpointError', 'checkpoint_keys', 'detect_mixer_type', 'CaduceusPreTrainedModel',
+__all__ = ['logger', 'MAMBA1_DEFAULTS', 'MAMBA2_DEFAULTS', 'PAD_STEP', 'WEIGHT_FILES', 'POOLINGS', 'flip_strands',
+           'split_strands', 'to_strand_batch', 'from_strand_batch', 'swap_strands', 'RMSNorm', 'LayerNorm', 'make_norm',
+           'add_norm', 'resolve_mixer_type', 'mixer_arguments', 'inverse_softplus', 'sample_dt', 'masked_conv_input',
+           'masked_step', 'Mamba1Mixer', 'GatedRMSNorm', 'Mamba2Mixer', 'make_mixer', 'bimamba_combine', 'BiMamba',
+           'RCPSWrapper', 'RCPSAddNorm', 'RCPSEmbedding', 'RCPSLMHead', 'CaduceusBlock', 'CaduceusEmbeddings',
+           'CaduceusMixerModel', 'CheckpointError', 'checkpoint_keys', 'detect_mixer_type', 'CaduceusPreTrainedModel',
            'check_unsupported_inputs', 'token_mask', 'zero_padding', 'CaduceusOutput', 'CaduceusMaskedLMOutput',
            'CaduceusModel', 'prepare_lora_merge', 'masked_lm_loss', 'CaduceusForMaskedLM', 'pool_positions',
            'sequence_classification_loss', 'CaduceusForSequenceClassification', 'forward_throughput']
@@ -154,19 +154,20 @@ def sample_dt(n: int, dt_min: float, dt_max: float, floor: float) -> torch.Tenso
     return torch.exp(torch.rand(n) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=floor)
 
 
+PAD_STEP = -1e4
+"Pre-softplus step put at pad positions: softplus(PAD_STEP + bias) is exactly 0 in float32 (its exp underflows)."
+
+
 def masked_conv_input(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     "x (B, L, C) with pad positions (mask False) set to 0: the causal convolution then sees what an unpadded run sees."
-    return x if mask is None else x * mask[..., None].to(x.dtype)
+    return x if mask is None else torch.where(mask[..., None], x, 0.0)  # one pass (masked_fill would copy first)
 
 
-def masked_step(dt: torch.Tensor, bias: torch.Tensor, mask: torch.Tensor | None):
-    """(step, bias, softplus) for the scan. Without a mask: `dt` (B, L, ·) with the bias and softplus left to the
-    backend. With one: Δ = softplus(dt + bias) (computed in float32, returned in dt's dtype as the CUDA kernels
-    require), exactly 0 at pad positions, so that those steps decay by exp(0·A) = 1 and add 0·B·u = 0: the state
-    passes through a pad unchanged."""
-    if mask is None:
-        return dt, bias.float(), True
-    return (F.softplus(dt.float() + bias.float()) * mask[..., None]).to(dt.dtype), None, False
+def masked_step(dt: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """dt (B, L, ·), the scan's step before its bias and softplus, with pad positions (mask False) set to `PAD_STEP`:
+    there Δ = softplus(dt + bias) = 0, so the step decays the state by exp(0·A) = 1 and adds 0·B·u = 0, passing it
+    through unchanged. The backends keep adding the bias and taking the softplus in their kernels."""
+    return dt if mask is None else torch.where(mask[..., None], dt, PAD_STEP)
 
 
 class Mamba1Mixer(nn.Module):
@@ -223,12 +224,11 @@ class Mamba1Mixer(nn.Module):
         x = backend.causal_conv1d(masked_conv_input(x, mask), self.conv1d.weight, self.conv1d.bias, silu=True,
                                   reverse=reverse)  # (B, L, ·)
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)  # (B, L, ·)
-        dt = F.linear(dt, self.dt_proj.weight)  # (B, L, d_inner); its bias goes to the scan
-        dt, delta_bias, softplus = masked_step(dt, self.dt_proj.bias, mask)
+        dt = masked_step(F.linear(dt, self.dt_proj.weight), mask)  # (B, L, d_inner); its bias goes to the scan
         A = -torch.exp(self.A_log.float())  # (d_inner, N)
         y = backend.selective_scan(x.transpose(1, 2), dt.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2),
-                                   D=self.D.float(), z=z.transpose(1, 2), delta_bias=delta_bias,
-                                   delta_softplus=softplus, reverse=reverse)  # (B, d_inner, L)
+                                   D=self.D.float(), z=z.transpose(1, 2), delta_bias=self.dt_proj.bias.float(),
+                                   delta_softplus=True, reverse=reverse)  # (B, d_inner, L)
         return y.transpose(1, 2)
 
 # %% ../nbs/04_modeling.ipynb #34d64e32
@@ -298,10 +298,10 @@ class Mamba2Mixer(nn.Module):
         xBC = backend.causal_conv1d(masked_conv_input(xBC, mask), self.conv1d.weight, self.conv1d.bias, silu=True,
                                     reverse=reverse)
         x, B, C = xBC.split([self.d_inner, gn, gn], dim=-1)
-        dt, dt_bias, softplus = masked_step(dt, self.dt_bias, mask)  # one step per head
-        y = backend.ssd_scan(x.reshape(b, L, self.nheads, self.headdim), dt, -torch.exp(self.A_log.float()),
+        y = backend.ssd_scan(x.reshape(b, L, self.nheads, self.headdim), masked_step(dt, mask),  # one step per head
+                             -torch.exp(self.A_log.float()),
                              B.reshape(b, L, self.ngroups, self.d_state), C.reshape(b, L, self.ngroups, self.d_state),
-                             D=self.D.float(), dt_bias=dt_bias, dt_softplus=softplus,
+                             D=self.D.float(), dt_bias=self.dt_bias.float(), dt_softplus=True,
                              chunk_size=self.chunk_size, reverse=reverse)  # (B, L, H, P)
         return self.norm(y.reshape(b, L, self.d_inner), z)
 

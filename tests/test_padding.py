@@ -5,8 +5,8 @@ import torch
 from transformers import AutoModelForMaskedLM, pipeline
 
 from dnallm_nb.configuration import CaduceusConfig
-from dnallm_nb.modeling import (POOLINGS, CaduceusForMaskedLM, CaduceusForSequenceClassification, CaduceusModel,
-                                token_mask)
+from dnallm_nb.modeling import (PAD_STEP, POOLINGS, CaduceusForMaskedLM, CaduceusForSequenceClassification,
+                                CaduceusModel, token_mask)
 from dnallm_nb.scan import available_scan_backends
 from dnallm_nb.testing import golden_path
 from dnallm_nb.tokenization import CaduceusTokenizer, PlantTokenizer
@@ -162,19 +162,26 @@ def test_all_ones_mask_and_no_mask_run_the_same_code(ps):
         assert torch.equal(ps(ids).logits, ps(ids, attention_mask=torch.ones_like(ids, dtype=torch.bool)).logits)
 
 
-def test_cpu_kernel_scan_step_of_zero_is_an_exact_identity():
+def test_cpu_kernel_passes_pad_steps_bit_for_bit():
+    "The C++ Mamba-1 scan: a step of exactly 0, and the PAD_STEP the mixers use, leave the state as it is."
     fastscan = pytest.importorskip("dnallm_nb.fastscan")
     if "cpu" not in BACKENDS:
         pytest.skip("the C++ kernels did not build here")
     torch.manual_seed(0)
     b, d, n, L = 2, 8, 4, 70
-    u, z, delta = torch.randn(b, d, L), torch.randn(b, d, L), torch.rand(b, d, L)
-    A, B, C, D = -torch.rand(d, n), torch.randn(b, n, L), torch.randn(b, n, L), torch.randn(d)
+    u, z, delta, bias = torch.randn(b, d, L), torch.randn(b, d, L), torch.randn(b, d, L), torch.randn(d)
+    A, B, C, D = -16 * torch.rand(d, n), torch.randn(b, n, L), torch.randn(b, n, L), torch.randn(d)
     keep = torch.ones(L, dtype=torch.bool)
-    keep[[0, 1, 30, 31, 32]] = False  # steps with delta = 0 anywhere must leave the state as it is
-    padded = fastscan.selective_scan_cpu(u, delta * keep, A, B, C, D, z)
-    alone = fastscan.selective_scan_cpu(u[..., keep], delta[..., keep], A, B[..., keep], C[..., keep], D, z[..., keep])
-    assert torch.equal(padded[..., keep], alone)  # bit for bit: the kernel's exp(0) is exactly 1
+    keep[[0, 1, 30, 31, 32, 69]] = False
+    alone = fastscan.selective_scan_cpu(u[..., keep], delta[..., keep], A, B[..., keep], C[..., keep], D, z[..., keep],
+                                        delta_bias=bias, delta_softplus=True)
+    padded = fastscan.selective_scan_cpu(u, delta.masked_fill(~keep, PAD_STEP), A, B, C, D, z, delta_bias=bias,
+                                         delta_softplus=True)
+    assert torch.equal(padded[..., keep], alone)
+    steps = torch.nn.functional.softplus(delta + bias[:, None])
+    zero = fastscan.selective_scan_cpu(u, steps * keep, A, B, C, D, z)  # exp(0) is exactly 1 in the kernel
+    assert torch.equal(zero[..., keep], fastscan.selective_scan_cpu(u[..., keep], steps[..., keep], A, B[..., keep],
+                                                                     C[..., keep], D, z[..., keep]))
 
 
 # ---------------------------------------------------------------- pipelines
