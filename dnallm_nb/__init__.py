@@ -13,3 +13,28 @@ def __getattr__(name: str):
         from dnallm_nb.load import load_model_and_tokenizer
         return load_model_and_tokenizer
     raise AttributeError(f"module 'dnallm_nb' has no attribute {name!r}")
+
+# %% ../nbs/99_api.ipynb #b64b7b58
+from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification
+
+from .configuration import CaduceusConfig
+from .tokenization import TOKENIZER_CLASSES  # importing the module registers the tokenizer classes by name
+
+
+def _deferred_model_class(name: str) -> type:
+    """A stand-in for `dnallm_nb.modeling.<name>` in the Auto mappings: its `from_pretrained` and `_from_config`
+    (what the Auto classes call) import the modeling module, whose import registers the real class instead."""
+    def real() -> type:
+        import dnallm_nb.modeling
+        return getattr(dnallm_nb.modeling, name)
+    return type(name, (), dict(
+        __doc__=f"Stand-in for `dnallm_nb.modeling.{name}` until that module is imported.", __module__=__name__,
+        config_class=CaduceusConfig,
+        from_pretrained=classmethod(lambda cls, *args, **kwargs: real().from_pretrained(*args, **kwargs)),
+        _from_config=classmethod(lambda cls, *args, **kwargs: real()._from_config(*args, **kwargs))))
+
+
+AutoConfig.register("caduceus", CaduceusConfig, exist_ok=True)
+for _auto, _name in ((AutoModel, "CaduceusModel"), (AutoModelForMaskedLM, "CaduceusForMaskedLM"),
+                     (AutoModelForSequenceClassification, "CaduceusForSequenceClassification")):
+    _auto.register(CaduceusConfig, _deferred_model_class(_name), exist_ok=True)

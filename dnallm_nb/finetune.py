@@ -24,27 +24,29 @@ from transformers.utils import logging as hf_logging
 from .dna import validate_dna
 from .embeddings import tokenize_bases
 from .modeling import (
-    CaduceusForMaskedLM, CaduceusForSequenceClassification, CaduceusModel, resolve_mixer_type, sequence_classification_loss)
+    CaduceusForMaskedLM, CaduceusForSequenceClassification, CaduceusModel, Mamba1Mixer, Mamba2Mixer, resolve_mixer_type,
+    prepare_lora_merge, sequence_classification_loss)
 from .probing import (
     LayerProbeResult, ProbeResult, combine_groups, compare_probes, make_folds, rc_groups)
 from .probing import prediction_metrics as _metrics, sequence_list as _sequence_list
 
 # %% auto #0
-__all__ = ['LORA_TARGET_MODULES', 'DEFAULT_LORA_TARGETS', 'METHODS', 'DEFAULT_LEARNING_RATES', 'FINETUNE_FORMAT',
-           'ESTIMATOR_CLASSES', 'METHOD_NAMES', 'lora_target_modules', 'check_lora_targets', 'sequence_classifier',
-           'trainable_model', 'predict_logits', 'train_classifier', 'FinetuneClassifier', 'FinetuneRegressor',
-           'load_finetuned', 'cross_validate_finetune', 'comparison_results', 'compare_with_controls',
-           'plot_comparison']
+__all__ = ['LORA_TARGET_MODULES', 'NOT_LORA_TARGETS', 'METHODS', 'DEFAULT_LEARNING_RATES', 'FINETUNE_FORMAT', 'ESTIMATOR_CLASSES',
+           'METHOD_NAMES', 'lora_target_modules', 'check_lora_targets', 'sequence_classifier', 'trainable_model',
+           'predict_logits', 'train_classifier', 'FinetuneClassifier', 'FinetuneRegressor', 'load_finetuned',
+           'cross_validate_finetune', 'comparison_results', 'compare_with_controls', 'plot_comparison']
 
 # %% ../nbs/16_finetune.ipynb #72e36a77
 LORA_TARGET_MODULES: dict[str, tuple[str, ...]] = {
-    "mamba1": ("in_proj", "out_proj", "x_proj", "dt_proj"),
+    "mamba1": ("out_proj", "x_proj"),
     "mamba2": ("in_proj", "out_proj"),
 }
-"LoRA-able linear projections of each mixer type (module names inside every `mamba_fwd` / `mamba_rev`)."
+"""LoRA targets of each mixer type (module names inside every `mamba_fwd` / `mamba_rev`): the linear projections that
+the mixer calls as modules, so an adapter on them acts. `method='lora'` adapts all of them by default."""
 
-DEFAULT_LORA_TARGETS = ("in_proj", "out_proj")
-"What `method='lora'` adapts by default: the mixers' input and output projections (most of their weights)."
+NOT_LORA_TARGETS: dict[str, tuple[str, ...]] = {"mamba1": Mamba1Mixer.weight_read_projections,
+                                                "mamba2": Mamba2Mixer.weight_read_projections}
+"Linear projections of each mixer type whose weight the mixer reads directly (as upstream's does): no LoRA target."
 
 
 def lora_target_modules(model: torch.nn.Module) -> list[str]:
@@ -55,7 +57,7 @@ def lora_target_modules(model: torch.nn.Module) -> list[str]:
                         "dnallm_nb.load.load_model_and_tokenizer.")
     mixer = resolve_mixer_type(config)
     present = {name.rsplit(".", 1)[-1] for name, module in model.named_modules()
-               if isinstance(module, torch.nn.Linear) and ".mixer." in name}
+               if isinstance(module, torch.nn.Linear) and ".mixer." in name} - set(NOT_LORA_TARGETS[mixer])
     table = LORA_TARGET_MODULES[mixer]
     if set(table) != present:  # the table and the model's modules must agree: a new mixer needs a new row
         raise RuntimeError(f"LORA_TARGET_MODULES[{mixer!r}] = {table} but this model's mixers have linear modules "
@@ -63,15 +65,24 @@ def lora_target_modules(model: torch.nn.Module) -> list[str]:
     return list(table)
 
 
-def check_lora_targets(model: torch.nn.Module, targets: str | Iterable[str]) -> list[str]:
-    "`targets` as a list, checked against `lora_target_modules(model)`; a clear error for names the model lacks."
+def check_lora_targets(model: torch.nn.Module, targets: str | Iterable[str] | None = None) -> list[str]:
+    """`targets` as a list (None: every LoRA target of the model's mixer type), checked against
+    `lora_target_modules(model)`; a clear error for names the model lacks or whose adapter would do nothing."""
     valid = lora_target_modules(model)
+    if targets is None:
+        return valid
+    mixer = resolve_mixer_type(model.config)
     targets = [targets] if isinstance(targets, str) else list(targets)
+    for target in targets:
+        if target in NOT_LORA_TARGETS[mixer]:
+            raise ValueError(f"LoRA target {target!r} is not offered for {mixer} mixers: the mixer reads "
+                             f"{target}.weight directly, as upstream's (mamba_ssm) does, so an adapter on it would never "
+                             f"change the output and would train nothing. Choose among {valid}.")
     unknown = [t for t in targets if t not in valid]
     if unknown or not targets:
         what = f"LoRA target modules {unknown} do not exist" if unknown else "lora_targets is empty"
-        raise ValueError(f"{what} in this {resolve_mixer_type(model.config)} model; its mixers' linear modules are "
-                         f"{valid}. Pass lora_targets= a non-empty subset of them, e.g. {DEFAULT_LORA_TARGETS}.")
+        raise ValueError(f"{what} in this {mixer} model; its mixers' LoRA targets are {valid}. Pass lora_targets= a "
+                         "non-empty subset of them, or None for all of them.")
     return targets
 
 # %% ../nbs/16_finetune.ipynb #c65a929a
@@ -154,9 +165,10 @@ def sequence_classifier(model, num_labels: int, problem_type: str, *, tokenizer=
     return classifier.to(device=device or weight.device, dtype=weight.dtype), tokenizer
 
 
-def trainable_model(classifier: CaduceusForSequenceClassification, method: str, *, lora_targets=DEFAULT_LORA_TARGETS,
+def trainable_model(classifier: CaduceusForSequenceClassification, method: str, *, lora_targets=None,
                     lora_r: int = 8, lora_alpha: int = 16, lora_dropout: float = 0.0) -> torch.nn.Module:
-    """`classifier` set up for `method`: 'lora' wraps it in a peft `PeftModel` (adapters on `lora_targets`, the `score`
+    """`classifier` set up for `method`: 'lora' wraps it in a peft `PeftModel` (adapters on `lora_targets`, by default
+    every target of `lora_target_modules`; the `score`
     head trained in full as a module to save), 'full' trains every parameter, 'head' only `score`."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
@@ -174,7 +186,7 @@ def trainable_model(classifier: CaduceusForSequenceClassification, method: str, 
 
 # %% ../nbs/16_finetune.ipynb #d4a05b32
 def _length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generator | None = None) -> list[np.ndarray]:
-    """Batches of positions into `lengths` whose sequences have one length (Caduceus has no padding mask); shuffled
+    """Batches of positions into `lengths` whose sequences have one length (no padding to compute); shuffled
     within and across lengths with `rng`, in order without."""
     order = np.arange(len(lengths)) if rng is None else rng.permutation(len(lengths))
     batches = [chunk for length in np.unique(lengths) for chunk in
@@ -299,7 +311,7 @@ class _Finetuner(BaseEstimator):
     "Shared fit / save logic of `FinetuneClassifier` and `FinetuneRegressor`."
     _problem_type: str
 
-    def __init__(self, model, tokenizer=None, *, method: str = "lora", lora_targets=DEFAULT_LORA_TARGETS,
+    def __init__(self, model, tokenizer=None, *, method: str = "lora", lora_targets=None,
                  lora_r: int = 8, lora_alpha: int = 16, lora_dropout: float = 0.0, learning_rate: float | None = None,
                  weight_decay: float = 0.01, batch_size: int = 16, max_steps: int = 200,
                  validation_fraction: float = 0.2, eval_every: int | None = None, patience: int = 3,
@@ -380,7 +392,9 @@ class _Finetuner(BaseEstimator):
         if adapter:
             self.model_.save_pretrained(folder)
         else:
-            merged = copy.deepcopy(self.model_).merge_and_unload() if self.method == "lora" else self.model_
+            # per-direction adapters over a tied weight: untie first, or merging adds both deltas to the one weight
+            merged = (prepare_lora_merge(copy.deepcopy(self.model_)).merge_and_unload()
+                      if self.method == "lora" else self.model_)
             merged.save_pretrained(folder)
         self.tokenizer_.save_pretrained(folder)
         params = {k: v for k, v in self.get_params().items() if k not in ("model", "tokenizer", "device")}

@@ -32,7 +32,7 @@ _logger = logging.getLogger(__name__)
 __all__ = ['TOKENIZER_FLAVOURS', 'MODEL_REGISTRY', 'DEMO_MODEL_NAME', 'SOURCES', 'CHECKPOINT_FILES', 'DTYPES', 'TASK_CLASSES',
            'ModelInfo', 'register_model', 'list_models', 'CheckpointNotFoundError', 'close_model_names',
            'resolve_checkpoint', 'cache_checkpoint', 'model_card', 'resolve_device', 'resolve_dtype',
-           'checkpoint_tokenizer', 'load_model_and_tokenizer']
+           'checkpoint_tokenizer', 'align_pad_token_id', 'load_model_and_tokenizer']
 
 # %% ../nbs/05_load.ipynb #d9ed45bf
 @dataclass(frozen=True)
@@ -252,6 +252,18 @@ def checkpoint_tokenizer(folder: str | Path, config: CaduceusConfig, info: Model
     return tokenizer
 
 
+def align_pad_token_id(config: CaduceusConfig, tokenizer: DNATokenizer) -> CaduceusConfig:
+    "Set `config.pad_token_id` to the tokenizer's when the config names no token (None or negative); an error when they differ."
+    pad = tokenizer.pad_token_id
+    if config.pad_token_id is None or config.pad_token_id < 0:
+        config.pad_token_id = pad
+    elif config.pad_token_id != pad:
+        raise ValueError(f"the model's config.pad_token_id is {config.pad_token_id} but {type(tokenizer).__name__} pads with "
+                         f"id {pad}: padded batches would be read wrongly. Set config.pad_token_id = {pad} (pass "
+                         f"pad_token_id={pad} to load_model_and_tokenizer), or load the tokenizer the model was trained with.")
+    return config
+
+
 def _check_tokenizer_fits(tokenizer: DNATokenizer, config: CaduceusConfig, folder: Path) -> None:
     "Raise unless every token id exists in the model and complements as the model's complement map says."
     n = len(tokenizer)
@@ -294,5 +306,6 @@ def load_model_and_tokenizer(
                         f"nor CaduceusConfig fields, nor {model_class.__name__} options {options}.")
     model = model_class.from_pretrained(folder, config=config, dtype=dtype, **init_kwargs).to(device).eval()
     tokenizer = checkpoint_tokenizer(folder, config, MODEL_REGISTRY.get(str(model_name_or_path)))
+    align_pad_token_id(model.config, tokenizer)
     _logger.info("loaded %s as %s on %s (%s) from %s", model_name_or_path, type(model).__name__, device, dtype, folder)
     return model, tokenizer

@@ -32,14 +32,15 @@ from .scan import ScanBackend, resolve_scan_backend
 logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['logger', 'MAMBA1_DEFAULTS', 'MAMBA2_DEFAULTS', 'WEIGHT_FILES', 'POOLINGS', 'flip_strands', 'split_strands',
-           'to_strand_batch', 'from_strand_batch', 'swap_strands', 'RMSNorm', 'LayerNorm', 'make_norm', 'add_norm',
-           'resolve_mixer_type', 'mixer_arguments', 'inverse_softplus', 'sample_dt', 'Mamba1Mixer', 'GatedRMSNorm',
-           'Mamba2Mixer', 'make_mixer', 'bimamba_combine', 'BiMamba', 'RCPSWrapper', 'RCPSAddNorm', 'RCPSEmbedding',
-           'RCPSLMHead', 'CaduceusBlock', 'CaduceusEmbeddings', 'CaduceusMixerModel', 'CheckpointError',
-           'checkpoint_keys', 'detect_mixer_type', 'CaduceusPreTrainedModel', 'check_unsupported_inputs',
-           'CaduceusOutput', 'CaduceusMaskedLMOutput', 'CaduceusModel', 'masked_lm_loss', 'CaduceusForMaskedLM',
-           'pool_positions', 'sequence_classification_loss', 'CaduceusForSequenceClassification']
+__all__ = ['logger', 'MAMBA1_DEFAULTS', 'MAMBA2_DEFAULTS', 'PAD_STEP', 'WEIGHT_FILES', 'POOLINGS', 'flip_strands',
+           'split_strands', 'to_strand_batch', 'from_strand_batch', 'swap_strands', 'RMSNorm', 'LayerNorm', 'make_norm',
+           'add_norm', 'resolve_mixer_type', 'mixer_arguments', 'inverse_softplus', 'sample_dt', 'masked_conv_input',
+           'masked_step', 'Mamba1Mixer', 'GatedRMSNorm', 'Mamba2Mixer', 'make_mixer', 'bimamba_combine', 'BiMamba',
+           'RCPSWrapper', 'RCPSAddNorm', 'RCPSEmbedding', 'RCPSLMHead', 'CaduceusBlock', 'CaduceusEmbeddings',
+           'CaduceusMixerModel', 'CheckpointError', 'checkpoint_keys', 'detect_mixer_type', 'CaduceusPreTrainedModel',
+           'check_unsupported_inputs', 'token_mask', 'zero_padding', 'CaduceusOutput', 'CaduceusMaskedLMOutput',
+           'CaduceusModel', 'prepare_lora_merge', 'masked_lm_loss', 'CaduceusForMaskedLM', 'pool_positions',
+           'sequence_classification_loss', 'CaduceusForSequenceClassification', 'forward_throughput']
 
 # %% ../nbs/04_modeling.ipynb #191c613a
 def flip_strands(x: torch.Tensor) -> torch.Tensor:
@@ -153,8 +154,25 @@ def sample_dt(n: int, dt_min: float, dt_max: float, floor: float) -> torch.Tenso
     return torch.exp(torch.rand(n) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=floor)
 
 
+PAD_STEP = -1e4
+"Pre-softplus step put at pad positions: softplus(PAD_STEP + bias) is exactly 0 in float32 (its exp underflows)."
+
+
+def masked_conv_input(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    "x (B, L, C) with pad positions (mask False) set to 0: the causal convolution then sees what an unpadded run sees."
+    return x if mask is None else torch.where(mask[..., None], x, 0.0)  # one pass (masked_fill would copy first)
+
+
+def masked_step(dt: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    """dt (B, L, ·), the scan's step before its bias and softplus, with pad positions (mask False) set to `PAD_STEP`:
+    there Δ = softplus(dt + bias) = 0, so the step decays the state by exp(0·A) = 1 and adds 0·B·u = 0, passing it
+    through unchanged. The backends keep adding the bias and taking the softplus in their kernels."""
+    return dt if mask is None else torch.where(mask[..., None], dt, PAD_STEP)
+
+
 class Mamba1Mixer(nn.Module):
     "Mamba-1 mixer (mamba_ssm `Mamba`), state-dict compatible."
+    weight_read_projections = ("in_proj", "dt_proj")  # read as `.weight`, as mamba_ssm does: adapters on them do nothing
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2, dt_rank: int | str = "auto",
                  dt_min: float = 0.001, dt_max: float = 0.1, dt_init: str = "random", dt_scale: float = 1.0,
                  dt_init_floor: float = 1e-4, conv_bias: bool = True, bias: bool = False):
@@ -189,19 +207,27 @@ class Mamba1Mixer(nn.Module):
             init.uniform_(self.dt_proj.weight, -std, std)
         init.copy_(self.dt_proj.bias, inverse_softplus(sample_dt(self.d_inner, *self.dt_range)))
 
-    def forward(self, u: torch.Tensor, backend: ScanBackend, reverse: bool = False) -> torch.Tensor:
-        "u: (B, L, d_model) -> (B, L, d_model); `reverse`: read the sequence from its end (the backward direction)."
-        return self.out_proj(self.mix(self.in_proj(u), backend, reverse))
+    def forward(self, u: torch.Tensor, backend: ScanBackend, reverse: bool = False,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """u: (B, L, d_model) -> (B, L, d_model); `reverse`: read the sequence from its end (the backward direction);
+        `mask`: (B, L) bool, True on real tokens (see `masked_conv_input`, `masked_step`)."""
+        return self.out_proj(self.mix(self.project_in(u), backend, reverse, mask))
 
-    def mix(self, xz: torch.Tensor, backend: ScanBackend, reverse: bool = False) -> torch.Tensor:
+    def project_in(self, u: torch.Tensor) -> torch.Tensor:
+        "in_proj(u) from its weight and bias, as mamba_ssm's `Mamba` computes it (an adapter wrapping in_proj is not applied)."
+        return F.linear(u, self.in_proj.weight, self.in_proj.bias)
+
+    def mix(self, xz: torch.Tensor, backend: ScanBackend, reverse: bool = False,
+            mask: torch.Tensor | None = None) -> torch.Tensor:
         "What lies between the projections: in_proj output (B, L, 2·d_inner) -> out_proj input (B, L, d_inner)."
         x, z = xz.chunk(2, dim=-1)  # (B, L, d_inner) each
-        x = backend.causal_conv1d(x, self.conv1d.weight, self.conv1d.bias, silu=True, reverse=reverse)  # (B, L, ·)
+        x = backend.causal_conv1d(masked_conv_input(x, mask), self.conv1d.weight, self.conv1d.bias, silu=True,
+                                  reverse=reverse)  # (B, L, ·)
         dt, B, C = self.x_proj(x).split([self.dt_rank, self.d_state, self.d_state], dim=-1)  # (B, L, ·)
-        dt = F.linear(dt, self.dt_proj.weight).transpose(1, 2)  # (B, d_inner, L); its bias goes to the scan
+        dt = masked_step(F.linear(dt, self.dt_proj.weight), mask)  # (B, L, d_inner); its bias goes to the scan
         A = -torch.exp(self.A_log.float())  # (d_inner, N)
-        y = backend.selective_scan(x.transpose(1, 2), dt, A, B.transpose(1, 2), C.transpose(1, 2), D=self.D.float(),
-                                   z=z.transpose(1, 2), delta_bias=self.dt_proj.bias.float(),
+        y = backend.selective_scan(x.transpose(1, 2), dt.transpose(1, 2), A, B.transpose(1, 2), C.transpose(1, 2),
+                                   D=self.D.float(), z=z.transpose(1, 2), delta_bias=self.dt_proj.bias.float(),
                                    delta_softplus=True, reverse=reverse)  # (B, d_inner, L)
         return y.transpose(1, 2)
 
@@ -222,6 +248,7 @@ class GatedRMSNorm(nn.Module):
 
 class Mamba2Mixer(nn.Module):
     "Mamba-2 mixer (mamba_ssm `Mamba2`: gated RMSNorm, scalar A per head), state-dict compatible."
+    weight_read_projections = ()  # every projection is called as a module
     def __init__(self, d_model: int, d_state: int = 128, d_conv: int = 4, expand: int = 2, headdim: int = 64,
                  ngroups: int = 1, A_init_range: tuple = (1, 16), dt_min: float = 0.001, dt_max: float = 0.1,
                  dt_init_floor: float = 1e-4, conv_bias: bool = True, bias: bool = False, chunk_size: int = 256):
@@ -252,18 +279,27 @@ class Mamba2Mixer(nn.Module):
         init.copy_(self.A_log, torch.log(torch.empty(self.nheads).uniform_(*self.A_init_range)))
         init.ones_(self.D)
 
-    def forward(self, u: torch.Tensor, backend: ScanBackend, reverse: bool = False) -> torch.Tensor:
-        "u: (B, L, d_model) -> (B, L, d_model); `reverse`: read the sequence from its end (the backward direction)."
-        return self.out_proj(self.mix(self.in_proj(u), backend, reverse))
+    def forward(self, u: torch.Tensor, backend: ScanBackend, reverse: bool = False,
+                mask: torch.Tensor | None = None) -> torch.Tensor:
+        """u: (B, L, d_model) -> (B, L, d_model); `reverse`: read the sequence from its end (the backward direction);
+        `mask`: (B, L) bool, True on real tokens."""
+        return self.out_proj(self.mix(self.project_in(u), backend, reverse, mask))
 
-    def mix(self, zxbcdt: torch.Tensor, backend: ScanBackend, reverse: bool = False) -> torch.Tensor:
+    def project_in(self, u: torch.Tensor) -> torch.Tensor:
+        "in_proj(u), called as a module (as mamba_ssm's `Mamba2` does)."
+        return self.in_proj(u)
+
+    def mix(self, zxbcdt: torch.Tensor, backend: ScanBackend, reverse: bool = False,
+            mask: torch.Tensor | None = None) -> torch.Tensor:
         "What lies between the projections: in_proj output (B, L, ·) -> out_proj input (B, L, d_inner)."
         b, L, _ = zxbcdt.shape
         gn = self.ngroups * self.d_state
         z, xBC, dt = zxbcdt.split([self.d_inner, self.d_inner + 2 * gn, self.nheads], dim=-1)
-        xBC = backend.causal_conv1d(xBC, self.conv1d.weight, self.conv1d.bias, silu=True, reverse=reverse)
+        xBC = backend.causal_conv1d(masked_conv_input(xBC, mask), self.conv1d.weight, self.conv1d.bias, silu=True,
+                                    reverse=reverse)
         x, B, C = xBC.split([self.d_inner, gn, gn], dim=-1)
-        y = backend.ssd_scan(x.reshape(b, L, self.nheads, self.headdim), dt, -torch.exp(self.A_log.float()),
+        y = backend.ssd_scan(x.reshape(b, L, self.nheads, self.headdim), masked_step(dt, mask),  # one step per head
+                             -torch.exp(self.A_log.float()),
                              B.reshape(b, L, self.ngroups, self.d_state), C.reshape(b, L, self.ngroups, self.d_state),
                              D=self.D.float(), dt_bias=self.dt_bias.float(), dt_softplus=True,
                              chunk_size=self.chunk_size, reverse=reverse)  # (B, L, H, P)
@@ -290,29 +326,47 @@ class BiMamba(nn.Module):
         self.tied = config.bidirectional and config.bidirectional_weight_tie
         self.mamba_fwd = make_mixer(config)
         self.mamba_rev = make_mixer(config) if config.bidirectional else None
-        if self.tied:
-            self.mamba_rev.in_proj, self.mamba_rev.out_proj = self.mamba_fwd.in_proj, self.mamba_fwd.out_proj
+        if self.tied:  # upstream ties the parameters, not the modules: each direction keeps its own Linear
+            for name in ("in_proj", "out_proj"):
+                fwd, rev = getattr(self.mamba_fwd, name), getattr(self.mamba_rev, name)
+                rev.weight = fwd.weight
+                if fwd.bias is not None:
+                    rev.bias = fwd.bias
 
-    def forward(self, x: torch.Tensor, backend: ScanBackend) -> torch.Tensor:
-        "x: (B, L, d) -> (B, L, d)."
+    def shares_projections(self) -> bool:
+        """True when one product can serve both directions: the projections' weights are tied and no adapter (e.g. a
+        peft LoRA layer per direction) wraps a projection that the mixer calls as a module."""
+        if not self.tied:
+            return False
+        for name in ("in_proj", "out_proj"):
+            fwd, rev = getattr(self.mamba_fwd, name), getattr(self.mamba_rev, name)
+            called = name not in self.mamba_fwd.weight_read_projections
+            if fwd.weight is not rev.weight or (called and not type(fwd) is type(rev) is nn.Linear):
+                return False
+        return True
+
+    def forward(self, x: torch.Tensor, backend: ScanBackend, mask: torch.Tensor | None = None) -> torch.Tensor:
+        "x: (B, L, d) -> (B, L, d); `mask`: (B, L) bool, True on real tokens, or None (all real)."
         if self.mamba_rev is None:
-            return self.mamba_fwd(x, backend)
-        if self.tied:
-            return self.tied_forward(x, backend)
-        return bimamba_combine(self.mamba_fwd(x, backend), self.mamba_rev(x, backend, reverse=True), self.strategy)
+            return self.mamba_fwd(x, backend, mask=mask)
+        if self.shares_projections():
+            return self.tied_forward(x, backend, mask)
+        return bimamba_combine(self.mamba_fwd(x, backend, mask=mask), self.mamba_rev(x, backend, True, mask),
+                               self.strategy)
 
-    def tied_forward(self, x: torch.Tensor, backend: ScanBackend) -> torch.Tensor:
+    def tied_forward(self, x: torch.Tensor, backend: ScanBackend, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Both directions through one in_proj and, for "add", one out_proj (the forward mixer's).
         (B, L, d) -> (B, L, d)"""
-        in_proj, out_proj = self.mamba_fwd.in_proj, self.mamba_fwd.out_proj
-        projected = in_proj(x)  # (B, L, ·)
-        fwd = self.mamba_fwd.mix(projected, backend)  # (B, L, d_inner)
-        rev = self.mamba_rev.mix(projected, backend, reverse=True)
+        out_proj = self.mamba_fwd.out_proj
+        projected = self.mamba_fwd.project_in(x)  # (B, L, ·)
+        fwd = self.mamba_fwd.mix(projected, backend, mask=mask)  # (B, L, d_inner)
+        rev = self.mamba_rev.mix(projected, backend, reverse=True, mask=mask)
         if self.strategy != "add":
             return bimamba_combine(out_proj(fwd), out_proj(rev), self.strategy)
         summed = out_proj(fwd + rev)
         bias = getattr(out_proj, "bias", None)  # upstream's sum of two projections carries it twice
         return summed if bias is None else summed + bias
+
 
 # %% ../nbs/04_modeling.ipynb #8467a68a
 class RCPSWrapper(nn.Module):
@@ -379,10 +433,12 @@ class CaduceusBlock(nn.Module):
         "The block's add → norm: (normed input of the mixer, new residual)."
         return add_norm(h, residual, self.norm, self.residual_in_fp32, swap=self.rcps and self.fused)
 
-    def forward(self, h: torch.Tensor, residual: torch.Tensor | None, backend: ScanBackend):
-        "(mixer output, residual) of this layer; h: (B, L, d), or the (2B, L, d) strand batch of an RCPS model."
+    def forward(self, h: torch.Tensor, residual: torch.Tensor | None, backend: ScanBackend,
+                mask: torch.Tensor | None = None):
+        """(mixer output, residual) of this layer; h: (B, L, d), or the (2B, L, d) strand batch of an RCPS model;
+        mask: (B, L) or (2B, L) bool, True on real tokens, or None."""
         normed, residual = self.add_norm(h, residual)
-        return self.mixer(normed, backend), residual
+        return (self.mixer(normed, backend) if mask is None else self.mixer(normed, backend, mask)), residual
 
 
 class CaduceusEmbeddings(nn.Module):
@@ -411,15 +467,18 @@ class CaduceusMixerModel(nn.Module):
         return add_norm(h, residual, self.norm_f, self.residual_in_fp32)[0]
 
     def forward(self, h: torch.Tensor, backend: ScanBackend, output_hidden_states: bool = False,
-                output_residual_states: bool = False):
-        "h: embedded input (B, L, d or 2d) -> (final state, hidden_states list, residual_states list), in h's layout."
+                output_residual_states: bool = False, mask: torch.Tensor | None = None):
+        """h: embedded input (B, L, d or 2d) -> (final state, hidden_states list, residual_states list), in h's layout.
+        mask: (B, L) bool, True on real tokens, or None (no padding)."""
         layout = from_strand_batch if self.rcps else nn.Identity()
         h = to_strand_batch(h) if self.rcps else h  # (2B, L, d) for RCPS: both strands, no flips inside the layers
+        if self.rcps and mask is not None:
+            mask = torch.cat([mask, mask.flip(-1)])  # the RC strands run in their own orientation
         hidden_states, residual_states, residual = [], [], None
         for layer in self.layers:
             if output_hidden_states:
                 hidden_states.append(layout(h))
-            h, residual = layer(h, residual, backend)
+            h, residual = layer(h, residual, backend, mask)
             if output_residual_states:
                 residual_states.append(layout(add_norm(h, residual, nn.Identity(), self.residual_in_fp32)[1]))
         h = layout(self.final_norm(h, residual))
@@ -498,8 +557,41 @@ def _checked_mixer_type(declared: str | None, keys: list[str] | None, source) ->
     return declared or detected
 
 
-def _check_loading_info(model: "CaduceusPreTrainedModel", info: dict, source) -> None:
-    "Raise CheckpointError for any missing or unexpected weight that is not an expected head change."
+def _mismatch_cause(name: str) -> str:
+    "The config fields that most likely disagree with the weights, judged from the first mismatched tensor's name."
+    if "word_embeddings" in name or "lm_head" in name:
+        return "vocab_size (rounded up to pad_vocab_size_multiple) or d_model"
+    if name.endswith(("A_log", "x_proj.weight")):
+        return "ssm_cfg d_state (or dt_rank, headdim)"
+    if "dt_proj" in name:
+        return "ssm_cfg dt_rank or expand"
+    if name.startswith("score."):
+        return "num_labels (a classifier head of another size)"
+    return "d_model or ssm_cfg expand / d_conv / headdim / ngroups"
+
+
+def _check_shapes(model: "CaduceusPreTrainedModel", info: dict, source, new_head_allowed: bool) -> None:
+    """Raise CheckpointError for weights whose shapes disagree with the model built from the config; only a task
+    head (`_new_head_keys`) may be re-initialised, and only with `ignore_mismatched_sizes=True`."""
+    mismatched = sorted(info.get("mismatched_keys") or ())
+    refused = [m for m in mismatched if not (new_head_allowed and m[0] in model._new_head_keys)]
+    if not refused:
+        return
+    shapes = "; ".join(f"{name}: checkpoint {tuple(ckpt)} vs model {tuple(built)}" for name, ckpt, built in refused[:6])
+    more = f" (and {len(refused) - 6} more)" if len(refused) > 6 else ""
+    backbone = [m for m in refused if m[0] not in model._new_head_keys]
+    fix = ("dnallm_nb never re-initialises backbone weights, so ignore_mismatched_sizes=True is refused for them. "
+           if backbone and new_head_allowed else "")
+    head = "" if backbone else " To start a new head of this size, pass ignore_mismatched_sizes=True."
+    raise CheckpointError(f"checkpoint {source} has weights whose shapes disagree with {type(model).__name__} built from "
+                          f"its config: {shapes}{more}. Likely cause: config.json's {_mismatch_cause(refused[0][0])} "
+                          f"does not belong to these weights. {fix}Fix the config (or pass the config the checkpoint "
+                          f"was saved with) instead of loading with random weights.{head}")
+
+
+def _check_loading_info(model: "CaduceusPreTrainedModel", info: dict, source, new_head_allowed: bool = False) -> None:
+    "Raise CheckpointError for any mismatched, missing or unexpected weight that is not an expected head change."
+    _check_shapes(model, info, source, new_head_allowed)
     unexpected = sorted(info["unexpected_keys"])  # other task heads are already filtered out
     rebuilt = {k for k in info["missing_keys"] if k.endswith("complement_map")}  # buffers rebuilt from the config
     missing = sorted(set(info["missing_keys"]) - set(model._new_head_keys) - rebuilt)
@@ -542,6 +634,7 @@ class CaduceusPreTrainedModel(PreTrainedModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         "Load a checkpoint folder or Hub id strictly (see above); accepts the usual `transformers` arguments."
         output_loading_info = kwargs.pop("output_loading_info", False)
+        new_head_allowed = kwargs.pop("ignore_mismatched_sizes", False)  # only a task head may start anew (see above)
         hub_kwargs = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
         state_dict = kwargs.get("state_dict")
         keys = list(state_dict) if state_dict is not None else checkpoint_keys(
@@ -554,9 +647,9 @@ class CaduceusPreTrainedModel(PreTrainedModel):
                 config or pretrained_model_name_or_path, **hub_kwargs)[0].get("mixer_type")
             kwargs["mixer_type"] = _checked_mixer_type(declared, keys, pretrained_model_name_or_path)
         with _without_weight_loading_bar():
-            model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args,
-                                                  output_loading_info=True, **kwargs)
-        _check_loading_info(model, info, pretrained_model_name_or_path)
+            model, info = super().from_pretrained(pretrained_model_name_or_path, *model_args, output_loading_info=True,
+                                                  ignore_mismatched_sizes=True, **kwargs)  # checked below, strictly
+        _check_loading_info(model, info, pretrained_model_name_or_path, new_head_allowed)
         return (model, info) if output_loading_info else model
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -605,20 +698,79 @@ class CaduceusPreTrainedModel(PreTrainedModel):
         return backend
 
 # %% ../nbs/04_modeling.ipynb #73d92fcd
-def check_unsupported_inputs(attention_mask: torch.Tensor | None, output_attentions: bool | None) -> None:
-    "Refuse inputs that Caduceus cannot honour instead of ignoring them."
-    if attention_mask is not None and not bool(attention_mask.all()):
-        raise ValueError("Caduceus has no attention mask: padded positions are read like bases and change every "
-                         "output. Batch sequences of equal length (or run them one by one) and drop attention_mask.")
+def check_unsupported_inputs(output_attentions: bool | None) -> None:
+    "Refuse `output_attentions=True` instead of ignoring it: Caduceus has no attention layers."
     if output_attentions:
         raise ValueError("Caduceus has no attention layers; output_attentions=True is not available. Use "
                          "output_hidden_states or output_residual_states.")
 
 
+def _first_bad_row(mask: torch.Tensor) -> tuple[int, int] | None:
+    "(row, number of separate runs of True) of the first row of `mask` (B, L) that is not one run, or None."
+    runs = mask[:, 0].long() + (mask[:, 1:] & ~mask[:, :-1]).sum(1)
+    bad = (runs != 1).nonzero()
+    return None if len(bad) == 0 else (int(bad[0, 0]), int(runs[bad[0, 0]]))
+
+
+def token_mask(attention_mask: torch.Tensor | None, input_ids: torch.Tensor | None, batch_shape: tuple[int, int],
+               pad_token_id: int | None = None) -> torch.Tensor | None:
+    """The checked real-token mask (B, L) bool of a batch (True = token), or None when no position is padding.
+
+    `attention_mask`: 1 on tokens, 0 on padding (bool or integer). Without it, the positions of `input_ids` that
+    hold `pad_token_id` are padding. Tokens must form one run per row."""
+    if batch_shape[1] == 0:
+        raise ValueError("the input is empty (length 0): a Caduceus model needs at least one token per sequence. "
+                         "Skip empty sequences before tokenizing.")
+    has_pad_id = pad_token_id is not None and pad_token_id >= 0
+    if attention_mask is None:
+        if input_ids is None or not has_pad_id:
+            return None
+        mask, source = input_ids != pad_token_id, f"input_ids (pad token id {pad_token_id}, no attention_mask given)"
+    else:
+        if not isinstance(attention_mask, torch.Tensor) or tuple(attention_mask.shape) != tuple(batch_shape):
+            got = tuple(attention_mask.shape) if isinstance(attention_mask, torch.Tensor) else type(attention_mask).__name__
+            raise ValueError(f"attention_mask must be a tensor of the input's shape (batch, length) = "
+                             f"{tuple(batch_shape)}, got {got}; pass the mask the tokenizer returns with the ids.")
+        if attention_mask.dtype.is_floating_point or attention_mask.dtype.is_complex:
+            raise ValueError(f"attention_mask must be bool or integer (1 = token, 0 = padding), got "
+                             f"{attention_mask.dtype}; convert it with .long() if it holds only 0 and 1.")
+        if attention_mask.dtype != torch.bool and not ((attention_mask == 0) | (attention_mask == 1)).all():
+            raise ValueError(f"attention_mask must hold only 0 (padding) and 1 (token), got values "
+                             f"{sorted(attention_mask.unique().tolist())[:6]}.")
+        mask, source = attention_mask.bool(), "attention_mask"
+    if bool(mask.all()):
+        return None
+    bad = _first_bad_row(mask)
+    if bad is not None:
+        row, runs = bad
+        if runs == 0:
+            raise ValueError(f"row {row} of the batch has no token, only padding ({source}); drop it from the batch.")
+        fix = ("mark every position from the first token to the last with 1, or split the sequence"
+               if attention_mask is not None else "remove the pad tokens inside the sequence, or pass an attention_mask "
+               "of ones there to read them as tokens")
+        raise ValueError(f"row {row} of {source} has {runs} separate runs of tokens: padding must sit at the start "
+                         f"and/or end of a sequence, and a pad between tokens is a hole, not padding. To fix it, {fix}.")
+    if attention_mask is not None and input_ids is not None and has_pad_id:
+        other = input_ids.masked_select(~mask.to(input_ids.device)) != pad_token_id
+        if bool(other.any()):
+            found = sorted(input_ids.masked_select(~mask.to(input_ids.device)).unique().tolist())
+            raise ValueError(f"attention_mask marks positions as padding that hold token ids {found[:6]}, but the "
+                             f"model's pad id (config.pad_token_id) is {pad_token_id}: the tokenizer pads with another "
+                             "id than the model's config. Set model.config.pad_token_id = tokenizer.pad_token_id (as "
+                             "load_model_and_tokenizer does), or pad with the model's pad id.")
+    return mask
+
+
+def zero_padding(h: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor | None:
+    "(B, L, ·) states with pad positions (mask False) set to 0; unchanged without a mask."
+    return h if h is None or mask is None else h * mask[..., None].to(h.dtype)
+
+
 @dataclass
 class CaduceusOutput(ModelOutput):
     """Base-model output. last_hidden_state: (B, L, d), or (B, L, 2d) for RCPS; hidden_states: n_layer+1 tensors
-    (embedding, mixer outputs of layers 0..n-2, final normed state); residual_states: residual stream after each layer."""
+    (embedding, mixer outputs of layers 0..n-2, final normed state); residual_states: residual stream after each layer.
+    Pad positions hold zeros."""
     last_hidden_state: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     residual_states: tuple[torch.FloatTensor, ...] | None = None
@@ -656,17 +808,48 @@ class CaduceusModel(CaduceusPreTrainedModel):
                 output_hidden_states: bool | None = None, output_residual_states: bool | None = None,
                 return_dict: bool | None = None, attention_mask: torch.Tensor | None = None,
                 output_attentions: bool | None = None) -> CaduceusOutput | tuple:
-        """input_ids (B, L) or inputs_embeds (B, L, d or 2d) -> CaduceusOutput."""
-        check_unsupported_inputs(attention_mask, output_attentions)
+        """input_ids (B, L) or inputs_embeds (B, L, d or 2d) -> CaduceusOutput. attention_mask (B, L): 1 on tokens,
+        0 on padding (see `token_mask`; pad tokens in input_ids are found without it)."""
+        check_unsupported_inputs(output_attentions)
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds.")
+        batch_shape = tuple((input_ids if inputs_embeds is None else inputs_embeds).shape[:2])
+        mask = token_mask(attention_mask, input_ids, batch_shape, self.config.pad_token_id)
         output_hidden_states = output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         h = self.backbone.embeddings(input_ids) if inputs_embeds is None else inputs_embeds
+        mask = None if mask is None else mask.to(h.device)
         h, hidden, residual = self.backbone(h, self._resolve_backend(h.device), bool(output_hidden_states),
-                                            bool(output_residual_states))
-        out = CaduceusOutput(last_hidden_state=h, hidden_states=tuple(hidden) if output_hidden_states else None,
-                             residual_states=tuple(residual) if output_residual_states else None)
+                                            bool(output_residual_states), mask)
+        out = CaduceusOutput(last_hidden_state=zero_padding(h, mask),
+                             hidden_states=tuple(zero_padding(s, mask) for s in hidden) if output_hidden_states else None,
+                             residual_states=tuple(zero_padding(s, mask) for s in residual) if output_residual_states else None)
         return out if (return_dict if return_dict is not None else self.config.return_dict) else out.to_tuple()
+
+# %% ../nbs/04_modeling.ipynb #8fb2f2c7
+def prepare_lora_merge(model: nn.Module) -> nn.Module:
+    """Make peft's `merge_and_unload` exact on `model` (a peft model of a Caduceus model), in place: drop adapters on
+    projections the mixers read as weights (they never acted), and untie every BiMamba's reverse in_proj/out_proj
+    (each direction then takes its own adapter's delta); the configs say `bidirectional_weight_tie = False`."""
+    for module in model.modules():
+        if isinstance(module, (Mamba1Mixer, Mamba2Mixer)):
+            for name in module.weight_read_projections:
+                wrapped = getattr(module, name)
+                if hasattr(wrapped, "get_base_layer"):  # a peft adapter layer
+                    setattr(module, name, wrapped.get_base_layer())
+        if isinstance(module, BiMamba) and module.tied:
+            for name in ("in_proj", "out_proj"):
+                rev = getattr(module.mamba_rev, name)
+                rev = rev.get_base_layer() if hasattr(rev, "get_base_layer") else rev
+                for p in ("weight", "bias"):
+                    shared = getattr(rev, p)
+                    if shared is not None:
+                        setattr(rev, p, nn.Parameter(shared.detach().clone(), requires_grad=shared.requires_grad))
+            module.tied = False
+    for module in model.modules():
+        if isinstance(module, CaduceusPreTrainedModel):
+            module.config.bidirectional_weight_tie = False
+            module.all_tied_weights_keys = {k: v for k, v in module.all_tied_weights_keys.items() if ".mamba_rev." not in k}
+    return model
 
 # %% ../nbs/04_modeling.ipynb #d98664db
 def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor, pad_token_id: int | None) -> torch.Tensor:
@@ -702,6 +885,8 @@ class CaduceusForMaskedLM(CaduceusPreTrainedModel):
         out = self.caduceus(input_ids, inputs_embeds, output_hidden_states, output_residual_states, True,
                             attention_mask, output_attentions)
         logits = self.lm_head(out.last_hidden_state).float()
+        if labels is not None and attention_mask is not None:
+            labels = labels.masked_fill(~attention_mask.bool().to(labels.device), -100)  # no loss on padding
         loss = masked_lm_loss(logits, labels, self.config.pad_token_id) if labels is not None else None
         result = CaduceusMaskedLMOutput(loss=loss, logits=logits, hidden_states=out.hidden_states,
                                         residual_states=out.residual_states)
@@ -711,16 +896,28 @@ class CaduceusForMaskedLM(CaduceusPreTrainedModel):
 POOLINGS = ("mean", "max", "first", "last", "center")
 
 
-def pool_positions(h: torch.Tensor, pooling: str) -> torch.Tensor:
-    "Pool (..., L, d) over positions -> (..., d); `center` averages the two middle positions on even lengths (RC-symmetric)."
+def pool_positions(h: torch.Tensor, pooling: str, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Pool (..., L, d) over positions -> (..., d); `center` averages the two middle positions on even lengths
+    (RC-symmetric). `mask` (B, L) bool (True on tokens; h then (B, L, d)): pool each row over its tokens only."""
+    if mask is None:
+        if pooling == "mean":
+            return h.mean(dim=-2)
+        if pooling == "max":
+            return h.amax(dim=-2)
+        length = h.shape[-2]
+        if pooling == "center":
+            return h[..., (length - 1) // 2, :].add(h[..., length // 2, :]) / 2
+        return h[..., {"first": 0, "last": length - 1}[pooling], :]
+    keep = mask[..., None]
     if pooling == "mean":
-        return h.mean(dim=-2)
+        return (h * keep.to(h.dtype)).sum(dim=-2) / keep.sum(dim=-2).to(h.dtype)
     if pooling == "max":
-        return h.amax(dim=-2)
-    length = h.shape[-2]
+        return h.masked_fill(~keep, float("-inf")).amax(dim=-2)
+    first, n = mask.long().argmax(dim=-1), mask.sum(dim=-1)  # (B,): tokens form one run per row
+    at = lambda i: h[torch.arange(h.shape[0], device=h.device), i]  # (B, d)
     if pooling == "center":
-        return h[..., (length - 1) // 2, :].add(h[..., length // 2, :]) / 2
-    return h[..., {"first": 0, "last": length - 1}[pooling], :]
+        return (at(first + (n - 1) // 2) + at(first + n // 2)) / 2
+    return at(first if pooling == "first" else first + n - 1)
 
 
 def sequence_classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: CaduceusConfig) -> torch.Tensor:
@@ -754,9 +951,11 @@ class CaduceusForSequenceClassification(CaduceusPreTrainedModel):
         self.score = nn.Linear(config.d_model, config.num_labels, bias=False)
         self.post_init()
 
-    def rc_invariant_features(self, input_ids=None, inputs_embeds=None, output_hidden_states=None):
-        "(per-position RC-invariant features (B, L, d), the forward pass's output)."
-        out = self.caduceus(input_ids, inputs_embeds, output_hidden_states, return_dict=True)
+    def rc_invariant_features(self, input_ids=None, inputs_embeds=None, output_hidden_states=None,
+                              attention_mask: torch.Tensor | None = None):
+        "(per-position RC-invariant features (B, L, d), the forward pass's output); `attention_mask`: bool (B, L) or None."
+        out = self.caduceus(input_ids, inputs_embeds, output_hidden_states, return_dict=True,
+                            attention_mask=attention_mask)
         h = out.last_hidden_state
         if self.config.rcps:
             return strand_invariant_view(h), out
@@ -764,17 +963,20 @@ class CaduceusForSequenceClassification(CaduceusPreTrainedModel):
             return h, out
         if input_ids is None:
             raise ValueError("conjoining reverse-complements input_ids; with inputs_embeds pass conjoin=False.")
-        h_rc = self.caduceus(reverse_complement_ids(input_ids, self.config.complement_ids), return_dict=True)
+        h_rc = self.caduceus(reverse_complement_ids(input_ids, self.config.complement_ids), return_dict=True,
+                             attention_mask=None if attention_mask is None else attention_mask.flip(-1))
         return conjoin(h, h_rc.last_hidden_state, "plain"), out  # rc(x) re-aligned to forward positions, averaged
 
     def forward(self, input_ids: torch.LongTensor | None = None, inputs_embeds: torch.FloatTensor | None = None,
                 labels: torch.Tensor | None = None, output_hidden_states: bool | None = None,
                 return_dict: bool | None = None, attention_mask: torch.Tensor | None = None,
                 output_attentions: bool | None = None) -> SequenceClassifierOutput | tuple:
-        "Logits (B, num_labels); loss if labels are given."
-        check_unsupported_inputs(attention_mask, output_attentions)
-        features, out = self.rc_invariant_features(input_ids, inputs_embeds, output_hidden_states)
-        logits = self.score(pool_positions(features, self.config.pooling))
+        "Logits (B, num_labels), pooled over each sequence's tokens (see `token_mask`); loss if labels are given."
+        check_unsupported_inputs(output_attentions)
+        batch_shape = tuple((input_ids if inputs_embeds is None else inputs_embeds).shape[:2])
+        mask = token_mask(attention_mask, input_ids, batch_shape, self.config.pad_token_id)
+        features, out = self.rc_invariant_features(input_ids, inputs_embeds, output_hidden_states, mask)
+        logits = self.score(pool_positions(features, self.config.pooling, mask))
         loss = sequence_classification_loss(logits, labels, self.config) if labels is not None else None
         result = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states)
         return result if (return_dict if return_dict is not None else self.config.return_dict) else result.to_tuple()
@@ -784,3 +986,32 @@ AutoConfig.register("caduceus", CaduceusConfig, exist_ok=True)
 AutoModel.register(CaduceusConfig, CaduceusModel, exist_ok=True)
 AutoModelForMaskedLM.register(CaduceusConfig, CaduceusForMaskedLM, exist_ok=True)
 AutoModelForSequenceClassification.register(CaduceusConfig, CaduceusForSequenceClassification, exist_ok=True)
+
+# %% ../nbs/04_modeling.ipynb #956c8db8
+def forward_throughput(model: CaduceusPreTrainedModel, tokenizer, batch_sizes: tuple[int, ...] = (1, 8, 32),
+                       lengths: tuple[int, ...] = (512, 4096), repeats: int = 3, seed: int = 0) -> list[dict]:
+    """Sequences per second of `model`'s forward pass (no gradients, best of `repeats` after one warm-up) on random
+    bases, for every batch size and length: unpadded, and padded (every other row 10% shorter, with an
+    attention_mask). Prints the table and returns its rows."""
+    import time
+    bases = torch.tensor(tokenizer("ACGT", add_special_tokens=False)["input_ids"])
+    g = torch.Generator().manual_seed(seed)
+    device = next(model.parameters()).device
+    rows = []
+    for length in lengths:
+        for batch in batch_sizes:
+            ids = bases[torch.randint(0, 4, (batch, length), generator=g)].to(device)
+            mask = torch.ones_like(ids)
+            mask[1::2, length - length // 10:] = 0  # every other row 10% shorter (none in a batch of 1)
+            padded = ids.masked_fill(mask == 0, tokenizer.pad_token_id)
+            row = {"batch": batch, "length": length}
+            for name, kwargs in (("unpadded", dict(input_ids=ids)), ("padded", dict(input_ids=padded, attention_mask=mask))):
+                with torch.no_grad():
+                    model(**kwargs)
+                    seconds = min((lambda start: (model(**kwargs), time.perf_counter() - start)[1])(time.perf_counter())
+                                  for _ in range(repeats))
+                row[f"{name} seq/s"] = batch / seconds
+            rows.append(row)
+            print(f"batch {batch:3d} × {length:5d} bp: {row['unpadded seq/s']:8.2f} seq/s unpadded, "
+                  f"{row['padded seq/s']:8.2f} seq/s padded")
+    return rows

@@ -46,9 +46,9 @@ def _texts(batch) -> Iterator[str]:
 
 
 class DNATokenizer(PreTrainedTokenizerFast):
-    "Base of the character-level DNA tokenizers: strict DNA checking, left padding, `input_ids` only, complement map."
-    model_input_names = ["input_ids"]
-    padding_side = "left"
+    "Base of the character-level DNA tokenizers: strict DNA checking, `input_ids` + `attention_mask`, left padding by default, complement map."
+    model_input_names = ["input_ids", "attention_mask"]
+    padding_side = "left"  # upstream's default; padding_side="right" works the same with the models here
     alphabet = "ACGTN"  # characters accepted in strict mode (any case)
 
     def __init__(self, *, strict: bool = True, **kwargs):

@@ -109,7 +109,7 @@ def test_rejects_lora_targets_the_model_lacks(task):
     with pytest.raises(ValueError) as error:
         FinetuneClassifier(PLANTCAD2, lora_targets=["in_proj", "x_proj"], **QUICK).fit(*task)
     assert "LoRA target modules ['x_proj'] do not exist in this mamba2 model" in str(error.value)
-    assert "its mixers' linear modules are ['in_proj', 'out_proj']. Pass lora_targets=" in str(error.value)
+    assert "its mixers' LoRA targets are ['in_proj', 'out_proj']. Pass lora_targets=" in str(error.value)
     with pytest.raises(ValueError, match=r"\['q_proj'\] do not exist in this mamba1 model"):
         FinetuneClassifier(PH, lora_targets="q_proj", **QUICK).fit(*task)
 

@@ -246,3 +246,31 @@ def test_registry_parameter_counts(name):
     with torch.device("meta"):
         model = CaduceusForMaskedLM(_registry_config(info))
     assert sum(p.numel() for p in model.parameters()) == info.n_params
+
+
+def test_pad_token_id_is_aligned_with_the_tokenizer(hub_cache):
+    plant, tokenizer = offline_load("kuleshov-group/PlantCaduceus_l32", hub_cache)  # its config says -100
+    assert plant.config.pad_token_id == tokenizer.pad_token_id == 0
+    with pytest.raises(ValueError, match=r"config.pad_token_id is 5 but CaduceusTokenizer pads with id 4.*pad_token_id=4"):
+        offline_load("kuleshov-group/caduceus-ph_seqlen-131k_d_model-256_n_layer-16", hub_cache, pad_token_id=5)
+
+
+def test_import_dnallm_nb_registers_the_auto_classes_cheaply():
+    "In a fresh interpreter, `import dnallm_nb` alone lets every Auto class read a released layout."
+    check = textwrap.dedent("""
+        import sys
+        import dnallm_nb
+        from transformers import (AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification,
+                                  AutoTokenizer)
+        assert "dnallm_nb.modeling" not in sys.modules and "transformers.modeling_utils" not in sys.modules
+        folder = sys.argv[1]
+        config = AutoConfig.from_pretrained(folder)
+        built = [type(auto.from_pretrained(folder)).__name__
+                 for auto in (AutoModel, AutoModelForMaskedLM, AutoModelForSequenceClassification)]
+        print(type(config).__name__, *built, type(AutoModel.from_config(config)).__name__,
+              type(AutoTokenizer.from_pretrained(folder)).__name__)
+    """)
+    out = subprocess.run([sys.executable, "-c", check, str(GOLDEN / "caduceus-ps-tiny")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["CaduceusConfig", "CaduceusModel", "CaduceusForMaskedLM",
+                                  "CaduceusForSequenceClassification", "CaduceusModel", "CaduceusTokenizer"]

@@ -69,6 +69,29 @@ def test_unexpected_key_is_an_error(tmp_path):
             cls.from_pretrained(folder)
 
 
+def test_shapes_that_disagree_with_the_config_are_an_error_naming_them(tmp_path):
+    folder = copy_checkpoint("caduceus-ps-tiny", tmp_path / "ckpt")
+    config = json.loads((folder / "config.json").read_text())
+    config["ssm_cfg"]["d_state"] = 8  # the weights have 16
+    (folder / "config.json").write_text(json.dumps(config))
+    expected = (r"shapes disagree with CaduceusForMaskedLM built from its config: "
+                r"caduceus\.backbone\.layers\.0\.mixer\.submodule\.mamba_fwd\.A_log: checkpoint \(64, 16\) vs model "
+                r"\(64, 8\).*Likely cause: config\.json's ssm_cfg d_state")
+    with pytest.raises(CheckpointError, match=expected):
+        CaduceusForMaskedLM.from_pretrained(folder)
+    with pytest.raises(CheckpointError, match="ignore_mismatched_sizes=True is refused for them"):
+        CaduceusForMaskedLM.from_pretrained(folder, ignore_mismatched_sizes=True)
+
+
+def test_only_a_task_head_may_start_anew_with_ignore_mismatched_sizes(tmp_path):
+    CaduceusForSequenceClassification.from_pretrained(GOLDEN / "caduceus-ps-tiny", num_labels=3).save_pretrained(tmp_path)
+    with pytest.raises(CheckpointError, match=r"score\.weight: checkpoint \(3, 32\) vs model \(2, 32\).*num_labels.*"
+                                              r"pass ignore_mismatched_sizes=True"):
+        CaduceusForSequenceClassification.from_pretrained(tmp_path, num_labels=2)
+    clf = CaduceusForSequenceClassification.from_pretrained(tmp_path, num_labels=2, ignore_mismatched_sizes=True)
+    assert clf.score.weight.shape == (2, 32)
+
+
 def test_untied_config_does_not_invent_tied_copies(tmp_path):
     "PS safetensors omit mamba_rev in/out_proj; that is only fine when the config says they are tied."
     folder = copy_checkpoint("caduceus-ps-tiny", tmp_path / "ckpt")
@@ -108,8 +131,9 @@ def test_tied_copies_are_shared_after_loading():
     for model in (ps, ph):
         for layer in model.caduceus.backbone.layers:
             bimamba = layer.mixer.submodule if model.config.rcps else layer.mixer
-            assert bimamba.mamba_rev.in_proj is bimamba.mamba_fwd.in_proj
-            assert bimamba.mamba_rev.out_proj is bimamba.mamba_fwd.out_proj
+            for name in ("in_proj", "out_proj"):  # own modules (as upstream), one shared Parameter
+                fwd, rev = getattr(bimamba.mamba_fwd, name), getattr(bimamba.mamba_rev, name)
+                assert rev is not fwd and rev.weight is fwd.weight
             assert bimamba.mamba_rev.conv1d.weight is not bimamba.mamba_fwd.conv1d.weight
         assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
     ref = torch.load(GOLDEN / "caduceus-ph-tiny" / "pytorch_model.bin", weights_only=True)
@@ -277,8 +301,6 @@ def test_mlm_rc_equivariance_of_golden_ps(short_ids):
 def test_refused_and_equivalent_inputs(short_ids):
     model = CaduceusForMaskedLM.from_pretrained(GOLDEN / "caduceus-ps-tiny").eval()
     ids = short_ids["caduceus-ps-tiny"]
-    with pytest.raises(ValueError, match="no attention mask"):
-        model(ids, attention_mask=torch.ones_like(ids).index_fill(1, torch.tensor([0]), 0))
     with pytest.raises(ValueError, match="no attention layers"):
         model(ids, output_attentions=True)
     with pytest.raises(ValueError, match="exactly one of"):
@@ -336,16 +358,18 @@ def test_scan_backend_switch():
 
 # ---------------------------------------------------------------- peft
 
-def test_lora_trains_one_step_and_keeps_the_bimamba_tie(short_ids):
+def test_lora_wraps_each_direction_and_keeps_the_weight_tie(short_ids):
     peft = pytest.importorskip("peft")
     model = CaduceusForMaskedLM.from_pretrained(GOLDEN / "caduceus-ps-tiny")
-    lora = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=["x_proj", "in_proj", "out_proj"]))
+    lora = peft.get_peft_model(model, peft.LoraConfig(r=4, target_modules=["x_proj", "out_proj"]))
     bimamba = lora.base_model.model.caduceus.backbone.layers[0].mixer.submodule
-    # the shared in/out projections are wrapped once, and the reverse pass uses the wrapped forward layer
-    assert isinstance(bimamba.mamba_fwd.in_proj, peft.tuners.lora.LoraLayer)
-    assert bimamba.mamba_rev.in_proj is bimamba.mamba_fwd.in_proj.base_layer
-    assert isinstance(bimamba.mamba_rev.x_proj, peft.tuners.lora.LoraLayer)  # untied: its own adapter
-    frozen = bimamba.mamba_fwd.in_proj.base_layer.weight.clone()
+    # as on the upstream model: one adapter per direction, both over the one shared (frozen) weight
+    for name in ("out_proj", "x_proj"):
+        fwd, rev = getattr(bimamba.mamba_fwd, name), getattr(bimamba.mamba_rev, name)
+        assert isinstance(fwd, peft.tuners.lora.LoraLayer) and isinstance(rev, peft.tuners.lora.LoraLayer)
+    assert bimamba.mamba_rev.out_proj.base_layer.weight is bimamba.mamba_fwd.out_proj.base_layer.weight
+    assert not bimamba.shares_projections()  # adapters: each direction through its own projections
+    frozen = bimamba.mamba_fwd.out_proj.base_layer.weight.clone()
     ids = short_ids["caduceus-ps-tiny"]
     trainable = [p for p in lora.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=1e-2)
@@ -354,13 +378,11 @@ def test_lora_trains_one_step_and_keeps_the_bimamba_tie(short_ids):
     lora_b = [p for n, p in lora.named_parameters() if "lora_B" in n]  # lora_A's first gradient is 0 (B starts at 0)
     assert len(lora_b) == 8 and all(p.grad.abs().sum() > 0 for p in lora_b)
     optimizer.step()
-    assert torch.equal(frozen, bimamba.mamba_fwd.in_proj.base_layer.weight)
+    assert torch.equal(frozen, bimamba.mamba_fwd.out_proj.base_layer.weight)
     lora.eval()
     with torch.no_grad():
         adapted = lora(input_ids=ids).logits
-        merged = lora.merge_and_unload()(ids).logits
     assert not torch.allclose(adapted, logits(CaduceusForMaskedLM.from_pretrained(GOLDEN / "caduceus-ps-tiny"), ids))
-    assert torch.allclose(adapted, merged, atol=1e-5)  # merging applies each shared delta once
 
 
 def test_loading_shows_no_per_tensor_bar_and_keeps_other_hooks(capsys):

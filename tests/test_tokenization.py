@@ -44,10 +44,25 @@ def test_caduceus_ids_sep_and_case(caduceus):
     assert len(ids(caduceus, "ACGT" * 32768)) == 131073  # a full 131k window + [SEP]
 
 
-def test_caduceus_left_padding_and_only_input_ids(caduceus):
+def test_caduceus_left_padding_with_attention_mask(caduceus):
     batch = caduceus(["ACG", "ACGTA"], padding=True, return_tensors="pt")
-    assert list(batch) == ["input_ids"]
+    assert list(batch) == ["input_ids", "attention_mask"]
     assert batch["input_ids"].tolist() == [[4, 4, 7, 8, 9, 1], [7, 8, 9, 10, 7, 1]]
+    assert batch["attention_mask"].tolist() == [[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]]
+
+
+@pytest.mark.parametrize("cls", [CaduceusTokenizer, PlantTokenizer])
+def test_right_padding_per_call_per_tokenizer_and_after_reload(tmp_path, cls):
+    right = cls(padding_side="right")
+    batch = right(["AC", "ACGT"], padding=True)
+    pad = right.pad_token_id
+    n = len(right("AC")["input_ids"])  # 2 bases, + [SEP] for Caduceus
+    width = len(right("ACGT")["input_ids"])
+    assert batch["attention_mask"][0] == [1] * n + [0] * (width - n)
+    assert batch["input_ids"][0][n:] == [pad] * (width - n)
+    assert cls()(["AC", "ACGT"], padding=True, padding_side="right") == batch
+    right.save_pretrained(tmp_path)
+    assert AutoTokenizer.from_pretrained(tmp_path).padding_side == "right"
 
 
 def test_unknown_characters_map_to_unk_when_not_strict():
