@@ -541,7 +541,7 @@ def extract_embeddings(
     tokenizer,  # its character-level tokenizer
     sequences: str | Path | Sequence[str] | pd.Series | Mapping[str, str] | pd.DataFrame,  # see `dnallm_nb.io.iter_sequences`
     *,
-    layers: int | Sequence[int] | str = -1,  # hidden_states index/indices (SPEC §5), or "all"
+    layers: int | Sequence[int] | str = -1,  # hidden_states index/indices (architecture notes §5), or "all"
     pooling: str = "mean",  # mean, max, center, first, last, none (per token)
     rc: str = "auto",  # none, average, concat, auto (= average)
     residual: bool = False,  # index the residual stream after each layer instead of hidden_states

@@ -597,7 +597,7 @@ def plot_comparison(results: Mapping[str, ProbeResult], metric: str | None = Non
     import matplotlib.pyplot as plt
     metric = metric or next(iter(results.values())).primary_metric
     fig, ax = plt.subplots(figsize=(7, 0.5 + 0.45 * len(results)))
-    for row, (name, r) in enumerate(results.items()):
+    for row, r in enumerate(results.values()):
         values = r.fold_metrics[metric].to_numpy()
         ax.plot(values, np.full(len(values), row), "o", color="0.6", ms=4)
         ax.errorbar(values.mean(), row, xerr=values.std(ddof=1), fmt="D", color=f"C{row}", capsize=4, ms=7)

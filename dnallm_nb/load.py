@@ -74,7 +74,7 @@ def list_models() -> pd.DataFrame:
     return pd.DataFrame([asdict(info) for info in MODEL_REGISTRY.values()], columns=[f.name for f in fields(ModelInfo)])
 
 # %% ../nbs/05_load.ipynb #2056ccb8
-_KNOWN = [  # name, family, rc_mode, mixer, d_model, n_layer, context_length, tokenizer, n_params (SPEC §1)
+_KNOWN = [  # name, family, rc_mode, mixer, d_model, n_layer, context_length, tokenizer, n_params (architecture notes §1)
     ("kuleshov-group/caduceus-ph_seqlen-131k_d_model-256_n_layer-16", "Caduceus", "Ph", "mamba1", 256, 16, 131_072, "caduceus", 7_725_312),
     ("kuleshov-group/caduceus-ps_seqlen-131k_d_model-256_n_layer-16", "Caduceus", "PS", "mamba1", 256, 16, 131_072, "caduceus", 7_725_312),
     ("kuleshov-group/caduceus-ph_seqlen-1k_d_model-118_n_layer-4", "Caduceus", "Ph", "mamba1", 118, 4, 1_024, "caduceus", 470_702),

@@ -25,6 +25,7 @@ from transformers.modeling_outputs import ModelOutput, SequenceClassifierOutput
 from transformers.utils import logging as hf_logging
 from transformers.utils.hub import cached_file
 
+from .allocator import LONG_INPUT_TOKENS, keep_freed_memory
 from .configuration import CaduceusConfig
 from .rc import conjoin, reverse_complement_ids, strand_invariant_view
 from .scan import ScanBackend, resolve_scan_backend
@@ -470,6 +471,8 @@ class CaduceusMixerModel(nn.Module):
                 output_residual_states: bool = False, mask: torch.Tensor | None = None):
         """h: embedded input (B, L, d or 2d) -> (final state, hidden_states list, residual_states list), in h's layout.
         mask: (B, L) bool, True on real tokens, or None (no padding)."""
+        if h.shape[0] * h.shape[1] >= LONG_INPUT_TOKENS:
+            keep_freed_memory()  # long inputs: reuse freed activations instead of faulting in new pages
         layout = from_strand_batch if self.rcps else nn.Identity()
         h = to_strand_batch(h) if self.rcps else h  # (2B, L, d) for RCPS: both strands, no flips inside the layers
         if self.rcps and mask is not None:
@@ -570,7 +573,7 @@ def _mismatch_cause(name: str) -> str:
     return "d_model or ssm_cfg expand / d_conv / headdim / ngroups"
 
 
-def _check_shapes(model: "CaduceusPreTrainedModel", info: dict, source, new_head_allowed: bool) -> None:
+def _check_shapes(model: CaduceusPreTrainedModel, info: dict, source, new_head_allowed: bool) -> None:
     """Raise CheckpointError for weights whose shapes disagree with the model built from the config; only a task
     head (`_new_head_keys`) may be re-initialised, and only with `ignore_mismatched_sizes=True`."""
     mismatched = sorted(info.get("mismatched_keys") or ())
@@ -589,7 +592,7 @@ def _check_shapes(model: "CaduceusPreTrainedModel", info: dict, source, new_head
                           f"was saved with) instead of loading with random weights.{head}")
 
 
-def _check_loading_info(model: "CaduceusPreTrainedModel", info: dict, source, new_head_allowed: bool = False) -> None:
+def _check_loading_info(model: CaduceusPreTrainedModel, info: dict, source, new_head_allowed: bool = False) -> None:
     "Raise CheckpointError for any mismatched, missing or unexpected weight that is not an expected head change."
     _check_shapes(model, info, source, new_head_allowed)
     unexpected = sorted(info["unexpected_keys"])  # other task heads are already filtered out

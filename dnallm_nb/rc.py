@@ -163,7 +163,7 @@ def _rc_pair(tokenizer, name: str, seq: str, complement_map: list[int]) -> tuple
 
 # %% ../nbs/07_rc.ipynb #f4716088
 def hidden_state_names(n_states: int) -> list[str]:
-    """Names of the `n_states` entries of a Caduceus model's `hidden_states` (SPEC §5), numbered as the probes number
+    """Names of the `n_states` entries of a Caduceus model's `hidden_states` (architecture notes §5), numbered as the probes number
     them (entry k is "layer k"): the embeddings, the mixer outputs of layers 1 … n−1, and the output of layer n after
     the final norm, for a model of n = `n_states` − 1 layers."""
     n = n_states - 1
@@ -419,9 +419,11 @@ class UnsharedRCPSMixer(torch.nn.Module):
         super().__init__()
         self.submodule, self.rc_submodule = submodule, rc_submodule
 
-    def forward(self, strands: torch.Tensor, *args) -> torch.Tensor:  # (2B, L, d) strand batch -> (2B, L, d)
+    def forward(self, strands: torch.Tensor, backend, mask: torch.Tensor | None = None) -> torch.Tensor:
+        "(2B, L, d) strand batch -> (2B, L, d); `mask`: (2B, L) bool, True on real tokens, or None."
         fwd, rc = strands.chunk(2)
-        return torch.cat([self.submodule(fwd, *args), self.rc_submodule(rc, *args)])
+        fwd_mask, rc_mask = (None, None) if mask is None else mask.chunk(2)
+        return torch.cat([self.submodule(fwd, backend, fwd_mask), self.rc_submodule(rc, backend, rc_mask)])
 
 
 def rcps_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:

@@ -10,7 +10,7 @@ import importlib.util
 import inspect
 import logging
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
