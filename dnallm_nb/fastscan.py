@@ -106,9 +106,10 @@ def build_kernels(root: Path | str | None = None, verbose: bool = False) -> Path
              extra_ldflags=["-fopenmp"], build_directory=str(folder), verbose=verbose, is_python_module=False)
     except Exception as e:
         raise FastScanBuildError(
-            f"could not build the fast CPU scan kernels ({type(e).__name__}: {str(e).strip()[-2000:]}). They need a "
-            "C++ compiler (g++ or clang++, with OpenMP) and ninja (`pip install ninja`); install them and restart "
-            "Python, or use scan_backend='reference'.") from e
+            f"could not build the fast CPU scan kernels in {folder}. They need a C++ compiler (g++ or clang++, with "
+            "OpenMP; the CXX environment variable names another) and ninja (`pip install ninja`): install them and "
+            "restart Python, or use scan_backend='reference'. The build said "
+            f"({type(e).__name__}): ...{str(e).strip()[-1500:]}") from e
     done.write_text(kernel_build_key() + "\n")  # written last: its presence means the library is complete
     return library
 
