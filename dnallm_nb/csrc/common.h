@@ -15,6 +15,14 @@
 #include <immintrin.h>
 #endif
 
+// The hand-vectorised paths need AVX-512 F and DQ (-march=native on a CPU that has them); elsewhere the compiler
+// vectorises the plain loops.
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+#define DNALLM_AVX512 1
+#else
+#define DNALLM_AVX512 0
+#endif
+
 namespace dnallm {
 // Flush denormals to zero while a kernel runs on this thread (they cost ~100 cycles per operation on x86);
 // they only arise from decays below 1e-38, whose contributions are below float32 resolution anyway.
@@ -63,7 +71,7 @@ inline float fexp2(float y) {
   return pow2_unit(y - k) * bits_to_float(((int32_t)k + 127) << 23);
 }
 
-#if defined(__AVX512F__) && defined(__AVX512DQ__)
+#if DNALLM_AVX512
 // 2^y for 16 lanes in 8 instructions: vreduceps gives r = y - floor(y), the polynomial 2^r (6 FMAs), and vscalefps
 // multiplies by 2^floor(y), with no clamping (far below the float range the result is 0, as exp's is).
 inline __m512 pow2_x16(__m512 y) {

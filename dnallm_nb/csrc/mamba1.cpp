@@ -12,6 +12,37 @@ struct View3 {  // a float (batch, channel, time) tensor, any strides
 };
 View3 view3(const at::Tensor& t) { return {t.data_ptr<float>(), t.stride(0), t.stride(1), t.stride(2)}; }
 
+#if DNALLM_AVX512
+// dst[t * ld + c] = src[c * ls + t] for c, t < 16: a 16 x 16 transpose in registers (unpacks, then 128-bit shuffles).
+inline void transpose16(const float* __restrict src, int64_t ls, float* __restrict dst, int64_t ld) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * ls);
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    const __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 1]);
+    const __m512d c = _mm512_castps_pd(t[i + 2]), d = _mm512_castps_pd(t[i + 3]);
+    r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xdd);
+    t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xdd);
+  }
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+  }
+  for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * ld, r[i]);
+}
+#endif
+
 // tile[t][c] = v[b, c0 + c, t0 + t] for c < cn (zero for cn <= c < DC), t < tn.
 template <int DC>
 inline void load_tile(const View3& v, int64_t b, int64_t c0, int cn, int64_t t0, int tn, float (&tile)[T][DC]) {
@@ -24,10 +55,30 @@ inline void load_tile(const View3& v, int64_t b, int64_t c0, int cn, int64_t t0,
     }
     return;
   }
+#if DNALLM_AVX512
+  if (v.st == 1 && cn == DC && tn == T) {  // time contiguous, a whole tile: 16 x 16 blocks transposed in registers
+    for (int c = 0; c < DC; c += 16)
+      for (int t = 0; t < T; t += 16) transpose16(p + c * v.sc + t, v.sc, &tile[t][c], DC);
+    return;
+  }
+#endif
   for (int t = 0; t < tn; ++t)
     for (int c = cn; c < DC; ++c) tile[t][c] = 0.f;
   for (int c = 0; c < cn; ++c)
     for (int t = 0; t < tn; ++t) tile[t][c] = p[c * v.sc + t * v.st];
+}
+
+// Ask the caches for v[b, c0 : c0 + cn, t0 : t0 + tn] ahead of use, row by row along whichever axis is contiguous.
+// A tile's rows lie far apart (one per channel or per token), a pattern the hardware prefetchers do not follow: without
+// this the scan waits on memory for each tile it loads.
+inline void prefetch_tile(const View3& v, int64_t b, int64_t c0, int cn, int64_t t0, int tn) {
+  const char* p = reinterpret_cast<const char*>(v.p + b * v.sb + c0 * v.sc + t0 * v.st);
+  const bool channels_contiguous = v.sc == 1;
+  if (!channels_contiguous && v.st != 1) return;
+  const int rows = channels_contiguous ? tn : cn, bytes = 4 * (channels_contiguous ? cn : tn);
+  const int64_t stride = 4 * (channels_contiguous ? v.st : v.sc);
+  for (int r = 0; r < rows; ++r)
+    for (int off = 0; off < bytes; off += 64) __builtin_prefetch(p + r * stride + off, 0, 2);
 }
 
 // dst[n * T + t] = v[b, n, t0 + t] (B or C of one tile, state-major), reading along the contiguous axis.
@@ -63,7 +114,7 @@ Mamba1Args mamba1_args(const at::Tensor& u, const at::Tensor& delta, const at::T
 
 // Advance NBV states of DC channels over one time tile (backwards in time if REV); add <C_t, s_t> to yt.
 // dt2 = Δ·log2(e), so exp(Δa) = 2^(dt2·a).
-#if defined(__AVX512F__) && defined(__AVX512DQ__)
+#if DNALLM_AVX512
 // The state rows stay in registers for the whole tile. Per token and 16 channels, Δ·log2(e), Δ·u and y are loaded
 // once for all NBV states, and each (16 channels × 1 state) update costs 12 vector instructions: 1 multiply (the
 // exponent), 8 for 2^x, a multiply and an FMA for the state, an FMA for y.
@@ -148,6 +199,13 @@ void mamba1_block(const Mamba1Args& g, int64_t b, int64_t c0) {
     load_tile(g.u, b, c0, cn, t0, tn, ut);
     load_tile(g.delta, b, c0, cn, t0, tn, dt);
     if (g.has_z) load_tile(g.z, b, c0, cn, t0, tn, zt);
+    if (tile + 1 < tiles) {  // the next tile's inputs arrive while this one is computed
+      const int64_t next = (REV ? tiles - 2 - tile : tile + 1) * T;
+      const int next_n = (int)std::min<int64_t>(T, g.L - next);
+      prefetch_tile(g.u, b, c0, cn, next, next_n);
+      prefetch_tile(g.delta, b, c0, cn, next, next_n);
+      if (g.has_z) prefetch_tile(g.z, b, c0, cn, next, next_n);
+    }
     for (int t = 0; t < tn; ++t) {
       if (g.softplus) {
 #pragma omp simd
