@@ -85,6 +85,13 @@ inline void prefetch_tile(const View3& v, int64_t b, int64_t c0, int cn, int64_t
 inline void load_states(const View3& v, int64_t b, int64_t N, int64_t t0, int tn, float* __restrict dst) {
   const float* p = v.p + b * v.sb + t0 * v.st;
   if (v.sc == 1) {
+#if DNALLM_AVX512
+    if (tn == T && N % 16 == 0) {  // a whole tile: 16 x 16 blocks transposed in registers
+      for (int64_t n = 0; n < N; n += 16)
+        for (int t = 0; t < T; t += 16) transpose16(p + t * v.st + n, v.st, dst + n * T + t, T);
+      return;
+    }
+#endif
     for (int t = 0; t < tn; ++t)
       for (int64_t n = 0; n < N; ++n) dst[n * T + t] = p[t * v.st + n];
   } else {
@@ -232,8 +239,15 @@ void mamba1_block(const Mamba1Args& g, int64_t b, int64_t c0) {
     for (int t = 0; t < tn; ++t) {
       float* out = g.y + (b * g.L + t0 + t) * g.d_inner + c0;
       if (g.has_z) {
+#if DNALLM_AVX512
+        for (int c = 0; c < DC; c += 16) {
+          const __m512 y = _mm512_fmadd_ps(_mm512_loadu_ps(&Dv[c]), _mm512_load_ps(&ut[t][c]), _mm512_load_ps(&yt[t][c]));
+          _mm512_store_ps(&yt[t][c], _mm512_mul_ps(y, silu_x16(_mm512_load_ps(&zt[t][c]))));
+        }
+#else
 #pragma omp simd
         for (int c = 0; c < DC; ++c) yt[t][c] = (yt[t][c] + Dv[c] * ut[t][c]) * fsilu(zt[t][c]);
+#endif
       } else {
 #pragma omp simd
         for (int c = 0; c < DC; ++c) yt[t][c] += Dv[c] * ut[t][c];
