@@ -92,13 +92,14 @@ COMPILING = "compiling the CPU scan kernel"
 
 def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
     "Run `code` in a fresh interpreter of this environment (with `env` added), capturing its output."
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=False,
                           env={**os.environ, **env})
 
 
 def test_an_up_to_date_build_is_not_compiled_again():
     library = fastscan.build_kernels()  # compiles here if this environment has no build yet
-    done = run_python("from dnallm_nb.scan import resolve_scan_backend; print(resolve_scan_backend('auto', 'cpu').name)")
+    done = run_python("from dnallm_nb.scan import resolve_scan_backend\n"
+                      "print(resolve_scan_backend('auto', 'cpu').name)")
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["cpu"]
     assert COMPILING not in done.stderr

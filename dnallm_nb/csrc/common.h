@@ -92,7 +92,8 @@ inline __m512 pow2_x16(__m512 y) {
 // exp(x) for 16 lanes, |x| <= 88: k = floor(x log2 e) and r = x - k ln2 in two steps (Cody-Waite, as fexp), so large
 // |x| lose no digits; then 2^(r log2 e) · 2^k.
 inline __m512 exp_x16(__m512 x) {
-  const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+  const __m512 k =
+      _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693145751953125f), x);
   r = _mm512_fnmadd_ps(k, _mm512_set1_ps(1.428606765330187045e-06f), r);
   return _mm512_scalef_ps(pow2_unit_x16(_mm512_mul_ps(r, _mm512_set1_ps(kLog2e))), k);

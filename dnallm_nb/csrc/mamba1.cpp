@@ -241,7 +241,8 @@ void mamba1_block(const Mamba1Args& g, int64_t b, int64_t c0) {
       if (g.has_z) {
 #if DNALLM_AVX512
         for (int c = 0; c < DC; c += 16) {
-          const __m512 y = _mm512_fmadd_ps(_mm512_loadu_ps(&Dv[c]), _mm512_load_ps(&ut[t][c]), _mm512_load_ps(&yt[t][c]));
+          const __m512 y =
+              _mm512_fmadd_ps(_mm512_loadu_ps(&Dv[c]), _mm512_load_ps(&ut[t][c]), _mm512_load_ps(&yt[t][c]));
           _mm512_store_ps(&yt[t][c], _mm512_mul_ps(y, silu_x16(_mm512_load_ps(&zt[t][c]))));
         }
 #else
