@@ -53,50 +53,62 @@ inline float pow2_scaled(float r, float k) {
   return p * bits_to_float(((int32_t)k + 127) << 23);
 }
 
-// 2^r for r in [0, 1]: a degree-6 polynomial fitted to 2^r (relative error 8.4e-8 in float32).
-inline float pow2_unit(float r) {
-  float p = 2.170225343e-4f;
-  p = p * r + 1.243968843e-3f;
-  p = p * r + 9.678840637e-3f;
-  p = p * r + 5.548334122e-2f;
-  p = p * r + 2.402298301e-1f;
-  p = p * r + 6.931470037e-1f;
-  return p * r + 1.0f;
-}
-
-// 2^y = 2^(y - floor y) · 2^floor(y), floor(y) clamped to [-126, 127]. The Mamba-1 scan's decay: it spends most of
-// its time here (on AVX-512, pow2_x16 below does the same for 16 lanes in fewer instructions).
+// 2^y, y clamped to [-126, 127]. The Mamba-1 scan's decay: it spends most of its time here (on AVX-512, pow2_x16
+// below does the same for 16 lanes in fewer instructions).
 inline float fexp2(float y) {
-  const float k = std::min(std::max(__builtin_floorf(y), -126.f), 127.f);
-  return pow2_unit(y - k) * bits_to_float(((int32_t)k + 127) << 23);
+  y = std::min(std::max(y, -126.f), 127.f);
+  const float k = __builtin_roundf(y);
+  return pow2_scaled(y - k, k);
 }
 
 #if DNALLM_AVX512
-// 2^r for 16 lanes of r in [0, 1]: pow2_unit's polynomial.
-inline __m512 pow2_unit_x16(__m512 r) {
-  __m512 p = _mm512_set1_ps(2.170225343e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.243968843e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.678840637e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.548334122e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.402298301e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.931470037e-1f));
+// 2^r for 16 lanes of r in [-1/2, 1/2]: pow2_scaled's polynomial. The interval is centred so that decays just below 1
+// (r just below 0) keep the float spacing of numbers below 1: a fraction in [0, 1) would put them just below 2 and
+// halve their precision, which long-memory channels compound.
+inline __m512 pow2_half_x16(__m512 r) {
+  __m512 p = _mm512_set1_ps(1.5353362e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3398875e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.6184369e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.5503324e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.4022648e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.9314718e-1f));
   return _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
 }
 
-// 2^y for 16 lanes in 8 instructions: vreduceps gives r = y - floor(y), the polynomial 2^r (6 FMAs), and vscalefps
-// multiplies by 2^floor(y), with no clamping (far below the float range the result is 0, as exp's is).
+// 2^y for 16 lanes in 9 instructions: vreduceps gives r = y - round(y), a subtraction the integer k = y - r, the
+// polynomial 2^r (6 FMAs), and vscalefps multiplies by 2^k, with no clamping (far below the float range the result
+// is 0, as exp's is).
 inline __m512 pow2_x16(__m512 y) {
-  return _mm512_scalef_ps(pow2_unit_x16(_mm512_reduce_ps(y, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC)), y);
+  const __m512 r = _mm512_reduce_ps(y, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  return _mm512_scalef_ps(pow2_half_x16(r), _mm512_sub_ps(y, r));
 }
 
-// exp(x) for 16 lanes, |x| <= 88: k = floor(x log2 e) and r = x - k ln2 in two steps (Cody-Waite, as fexp), so large
+// exp(x) for 16 lanes, |x| <= 88: k = round(x log2 e) and r = x - k ln2 in two steps (Cody-Waite, as fexp), so large
 // |x| lose no digits; then 2^(r log2 e) · 2^k.
 inline __m512 exp_x16(__m512 x) {
   const __m512 k =
-      _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+      _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(k, _mm512_set1_ps(0.693145751953125f), x);
   r = _mm512_fnmadd_ps(k, _mm512_set1_ps(1.428606765330187045e-06f), r);
-  return _mm512_scalef_ps(pow2_unit_x16(_mm512_mul_ps(r, _mm512_set1_ps(kLog2e))), k);
+  return _mm512_scalef_ps(pow2_half_x16(_mm512_mul_ps(r, _mm512_set1_ps(kLog2e))), k);
+}
+
+// softplus(x) = max(x, 0) + log1p(exp(-|x|)) for 16 lanes, with log1p(t) = t·q(t), q a degree-9 polynomial fitted on
+// [0, 1] (relative error 1.8e-7): no logarithm, no branch. Above 20 the log1p term is below half an ulp of x, so the
+// result is x, as with torch's threshold.
+inline __m512 softplus_x16(__m512 x) {
+  const __m512 t = exp_x16(_mm512_max_ps(_mm512_sub_ps(_mm512_setzero_ps(), _mm512_abs_ps(x)), _mm512_set1_ps(-87.3f)));
+  __m512 q = _mm512_set1_ps(-3.244017949e-3f);
+  q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(1.985142939e-2f));
+  q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(-5.695947260e-2f));
+  q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(1.060364842e-1f));
+  q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(-1.530558914e-1f));
+  q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(1.967593729e-1f));
+  q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(-2.495413274e-1f));
+  q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(3.332996368e-1f));
+  q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(-4.999990165e-1f));
+  q = _mm512_fmadd_ps(q, t, _mm512_set1_ps(1.0f));
+  return _mm512_fmadd_ps(t, q, _mm512_max_ps(x, _mm512_setzero_ps()));
 }
 
 // silu(x) = x / (1 + exp(-x)) for 16 lanes, the division as a reciprocal estimate and one Newton step (relative
