@@ -13,6 +13,7 @@ import platform
 import shutil
 import sys
 import threading
+import time
 from importlib import resources
 from pathlib import Path
 
@@ -24,10 +25,10 @@ from .scan import causal_conv1d_ref, register_scan_backend, selective_scan_ref, 
 logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['logger', 'KERNEL_DIR', 'KERNEL_SOURCES', 'KERNEL_FUNCTIONS', 'KERNEL_CACHE_ENV', 'SSD_CHUNK', 'SSD_WINDOW_ELEMENTS',
-           'FastScanBuildError', 'kernel_build_flags', 'kernel_build_key', 'kernel_build_dir', 'build_kernels',
-           'load_kernels', 'cpu_backend_available', 'reference_gradient', 'selective_scan_cpu', 'ssd_scan_cpu',
-           'causal_conv1d_cpu']
+__all__ = ['logger', 'KERNEL_DIR', 'KERNEL_SOURCES', 'KERNEL_FUNCTIONS', 'KERNEL_CACHE_ENV', 'STALE_BUILD_LOCK_SECONDS',
+           'SSD_CHUNK', 'SSD_WINDOW_ELEMENTS', 'FastScanBuildError', 'kernel_build_flags', 'kernel_build_key',
+           'kernel_build_dir', 'build_kernels', 'load_kernels', 'cpu_backend_available', 'reference_gradient',
+           'selective_scan_cpu', 'ssd_scan_cpu', 'causal_conv1d_cpu']
 
 # %% ../nbs/06_fastscan.ipynb #12530f5b
 KERNEL_DIR = Path(str(resources.files("dnallm_nb") / "csrc"))
@@ -92,6 +93,10 @@ def _ensure_ninja_on_path() -> None:
     os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
 
+STALE_BUILD_LOCK_SECONDS = 600
+"A build lock older than this (seconds) is left from a killed build, not held by a running one."
+
+
 def build_kernels(root: Path | str | None = None, verbose: bool = False) -> Path:
     """Compile the C++ kernels for this Python environment unless an up-to-date build exists (see
     `kernel_build_dir`); returns the compiled library. Raises `FastScanBuildError` when the build fails."""
@@ -101,6 +106,9 @@ def build_kernels(root: Path | str | None = None, verbose: bool = False) -> Path
         return library
     print("compiling the CPU scan kernel, once, about 30 s", file=sys.stderr, flush=True)
     folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / "lock"  # torch's build lock: one left by a build that was killed would make this one wait forever
+    if lock.exists() and time.time() - lock.stat().st_mtime > STALE_BUILD_LOCK_SECONDS:
+        lock.unlink()
     from torch.utils.cpp_extension import load
     try:
         _ensure_ninja_on_path()

@@ -90,9 +90,9 @@ def test_rcps_model_stays_equivariant_with_cpu_backend(kind):
 COMPILING = "compiling the CPU scan kernel"
 
 
-def run_python(code: str, **env: str) -> subprocess.CompletedProcess:
+def run_python(code: str, timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
     "Run `code` in a fresh interpreter of this environment (with `env` added), capturing its output."
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, check=False,
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, check=False,
                           env={**os.environ, **env})
 
 
@@ -144,3 +144,23 @@ print(model.scan_backend, (logits - golden["short.logits"]).abs().max().item())
     assert COMPILING in done.stderr
     assert done.stderr.count("the 'cpu' scan backend is unavailable, falling back to 'reference'") == 1
     assert "C++ compiler" in done.stderr
+
+
+def test_a_lock_left_by_a_killed_build_does_not_block_the_next(tmp_path):
+    "torch waits forever on a build lock; one older than STALE_BUILD_LOCK_SECONDS is removed (here the build then fails)."
+    code = """
+import os, time
+from dnallm_nb import fastscan
+folder = fastscan.kernel_build_dir()
+folder.mkdir(parents=True)
+(folder / "lock").touch()
+old = time.time() - 2 * fastscan.STALE_BUILD_LOCK_SECONDS
+os.utime(folder / "lock", (old, old))
+try:
+    fastscan.build_kernels()
+except fastscan.FastScanBuildError:
+    print("failed", (folder / "lock").exists())
+"""
+    done = run_python(code, timeout=120, CXX=str(tmp_path / "no-such-compiler"),
+                      **{fastscan.KERNEL_CACHE_ENV: str(tmp_path)})
+    assert done.stdout.split() == ["failed", "False"], done.stderr
