@@ -44,17 +44,13 @@ class FastScanBuildError(RuntimeError):
     "The C++ kernels could not be compiled or loaded on this machine."
 
 
-KERNEL_CACHE_ENV = "DNALLM_NB_KERNEL_CACHE"
-"Environment variable naming the folder that holds the compiled kernels (default `~/.cache/dnallm_nb/kernels`)."
-
-
 def kernel_build_flags() -> list[str]:
     """Compiler flags: optimised for this machine's CPU, OpenMP parallel loops shared with PyTorch's threads; on x86,
     vectorised loops use 512-bit registers where the CPU has them (GCC picks 256 by default)."""
     flags = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
     return flags + (["-mprefer-vector-width=512"] if platform.machine().lower() in ("x86_64", "amd64") else [])
 
-
+# %% ../nbs/06_fastscan.ipynb #694eddcd
 def _cpu_features() -> list[str]:
     "What `-march=native` code depends on: the CPU model and feature flags."
     try:
@@ -72,6 +68,10 @@ def kernel_build_key(prefix: str | None = None) -> str:
                       f"torch {torch.__version__}", f"compiler {os.environ.get('CXX', 'c++')}",
                       f"flags {' '.join(kernel_build_flags())}", f"machine {platform.machine()}", *_cpu_features(),
                       *sources])
+
+# %% ../nbs/06_fastscan.ipynb #38e86ce0
+KERNEL_CACHE_ENV = "DNALLM_NB_KERNEL_CACHE"
+"Environment variable naming the folder that holds the compiled kernels (default `~/.cache/dnallm_nb/kernels`)."
 
 
 def kernel_build_dir(root: Path | str | None = None, prefix: str | None = None) -> Path:
@@ -92,7 +92,7 @@ def _ensure_ninja_on_path() -> None:
         return  # the build then reports that ninja is missing
     os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
-
+# %% ../nbs/06_fastscan.ipynb #992b75ed
 STALE_BUILD_LOCK_SECONDS = 600
 "A build lock older than this (seconds) is left from a killed build, not held by a running one."
 
@@ -153,7 +153,7 @@ def load_kernels():
         _kernels = module
     return _kernels
 
-
+# %% ../nbs/06_fastscan.ipynb #704e2b4e
 def cpu_backend_available(device: torch.device | str = "cpu") -> bool:
     "Whether the `cpu` backend can run on `device`: a CPU device, and kernels that build (a failure is logged once)."
     if torch.device(device).type != "cpu":
