@@ -27,7 +27,7 @@ setuptools.setup(
     python_requires=f">={cfg['min_python']}",
     packages=setuptools.find_packages(include=[cfg["lib_name"], f"{cfg['lib_name']}.*"]),
     include_package_data=True,
-    package_data={cfg["lib_name"]: ["assets/**/*"]},
+    package_data={cfg["lib_name"]: ["assets/**/*", "csrc/*"]},  # csrc: the C++ kernels, compiled on first use
     install_requires=requirement_list("requirements"),
     extras_require={"dev": requirement_list("dev_requirements"), "cuda": requirement_list("cuda_requirements")},
     entry_points={"console_scripts": cfg["console_scripts"].split(), "nbdev": [f"{cfg['lib_path']}={cfg['lib_path']}._modidx:d"]},

@@ -6,11 +6,15 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import logging
 import os
 import platform
 import shutil
+import sys
 import threading
+import time
+from importlib import resources
 from pathlib import Path
 
 import torch
@@ -21,681 +25,63 @@ from .scan import causal_conv1d_ref, register_scan_backend, selective_scan_ref, 
 logger = logging.getLogger(__name__)
 
 # %% auto #0
-__all__ = ['logger', 'KERNEL_SOURCE', 'KERNEL_FUNCTIONS', 'SSD_CHUNK', 'SSD_WINDOW_ELEMENTS', 'FastScanBuildError',
-           'kernel_build_flags', 'kernel_extension_name', 'load_kernels', 'cpu_backend_available', 'reference_gradient',
+__all__ = ['logger', 'KERNEL_DIR', 'KERNEL_SOURCES', 'KERNEL_FUNCTIONS', 'KERNEL_CACHE_ENV', 'STALE_BUILD_LOCK_SECONDS',
+           'SSD_CHUNK', 'SSD_WINDOW_ELEMENTS', 'FastScanBuildError', 'kernel_build_flags', 'kernel_build_key',
+           'kernel_build_dir', 'build_kernels', 'load_kernels', 'cpu_backend_available', 'reference_gradient',
            'selective_scan_cpu', 'ssd_scan_cpu', 'causal_conv1d_cpu']
 
-# %% ../nbs/06_fastscan.ipynb #4794ad8b
-KERNEL_SOURCE = r"""
-#include <torch/extension.h>
-#include <ATen/Parallel.h>
-#include <algorithm>
-#include <cstdint>
-#include <cstring>
-#include <vector>
-#if defined(__x86_64__) || defined(_M_X64)
-#include <pmmintrin.h>
-#endif
+# %% ../nbs/06_fastscan.ipynb #12530f5b
+KERNEL_DIR = Path(str(resources.files("dnallm_nb") / "csrc"))
+"Folder of the C++ sources, shipped inside the package."
+KERNEL_SOURCES = ("mamba1.cpp", "ssd.cpp", "conv.cpp", "bindings.cpp")
+"The files compiled into the extension (they include `common.h` and `kernels.h` from the same folder)."
+KERNEL_FUNCTIONS = ("mamba1_scan", "mamba1_scan_backward", "ssd_decay_mask", "ssd_chunk_states", "ssd_chunk_inputs",
+                    "ssd_combine", "causal_conv1d")
+"What the compiled module offers (bindings.cpp)."
 
-namespace {
-// Flush denormals to zero while a kernel runs on this thread (they cost ~100 cycles per operation on x86);
-// they only arise from decays below 1e-38, whose contributions are below float32 resolution anyway.
-struct FlushDenormals {
-#if defined(__x86_64__) || defined(_M_X64)
-  unsigned int saved = _mm_getcsr();
-  FlushDenormals() { _mm_setcsr(saved | 0x8040); }  // FTZ | DAZ
-  ~FlushDenormals() { _mm_setcsr(saved); }
-#endif
-};
-
-constexpr int T = 64;  // time steps per tile of the Mamba-1 scan
-constexpr float kDecayCut = -60.f;  // SSD decays below exp(-60) ~ 1e-26 are set to exactly 0 (keeps GEMM inputs normal)
-
-inline float bits_to_float(int32_t i) { float f; std::memcpy(&f, &i, 4); return f; }
-inline int32_t float_to_bits(float f) { int32_t i; std::memcpy(&i, &f, 4); return i; }
-
-constexpr float kLog2e = 1.44269504088896341f;
-
-// 2^r for r in [-1/2, 1/2], times 2^k (integer k in [-126, 127]): a degree-6 polynomial fitted to 2^r (relative
-// error 1e-7 in float32), scaled through the exponent bits.
-inline float pow2_scaled(float r, float k) {
-  float p = 1.5353362e-4f;
-  p = p * r + 1.3398875e-3f;
-  p = p * r + 9.6184369e-3f;
-  p = p * r + 5.5503324e-2f;
-  p = p * r + 2.4022648e-1f;
-  p = p * r + 6.9314718e-1f;
-  p = p * r + 1.0f;
-  return p * bits_to_float(((int32_t)k + 127) << 23);
-}
-
-// 2^y, y clamped to [-126, 127]. The Mamba-1 scan's decay: it spends most of its time here.
-inline float fexp2(float y) {
-  y = std::min(std::max(y, -126.f), 127.f);
-  const float k = __builtin_roundf(y);
-  return pow2_scaled(y - k, k);
-}
-
-// exp(x), x clamped to [-87.3, 88.7]: k = round(x log2 e), r = x - k ln2 in two exact-ish steps (Cody-Waite), so
-// large |x| lose no digits to rounding x log2 e; then 2^(r log2 e) · 2^k.
-inline float fexp(float x) {
-  x = std::min(std::max(x, -87.3f), 88.7f);
-  const float k = __builtin_roundf(x * kLog2e);
-  float r = x - k * 0.693145751953125f;
-  r = r - k * 1.428606765330187045e-06f;
-  return pow2_scaled(r * kLog2e, k);
-}
-
-// log(x) for normal x > 0 (Cephes logf): ~1 ulp.
-inline float flog(float x) {
-  const int32_t bits = float_to_bits(x);
-  float e = (float)(((bits >> 23) & 0xff) - 127);
-  float m = bits_to_float((bits & 0x007fffff) | 0x3f800000);  // mantissa in [1, 2)
-  const bool big = m > 1.41421356f;
-  m = big ? 0.5f * m : m;
-  e = big ? e + 1.0f : e;
-  const float f = m - 1.0f, z = f * f;
-  float y = 7.0376836292E-2f;
-  y = y * f - 1.1514610310E-1f;
-  y = y * f + 1.1676998740E-1f;
-  y = y * f - 1.2420140846E-1f;
-  y = y * f + 1.4249322787E-1f;
-  y = y * f - 1.6668057665E-1f;
-  y = y * f + 2.0000714765E-1f;
-  y = y * f - 2.4999993993E-1f;
-  y = y * f + 3.3333331174E-1f;
-  y = y * f * z - 2.12194440e-4f * e - 0.5f * z;
-  return f + y + 0.693359375f * e;
-}
-
-// torch.nn.functional.softplus with beta 1 and threshold 20.
-inline float fsoftplus(float x) {
-  const float e = fexp(std::min(x, 20.0f));
-  const float r = e < 1e-4f ? e * (1.0f - 0.5f * e) : flog(1.0f + e);
-  return x > 20.0f ? x : r;
-}
-
-inline float fsilu(float x) { return x / (1.0f + fexp(-x)); }
-
-struct View3 {  // a float (batch, channel, time) tensor, any strides
-  const float* p;
-  int64_t sb, sc, st;
-};
-View3 view3(const torch::Tensor& t) { return {t.data_ptr<float>(), t.stride(0), t.stride(1), t.stride(2)}; }
-
-// tile[t][c] = v[b, c0 + c, t0 + t] for c < cn (zero for cn <= c < DC), t < tn.
-template <int DC>
-inline void load_tile(const View3& v, int64_t b, int64_t c0, int cn, int64_t t0, int tn, float (&tile)[T][DC]) {
-  const float* p = v.p + b * v.sb + c0 * v.sc + t0 * v.st;
-  if (v.sc == 1 && cn == DC) {  // channels contiguous: vector copies
-    for (int t = 0; t < tn; ++t) {
-      const float* q = p + t * v.st;
-#pragma omp simd
-      for (int c = 0; c < DC; ++c) tile[t][c] = q[c];
-    }
-    return;
-  }
-  for (int t = 0; t < tn; ++t)
-    for (int c = cn; c < DC; ++c) tile[t][c] = 0.f;
-  for (int c = 0; c < cn; ++c)
-    for (int t = 0; t < tn; ++t) tile[t][c] = p[c * v.sc + t * v.st];
-}
-
-// dst[n * T + t] = v[b, n, t0 + t] (B or C of one tile, state-major), reading along the contiguous axis.
-inline void load_states(const View3& v, int64_t b, int64_t N, int64_t t0, int tn, float* __restrict dst) {
-  const float* p = v.p + b * v.sb + t0 * v.st;
-  if (v.sc == 1) {
-    for (int t = 0; t < tn; ++t)
-      for (int64_t n = 0; n < N; ++n) dst[n * T + t] = p[t * v.st + n];
-  } else {
-    for (int64_t n = 0; n < N; ++n)
-      for (int t = 0; t < tn; ++t) dst[n * T + t] = p[n * v.sc + t * v.st];
-  }
-}
-
-struct Mamba1Args {
-  View3 u, delta, z, B, C;
-  float* y;  // (batch, L, d_inner) contiguous
-  const float *A, *D, *bias;
-  int64_t sA0, sA1, sD, sbias, L, N, d_inner;
-  bool has_z, softplus, reverse;
-};
-
-// The kernels' view of mamba1_scan's arguments (empty D, z, delta_bias stand for None).
-Mamba1Args mamba1_args(const torch::Tensor& u, const torch::Tensor& delta, const torch::Tensor& A, const torch::Tensor& B,
-                       const torch::Tensor& C, const torch::Tensor& D, const torch::Tensor& z,
-                       const torch::Tensor& delta_bias, bool softplus, float* y, bool reverse) {
-  const bool has_z = z.numel() > 0, has_D = D.numel() > 0, has_bias = delta_bias.numel() > 0;
-  return {view3(u), view3(delta), has_z ? view3(z) : view3(u), view3(B), view3(C), y, A.data_ptr<float>(),
-          has_D ? D.data_ptr<float>() : nullptr, has_bias ? delta_bias.data_ptr<float>() : nullptr, A.stride(0),
-          A.stride(1), has_D ? D.stride(0) : 0, has_bias ? delta_bias.stride(0) : 0, u.size(2), A.size(1), u.size(1),
-          has_z, softplus, reverse};
-}
-
-// Advance NBV states of DC channels over one time tile (backwards in time if REV); add <C_t, s_t> to yt.
-// dt2 = Δ·log2(e), so exp(Δa) = 2^(dt2·a).
-template <int DC, int NBV, bool REV>
-inline void scan_states(float* __restrict s, const float* __restrict a, const float (&dt2)[T][DC],
-                        const float (&du)[T][DC], const float* __restrict Bt, const float* __restrict Ct,
-                        float (&yt)[T][DC], int tn) {
-  float sr[NBV][DC], ar[NBV][DC];
-  for (int j = 0; j < NBV; ++j)
-    for (int c = 0; c < DC; ++c) { sr[j][c] = s[j * DC + c]; ar[j][c] = a[j * DC + c]; }
-  for (int step = 0; step < tn; ++step)
-    for (int j = 0; j < NBV; ++j) {
-      const int t = REV ? tn - 1 - step : step;
-      const float bv = Bt[j * T + t], cv = Ct[j * T + t];
-#pragma omp simd
-      for (int c = 0; c < DC; ++c) {
-        const float v = fexp2(dt2[t][c] * ar[j][c]) * sr[j][c] + du[t][c] * bv;
-        sr[j][c] = v;
-        yt[t][c] += v * cv;
-      }
-    }
-  for (int j = 0; j < NBV; ++j)
-    for (int c = 0; c < DC; ++c) s[j * DC + c] = sr[j][c];
-}
-
-// The whole sequence b for channels [c0, c0 + DC): the state (N x DC) stays in cache. DC channels are the SIMD
-// axis; NB states are updated together in registers. REV: from the last position to the first.
-template <int DC, int NB, bool REV>
-void mamba1_block(const Mamba1Args& g, int64_t b, int64_t c0) {
-  const int cn = (int)std::min<int64_t>(DC, g.d_inner - c0);
-  const int64_t N = g.N;
-  std::vector<float> s(N * DC, 0.f), a(N * DC, 0.f), Bt(N * T), Ct(N * T);
-  float Dv[DC] = {0}, bias[DC] = {0};
-  for (int c = 0; c < cn; ++c) {
-    for (int64_t n = 0; n < N; ++n) a[n * DC + c] = g.A[(c0 + c) * g.sA0 + n * g.sA1];
-    if (g.D) Dv[c] = g.D[(c0 + c) * g.sD];
-    if (g.bias) bias[c] = g.bias[(c0 + c) * g.sbias];
-  }
-  alignas(64) float ut[T][DC], dt[T][DC], du[T][DC], zt[T][DC], yt[T][DC];
-  const int64_t tiles = (g.L + T - 1) / T;
-  for (int64_t tile = 0; tile < tiles; ++tile) {
-    const int64_t t0 = (REV ? tiles - 1 - tile : tile) * T;
-    const int tn = (int)std::min<int64_t>(T, g.L - t0);
-    load_tile(g.u, b, c0, cn, t0, tn, ut);
-    load_tile(g.delta, b, c0, cn, t0, tn, dt);
-    if (g.has_z) load_tile(g.z, b, c0, cn, t0, tn, zt);
-    for (int t = 0; t < tn; ++t) {
-      if (g.softplus) {
-#pragma omp simd
-        for (int c = 0; c < DC; ++c) dt[t][c] = fsoftplus(dt[t][c] + bias[c]);
-      } else {
-#pragma omp simd
-        for (int c = 0; c < DC; ++c) dt[t][c] += bias[c];
-      }
-#pragma omp simd
-      for (int c = 0; c < DC; ++c) {
-        const float d = c < cn ? dt[t][c] : 0.f;  // padded channels stay exactly zero
-        du[t][c] = d * ut[t][c];
-        dt[t][c] = d * kLog2e;  // the scan takes exp as a power of 2
-        yt[t][c] = 0.f;
-      }
-    }
-    load_states(g.B, b, N, t0, tn, Bt.data());
-    load_states(g.C, b, N, t0, tn, Ct.data());
-    int64_t n0 = 0;
-    for (; n0 + NB <= N; n0 += NB)
-      scan_states<DC, NB, REV>(s.data() + n0 * DC, a.data() + n0 * DC, dt, du, Bt.data() + n0 * T, Ct.data() + n0 * T, yt, tn);
-    for (; n0 < N; ++n0)
-      scan_states<DC, 1, REV>(s.data() + n0 * DC, a.data() + n0 * DC, dt, du, Bt.data() + n0 * T, Ct.data() + n0 * T, yt, tn);
-    for (int t = 0; t < tn; ++t) {
-      float* out = g.y + (b * g.L + t0 + t) * g.d_inner + c0;
-      if (g.has_z) {
-#pragma omp simd
-        for (int c = 0; c < DC; ++c) yt[t][c] = (yt[t][c] + Dv[c] * ut[t][c]) * fsilu(zt[t][c]);
-      } else {
-#pragma omp simd
-        for (int c = 0; c < DC; ++c) yt[t][c] += Dv[c] * ut[t][c];
-      }
-      if (cn == DC) {
-#pragma omp simd
-        for (int c = 0; c < DC; ++c) out[c] = yt[t][c];
-      } else {
-        for (int c = 0; c < cn; ++c) out[c] = yt[t][c];
-      }
-    }
-  }
-}
-template <int DC, int NB>
-void run_mamba1(const Mamba1Args& g, int64_t batch) {
-  const int64_t blocks = (g.d_inner + DC - 1) / DC;
-  at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
-    FlushDenormals ftz;
-    for (int64_t i = begin; i < end; ++i) {
-      if (g.reverse) {
-        mamba1_block<DC, NB, true>(g, i / blocks, (i % blocks) * DC);
-      } else {
-        mamba1_block<DC, NB, false>(g, i / blocks, (i % blocks) * DC);
-      }
-    }
-  });
-}
-}  // namespace
-
-// Mamba-1 selective scan, float32. u, delta, z: (batch, d_inner, L) any strides; A: (d_inner, N);
-// B, C: (batch, N, L); D, delta_bias: (d_inner,); empty tensors stand for None. Returns y as (batch, L, d_inner).
-// reverse: the recurrence runs from the last position to the first (the scan of the time-reversed input, reversed).
-torch::Tensor mamba1_scan(torch::Tensor u, torch::Tensor delta, torch::Tensor A, torch::Tensor B, torch::Tensor C,
-                          torch::Tensor D, torch::Tensor z, torch::Tensor delta_bias, bool delta_softplus,
-                          bool reverse) {
-  const int64_t batch = u.size(0), d_inner = u.size(1), L = u.size(2);
-  auto y = torch::empty({batch, L, d_inner}, u.options());
-  const Mamba1Args g = mamba1_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus, y.data_ptr<float>(), reverse);
-  // 64-channel tasks read longer contiguous rows (faster); 32-channel tasks when 64 would leave threads idle.
-  if (batch * ((d_inner + 63) / 64) >= at::get_num_threads()) {
-    run_mamba1<64, 2>(g, batch);
-  } else {
-    run_mamba1<32, 4>(g, batch);
-  }
-  return y;
-}
-
-// SSD intra-chunk matrix: M[b,c,h,i,j] = CB[b,c,h / (H/G),i,j] * exp(acum[b,c,h,i] - acum[b,c,h,j]) for j <= i, else 0.
-// CB: (batch, chunks, G, Q, Q) float32, acum: (batch, chunks, H, Q) float64 (differences of large cumulative sums
-// lose precision in float32), both contiguous.
-torch::Tensor ssd_decay_mask(torch::Tensor CB, torch::Tensor acum) {
-  const int64_t batch = acum.size(0), chunks = acum.size(1), H = acum.size(2), Q = acum.size(3), G = CB.size(2);
-  auto M = torch::empty({batch, chunks, H, Q, Q}, CB.options());
-  const float* cb = CB.data_ptr<float>();
-  const double* ac = acum.data_ptr<double>();
-  float* m = M.data_ptr<float>();
-  at::parallel_for(0, batch * chunks * H, 1, [&](int64_t begin, int64_t end) {
-    FlushDenormals ftz;
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t bc = i / H, h = i % H;
-      const double* a = ac + i * Q;
-      const float* cbm = cb + (bc * G + h / (H / G)) * Q * Q;
-      float* out = m + i * Q * Q;
-      for (int64_t r = 0; r < Q; ++r) {
-        const double ar = a[r];
-#pragma omp simd
-        for (int64_t k = 0; k < Q; ++k) {
-          const float arg = (float)(ar - a[k]);  // <= 0: cumulative decay from step k to step r
-          out[r * Q + k] = (k <= r && arg > kDecayCut) ? cbm[r * Q + k] * fexp(arg) : 0.f;
-        }
-      }
-    }
-  });
-  return M;
-}
-
-// SSD inter-chunk pass: returns the state entering each chunk, Sin[:, c] = S; then S <- decay[:, c] S + Sc[:, c].
-// Sc: (batch, chunks, H, E), decay: (batch, chunks, H), S: (batch, H, E) (updated in place); contiguous float32.
-torch::Tensor ssd_chunk_states(torch::Tensor Sc, torch::Tensor decay, torch::Tensor S) {
-  const int64_t batch = Sc.size(0), chunks = Sc.size(1), H = Sc.size(2), E = Sc.size(3);
-  auto Sin = torch::empty_like(Sc);
-  const float* sc = Sc.data_ptr<float>();
-  const float* dk = decay.data_ptr<float>();
-  float* s = S.data_ptr<float>();
-  float* sin = Sin.data_ptr<float>();
-  at::parallel_for(0, batch * H, 1, [&](int64_t begin, int64_t end) {
-    FlushDenormals ftz;
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t b = i / H, h = i % H;
-      float* st = s + i * E;
-      for (int64_t c = 0; c < chunks; ++c) {
-        const int64_t row = (b * chunks + c) * H + h;
-        const float d = dk[row];
-        float* o = sin + row * E;
-        const float* add = sc + row * E;
-#pragma omp simd
-        for (int64_t e = 0; e < E; ++e) { o[e] = st[e]; st[e] = d * st[e] + add[e]; }
-      }
-    }
-  });
-  return Sin;
-}
-
-namespace {
-struct View4 {  // a float (batch, time, head, headdim) tensor, any strides
-  const float* p;
-  int64_t sb, st, sh, sp;
-};
-View4 view4(const torch::Tensor& t) { return {t.data_ptr<float>(), t.stride(0), t.stride(1), t.stride(2), t.stride(3)}; }
-
-// tile[q * P + p] = v[b, t0 + q, h, p] for q < qn (zero for qn <= q < Q), reading along the contiguous axis.
-inline void load_head_tile(const View4& v, int64_t b, int64_t t0, int64_t qn, int64_t Q, int64_t h, int64_t P,
-                           float* __restrict tile) {
-  const float* base = v.p + b * v.sb + t0 * v.st + h * v.sh;
-  if (v.st == 1) {
-    for (int64_t p = 0; p < P; ++p)
-      for (int64_t q = 0; q < qn; ++q) tile[q * P + p] = base[q + p * v.sp];
-  } else {
-    for (int64_t q = 0; q < qn; ++q) {
-      const float* row = base + q * v.st;
-#pragma omp simd
-      for (int64_t p = 0; p < P; ++p) tile[q * P + p] = row[p * v.sp];
-    }
-  }
-  std::fill(tile + qn * P, tile + Q * P, 0.f);
-}
-}  // namespace
-
-// SSD inputs of one window of n tokens (chunks of Q, the last one zero-padded). x: (batch, n, H, P) any strides;
-// dt: (batch, chunks, Q, H) float32 and cum: (batch, chunks, Q, H) float64, contiguous. Returns
-// dx = x·dt as (batch, chunks, H, Q, P) and xd = x·dt·exp(cum_end - cum) as (batch, chunks, Q, H, P).
-std::vector<torch::Tensor> ssd_chunk_inputs(torch::Tensor x, torch::Tensor dt, torch::Tensor cum) {
-  const int64_t batch = dt.size(0), chunks = dt.size(1), Q = dt.size(2), H = dt.size(3), P = x.size(3), n = x.size(1);
-  auto dx = torch::empty({batch, chunks, H, Q, P}, dt.options());
-  auto xd = torch::empty({batch, chunks, Q, H, P}, dt.options());
-  const View4 xv = view4(x);
-  const float* dtp = dt.data_ptr<float>();
-  const double* cp = cum.data_ptr<double>();
-  float* dxp = dx.data_ptr<float>();
-  float* xdp = xd.data_ptr<float>();
-  at::parallel_for(0, batch * chunks * H, 1, [&](int64_t begin, int64_t end) {
-    FlushDenormals ftz;
-    std::vector<float> tile(Q * P);
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t bc = i / H, h = i % H, b = bc / chunks, c = bc % chunks;
-      load_head_tile(xv, b, c * Q, std::min(Q, n - c * Q), Q, h, P, tile.data());
-      const float* d = dtp + bc * Q * H;
-      const double* cm = cp + bc * Q * H;
-      for (int64_t q = 0; q < Q; ++q) {
-        const float s = d[q * H + h];
-        const float arg = (float)(cm[(Q - 1) * H + h] - cm[q * H + h]);
-        const float e = arg > kDecayCut ? fexp(arg) : 0.f;
-        float* o1 = dxp + ((bc * H + h) * Q + q) * P;
-        float* o2 = xdp + ((bc * Q + q) * H + h) * P;
-        const float* xq = tile.data() + q * P;
-#pragma omp simd
-        for (int64_t p = 0; p < P; ++p) { o1[p] = xq[p] * s; o2[p] = xq[p] * s * e; }
-      }
-    }
-  });
-  return {dx, xd};
-}
-
-// SSD output of one window: out[b, c*Q + q, h, p] = Yin[b, c, h / hpg, q, (h % hpg)*P + p] * exp(cum[b, c, q, h])
-//   + Y[b, c, h, q, p] + D[h] * x[b, c*Q + q, h, p], for the window's n tokens. out, x: (batch, n, H, P) any strides;
-// Yin: (batch, chunks, G, Q, hpg*P), Y: (batch, chunks, H, Q, P), cum: (batch, chunks, Q, H) float64, contiguous;
-// D: (H,) or empty.
-void ssd_combine(torch::Tensor out, torch::Tensor Yin, torch::Tensor Y, torch::Tensor cum, torch::Tensor x, torch::Tensor D) {
-  const int64_t batch = Y.size(0), chunks = Y.size(1), H = Y.size(2), Q = Y.size(3), P = Y.size(4), n = out.size(1);
-  const int64_t G = Yin.size(2), hpg = H / G;
-  const bool has_D = D.numel() > 0;
-  const View4 xv = view4(x), ov = view4(out);
-  float* op = out.data_ptr<float>();
-  const float* yin = Yin.data_ptr<float>();
-  const float* yp = Y.data_ptr<float>();
-  const double* cp = cum.data_ptr<double>();
-  const float* Dp = has_D ? D.data_ptr<float>() : nullptr;
-  at::parallel_for(0, batch * chunks * H, 1, [&](int64_t begin, int64_t end) {
-    FlushDenormals ftz;
-    std::vector<float> tile(Q * P, 0.f);
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t bc = i / H, h = i % H, b = bc / chunks, c = bc % chunks, qn = std::min(Q, n - c * Q);
-      const float Dh = has_D ? Dp[h * D.stride(0)] : 0.f;
-      if (has_D) load_head_tile(xv, b, c * Q, qn, Q, h, P, tile.data());
-      for (int64_t q = 0; q < qn; ++q) {
-        const float arg = (float)cp[(bc * Q + q) * H + h];
-        const float e = arg > kDecayCut ? fexp(arg) : 0.f;
-        const float* a = yin + ((bc * G + h / hpg) * Q + q) * hpg * P + (h % hpg) * P;
-        const float* r = yp + ((bc * H + h) * Q + q) * P;
-        const float* xq = tile.data() + q * P;
-        float* o = op + b * ov.sb + (c * Q + q) * ov.st + h * ov.sh;
-        if (ov.sp == 1) {
-#pragma omp simd
-          for (int64_t p = 0; p < P; ++p) o[p] = a[p] * e + r[p] + Dh * xq[p];
-        } else {
-          for (int64_t p = 0; p < P; ++p) o[p * ov.sp] = a[p] * e + r[p] + Dh * xq[p];
-        }
-      }
-    }
-  });
-}
-
-// Causal depthwise convolution along time, optionally followed by SiLU: y[b, t, c] = act(bias[c] +
-// sum_k w[c, k] * x[b, t - K + 1 + k, c]) with x = 0 before the start. x: (batch, L, C) any strides; w: (C, K);
-// bias: (C,) or empty. Returns y as (batch, L, C) contiguous float32. reverse: anti-causal, x[b, t + K - 1 - k, c]
-// with x = 0 after the end (the convolution of the time-reversed input, reversed).
-torch::Tensor causal_conv1d(torch::Tensor x, torch::Tensor w, torch::Tensor bias, bool silu, bool reverse) {
-  const int64_t batch = x.size(0), L = x.size(1), Cn = x.size(2), K = w.size(1);
-  auto y = torch::empty({batch, L, Cn}, x.options());
-  const float* xp = x.data_ptr<float>();
-  const int64_t sb = x.stride(0), st = x.stride(1), sc = x.stride(2);
-  std::vector<float> wt(K * Cn), bv(Cn, 0.f);  // taps transposed to (K, C): vector loads along channels
-  const float* wp = w.data_ptr<float>();
-  for (int64_t c = 0; c < Cn; ++c) {
-    for (int64_t k = 0; k < K; ++k) wt[k * Cn + c] = wp[c * w.stride(0) + k * w.stride(1)];
-    if (bias.numel()) bv[c] = bias.data_ptr<float>()[c * bias.stride(0)];
-  }
-  constexpr int64_t TB = 256;  // time steps per task
-  const int64_t blocks = (L + TB - 1) / TB;
-  float* yp = y.data_ptr<float>();
-  at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
-    FlushDenormals ftz;
-    std::vector<float> row(Cn);
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t b = i / blocks, t0 = (i % blocks) * TB, t1 = std::min(L, t0 + TB);
-      for (int64_t t = t0; t < t1; ++t) {
-        float* out = yp + (b * L + t) * Cn;
-        std::copy(bv.begin(), bv.end(), out);
-        for (int64_t k = 0; k < K; ++k) {
-          const int64_t s = reverse ? t + K - 1 - k : t - K + 1 + k;
-          if (s < 0 || s >= L) continue;
-          const float* in = xp + b * sb + s * st;
-          const float* wk = wt.data() + k * Cn;
-          if (sc == 1) {
-#pragma omp simd
-            for (int64_t c = 0; c < Cn; ++c) out[c] += wk[c] * in[c];
-          } else {
-            for (int64_t c = 0; c < Cn; ++c) out[c] += wk[c] * in[c * sc];
-          }
-        }
-        if (silu) {
-#pragma omp simd
-          for (int64_t c = 0; c < Cn; ++c) out[c] = fsilu(out[c]);
-        }
-      }
-    }
-  });
-  return y;
-}
-
-namespace {
-// Backward pass of mamba1_scan for channels [c0, c0 + DC) of sequence b. Pass 1 runs the scan keeping only the state
-// entering each time tile; pass 2 walks the tiles backwards, recomputes a tile's states from its checkpoint and
-// carries the adjoint state dh backwards in time. Channels are the SIMD axis, as in the forward kernel. dB and dC
-// sum over channels: this block's sums go to dBg, dCg (L x N).
-template <int DC>
-void mamba1_backward_block(const Mamba1Args& g, const View3& gv, int64_t b, int64_t c0, float* du_out, float* ddelta_out,
-                           float* dz_out, float* dA, float* dD, float* dbias, float* dBg, float* dCg) {
-  const int cn = (int)std::min<int64_t>(DC, g.d_inner - c0);
-  const int64_t N = g.N, tiles = (g.L + T - 1) / T;
-  std::vector<float> a(N * DC, 0.f), s(N * DC, 0.f), dh(N * DC, 0.f), dAc(N * DC, 0.f), ck(tiles * N * DC);
-  std::vector<float> S((T + 1) * N * DC), Bt(N * T), Ct(N * T);
-  float Dv[DC] = {0}, bias[DC] = {0}, dDc[DC] = {0}, dbc[DC] = {0};
-  for (int c = 0; c < cn; ++c) {
-    for (int64_t n = 0; n < N; ++n) a[n * DC + c] = g.A[(c0 + c) * g.sA0 + n * g.sA1];
-    if (g.D) Dv[c] = g.D[(c0 + c) * g.sD];
-    if (g.bias) bias[c] = g.bias[(c0 + c) * g.sbias];
-  }
-  alignas(64) float ut[T][DC], dt[T][DC], sg[T][DC], du[T][DC], zt[T][DC], gt[T][DC], gy[T][DC], gu[T][DC], gd[T][DC];
-  // dt = softplus(delta + bias) (or delta + bias), sg = d dt / d delta, du = dt * u; padded channels stay zero
-  auto load_steps = [&](int64_t t0, int tn) {
-    load_tile(g.u, b, c0, cn, t0, tn, ut);
-    load_tile(g.delta, b, c0, cn, t0, tn, dt);
-    for (int t = 0; t < tn; ++t) {
-#pragma omp simd
-      for (int c = 0; c < DC; ++c) {
-        const float raw = dt[t][c] + bias[c];
-        const float d = g.softplus ? fsoftplus(raw) : raw;
-        const bool real = c < cn;
-        dt[t][c] = real ? d : 0.f;
-        sg[t][c] = g.softplus ? 1.f / (1.f + fexp(-raw)) : 1.f;
-        du[t][c] = real ? d * ut[t][c] : 0.f;
-      }
-    }
-    load_states(g.B, b, N, t0, tn, Bt.data());
-  };
-  for (int64_t k = 0; k < tiles; ++k) {  // pass 1: the state entering every tile
-    const int64_t t0 = k * T;
-    const int tn = (int)std::min<int64_t>(T, g.L - t0);
-    std::copy(s.begin(), s.end(), ck.begin() + k * N * DC);
-    load_steps(t0, tn);
-    for (int64_t n = 0; n < N; ++n)
-      for (int t = 0; t < tn; ++t) {
-        const float bv = Bt[n * T + t];
-#pragma omp simd
-        for (int c = 0; c < DC; ++c) s[n * DC + c] = fexp(dt[t][c] * a[n * DC + c]) * s[n * DC + c] + du[t][c] * bv;
-      }
-  }
-  for (int64_t k = tiles - 1; k >= 0; --k) {  // pass 2: backwards over tiles
-    const int64_t t0 = k * T;
-    const int tn = (int)std::min<int64_t>(T, g.L - t0);
-    load_steps(t0, tn);
-    load_states(g.C, b, N, t0, tn, Ct.data());
-    load_tile(gv, b, c0, cn, t0, tn, gt);
-    if (g.has_z) load_tile(g.z, b, c0, cn, t0, tn, zt);
-    std::copy(ck.begin() + k * N * DC, ck.begin() + (k + 1) * N * DC, S.begin());  // S[t + 1] = state after step t
-    float y0[T][DC];
-    for (int t = 0; t < tn; ++t)
-#pragma omp simd
-      for (int c = 0; c < DC; ++c) y0[t][c] = Dv[c] * ut[t][c];
-    for (int t = 0; t < tn; ++t)
-      for (int64_t n = 0; n < N; ++n) {
-        const float bv = Bt[n * T + t], cv = Ct[n * T + t];
-        const float* prev = &S[(t * N + n) * DC];
-        float* next = &S[((t + 1) * N + n) * DC];
-#pragma omp simd
-        for (int c = 0; c < DC; ++c) {
-          next[c] = fexp(dt[t][c] * a[n * DC + c]) * prev[c] + du[t][c] * bv;
-          y0[t][c] += next[c] * cv;
-        }
-      }
-    for (int t = 0; t < tn; ++t) {  // the gate: y = y0 * silu(z)
-#pragma omp simd
-      for (int c = 0; c < DC; ++c) {
-        const float real = c < cn ? 1.f : 0.f;
-        if (g.has_z) {
-          const float zz = zt[t][c], sgz = 1.f / (1.f + fexp(-zz));
-          gy[t][c] = real * gt[t][c] * zz * sgz;
-          zt[t][c] = real * gt[t][c] * y0[t][c] * sgz * (1.f + zz * (1.f - sgz));  // dz
-        } else {
-          gy[t][c] = real * gt[t][c];
-        }
-        dDc[c] += gy[t][c] * ut[t][c];
-        gu[t][c] = gy[t][c] * Dv[c];
-        gd[t][c] = 0.f;
-      }
-    }
-    for (int t = tn - 1; t >= 0; --t) {
-      for (int64_t n = 0; n < N; ++n) {
-        const float bv = Bt[n * T + t], cv = Ct[n * T + t];
-        const float* prev = &S[(t * N + n) * DC];
-        const float* cur = &S[((t + 1) * N + n) * DC];
-        float* dhn = &dh[n * DC];
-        float* dAn = &dAc[n * DC];
-        const float* an = &a[n * DC];
-        float dc = 0.f, db = 0.f;
-#pragma omp simd reduction(+ : dc, db)
-        for (int c = 0; c < DC; ++c) {
-          const float e = fexp(dt[t][c] * an[c]);
-          const float adj = dhn[c] + gy[t][c] * cv;
-          dc += gy[t][c] * cur[c];
-          gd[t][c] += adj * (an[c] * e * prev[c] + bv * ut[t][c]);
-          dAn[c] += adj * dt[t][c] * e * prev[c];
-          db += adj * du[t][c];
-          gu[t][c] += adj * dt[t][c] * bv;
-          dhn[c] = adj * e;
-        }
-        dCg[(t0 + t) * N + n] += dc;
-        dBg[(t0 + t) * N + n] += db;
-      }
-    }
-    for (int t = 0; t < tn; ++t) {
-      const int64_t row = (b * g.L + t0 + t) * g.d_inner + c0;
-      for (int c = 0; c < cn; ++c) {
-        const float draw = gd[t][c] * sg[t][c];
-        dbc[c] += draw;
-        du_out[row + c] = gu[t][c];
-        ddelta_out[row + c] = draw;
-        if (g.has_z) dz_out[row + c] = zt[t][c];
-      }
-    }
-  }
-  // dA, dD, ddelta_bias sum over the batch, whose other elements other tasks handle: add atomically
-  for (int c = 0; c < cn; ++c) {
-    for (int64_t n = 0; n < N; ++n) {
-#pragma omp atomic
-      dA[(c0 + c) * N + n] += dAc[n * DC + c];
-    }
-#pragma omp atomic
-    dD[c0 + c] += dDc[c];
-#pragma omp atomic
-    dbias[c0 + c] += dbc[c];
-  }
-}
-}  // namespace
-
-// Gradients of mamba1_scan (same inputs, plus grad: (batch, d_inner, L) any strides). Returns du, ddelta, dz as
-// (batch, L, d_inner), dA (d_inner, N), dB_parts, dC_parts (batch, blocks, L, N) — partial sums over blocks of 32
-// channels, for the caller to add up — and dD, ddelta_bias (d_inner,).
-std::vector<torch::Tensor> mamba1_scan_backward(torch::Tensor u, torch::Tensor delta, torch::Tensor A, torch::Tensor B,
-                                                torch::Tensor C, torch::Tensor D, torch::Tensor z,
-                                                torch::Tensor delta_bias, bool delta_softplus, torch::Tensor grad) {
-  constexpr int DC = 32;
-  const int64_t batch = u.size(0), d_inner = u.size(1), L = u.size(2), N = A.size(1);
-  const int64_t blocks = (d_inner + DC - 1) / DC;
-  const bool has_z = z.numel() > 0;
-  auto f32 = u.options();
-  auto du = torch::empty({batch, L, d_inner}, f32), ddelta = torch::empty({batch, L, d_inner}, f32);
-  auto dz = has_z ? torch::empty({batch, L, d_inner}, f32) : torch::zeros({batch, L, d_inner}, f32);
-  auto dA = torch::zeros({d_inner, N}, f32), dD = torch::zeros({d_inner}, f32), dbias = torch::zeros({d_inner}, f32);
-  auto dB = torch::zeros({batch, blocks, L, N}, f32), dC = torch::zeros({batch, blocks, L, N}, f32);
-  const Mamba1Args g = mamba1_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus, nullptr, false);
-  const View3 gv = view3(grad);
-  at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
-    FlushDenormals ftz;
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t b = i / blocks, blk = i % blocks;
-      mamba1_backward_block<DC>(g, gv, b, blk * DC, du.data_ptr<float>(), ddelta.data_ptr<float>(), dz.data_ptr<float>(),
-                                dA.data_ptr<float>(), dD.data_ptr<float>(), dbias.data_ptr<float>(),
-                                dB.data_ptr<float>() + i * L * N, dC.data_ptr<float>() + i * L * N);
-    }
-  });
-  return {du, ddelta, dz, dA, dB, dC, dD, dbias};
-}
-"""
-"C++ source of the CPU kernels (compiled by `load_kernels`)."
-
-KERNEL_FUNCTIONS = ("mamba1_scan", "mamba1_scan_backward", "ssd_decay_mask", "ssd_chunk_states", "ssd_chunk_inputs", "ssd_combine",
-                    "causal_conv1d")
-
-# %% ../nbs/06_fastscan.ipynb #e6db50f6
+# %% ../nbs/06_fastscan.ipynb #f25a2097
 class FastScanBuildError(RuntimeError):
     "The C++ kernels could not be compiled or loaded on this machine."
 
 
 def kernel_build_flags() -> list[str]:
-    "Compiler flags: optimised for this machine's CPU, OpenMP parallel loops shared with PyTorch's threads."
-    return ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
+    """Compiler flags: optimised for this machine's CPU, OpenMP parallel loops shared with PyTorch's threads; on x86,
+    vectorised loops use 512-bit registers where the CPU has them (GCC picks 256 by default)."""
+    flags = ["-O3", "-march=native", "-fopenmp", "-fno-math-errno", "-fno-trapping-math"]
+    return flags + (["-mprefer-vector-width=512"] if platform.machine().lower() in ("x86_64", "amd64") else [])
 
-
-def _cpu_fingerprint() -> str:
-    "What `-march=native` code depends on: the CPU model and feature flags (plus torch and Python versions)."
+# %% ../nbs/06_fastscan.ipynb #694eddcd
+def _cpu_features() -> list[str]:
+    "What `-march=native` code depends on: the CPU model and feature flags."
     try:
         info = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
         info = []
-    features = sorted({line for line in info if line.startswith(("model name", "flags", "Features"))})
-    return "\n".join([platform.machine(), platform.processor(), platform.python_version(), torch.__version__, *features])
+    return sorted({line for line in info if line.startswith(("model name", "flags", "Features"))})
 
 
-def kernel_extension_name() -> str:
-    "Name of the compiled extension: changes with the source, the flags and the CPU, so caches never mix."
-    key = "\n".join([KERNEL_SOURCE, *kernel_build_flags(), _cpu_fingerprint()])
-    return "dnallm_nb_fastscan_" + hashlib.sha1(key.encode()).hexdigest()[:12]
+def kernel_build_key(prefix: str | None = None) -> str:
+    """Everything a compiled kernel depends on, one item a line: the sources, the compiler and its flags, the CPU,
+    torch, Python, and the Python environment (`prefix`, default `sys.prefix`) whose torch it links."""
+    sources = [f"{p.name} {hashlib.sha256(p.read_bytes()).hexdigest()}" for p in sorted(KERNEL_DIR.glob("*.[ch]*"))]
+    return "\n".join([f"environment {prefix or sys.prefix}", f"python {sys.implementation.cache_tag}",
+                      f"torch {torch.__version__}", f"compiler {os.environ.get('CXX', 'c++')}",
+                      f"flags {' '.join(kernel_build_flags())}", f"machine {platform.machine()}", *_cpu_features(),
+                      *sources])
 
-# %% ../nbs/06_fastscan.ipynb #98342f4f
-_kernels = None
-_build_error: FastScanBuildError | None = None
-_build_lock = threading.Lock()
+# %% ../nbs/06_fastscan.ipynb #38e86ce0
+KERNEL_CACHE_ENV = "DNALLM_NB_KERNEL_CACHE"
+"Environment variable naming the folder that holds the compiled kernels (default `~/.cache/dnallm_nb/kernels`)."
 
 
+def kernel_build_dir(root: Path | str | None = None, prefix: str | None = None) -> Path:
+    """The folder of this environment's build: `root` (default `$DNALLM_NB_KERNEL_CACHE` or
+    `~/.cache/dnallm_nb/kernels`) / a name that changes with `kernel_build_key(prefix)`."""
+    root = root or os.environ.get(KERNEL_CACHE_ENV) or Path.home() / ".cache" / "dnallm_nb" / "kernels"
+    digest = hashlib.sha1(kernel_build_key(prefix).encode()).hexdigest()[:12]
+    return Path(root) / f"dnallm_nb_fastscan_{digest}"
+
+# %% ../nbs/06_fastscan.ipynb #89f76431
 def _ensure_ninja_on_path() -> None:
     "torch's extension builder runs `ninja`: use the PyPI `ninja` package's binary when none is on PATH."
     if shutil.which("ninja"):
@@ -703,36 +89,73 @@ def _ensure_ninja_on_path() -> None:
     try:
         import ninja
     except ImportError:
-        return  # load_inline then reports that ninja is missing
+        return  # the build then reports that ninja is missing
     os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
+# %% ../nbs/06_fastscan.ipynb #992b75ed
+STALE_BUILD_LOCK_SECONDS = 600
+"A build lock older than this (seconds) is left from a killed build, not held by a running one."
 
-def load_kernels(verbose: bool = False):
-    """The compiled kernels (a Python module with `KERNEL_FUNCTIONS`). Built on first use on this machine (about
-    a minute) and cached; a failure raises `FastScanBuildError` (and is remembered: no second attempt)."""
+
+def build_kernels(root: Path | str | None = None, verbose: bool = False) -> Path:
+    """Compile the C++ kernels for this Python environment unless an up-to-date build exists (see
+    `kernel_build_dir`); returns the compiled library. Raises `FastScanBuildError` when the build fails."""
+    folder = kernel_build_dir(root)
+    library, done = folder / f"{folder.name}.so", folder / "build-key.txt"
+    if done.exists() and library.exists():
+        return library
+    print("compiling the CPU scan kernel, once, about 30 s", file=sys.stderr, flush=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / "lock"  # torch's build lock: one left by a build that was killed would make this one wait forever
+    if lock.exists() and time.time() - lock.stat().st_mtime > STALE_BUILD_LOCK_SECONDS:
+        lock.unlink()
+    from torch.utils.cpp_extension import load
+    try:
+        _ensure_ninja_on_path()
+        load(folder.name, [str(KERNEL_DIR / name) for name in KERNEL_SOURCES], extra_cflags=kernel_build_flags(),
+             extra_ldflags=["-fopenmp"], build_directory=str(folder), verbose=verbose, is_python_module=False)
+    except Exception as e:
+        raise FastScanBuildError(
+            f"could not build the fast CPU scan kernels in {folder}. They need a C++ compiler (g++ or clang++, with "
+            "OpenMP; the CXX environment variable names another) and ninja (`pip install ninja`): install them and "
+            "restart Python, or use scan_backend='reference'. The build said "
+            f"({type(e).__name__}): ...{str(e).strip()[-1500:]}") from e
+    done.write_text(kernel_build_key() + "\n")  # written last: its presence means the library is complete
+    return library
+
+# %% ../nbs/06_fastscan.ipynb #1fbea0a4
+_kernels = None
+_build_error: FastScanBuildError | None = None
+_build_lock = threading.Lock()
+
+
+def load_kernels():
+    """The compiled kernels (a Python module with `KERNEL_FUNCTIONS`), built by `build_kernels` on first use in
+    this environment. A failure raises `FastScanBuildError` and is remembered: no second attempt."""
     global _kernels, _build_error
     with _build_lock:
         if _kernels is not None:
             return _kernels
         if _build_error is not None:
             raise _build_error
-        from torch.utils.cpp_extension import load_inline
-        logger.info("loading the fast CPU scan kernels (compiled on first use on a machine: about a minute)")
         try:
-            _ensure_ninja_on_path()
-            _kernels = load_inline(kernel_extension_name(), cpp_sources=KERNEL_SOURCE, functions=list(KERNEL_FUNCTIONS),
-                                   extra_cflags=kernel_build_flags(), extra_ldflags=["-fopenmp"], verbose=verbose)
-        except Exception as e:
-            _build_error = FastScanBuildError(
-                f"could not build the fast CPU scan kernels ({type(e).__name__}: {str(e).strip()[-2000:]}). They need a "
-                "C++ compiler (g++ or clang++, with OpenMP) and ninja (`pip install ninja`); install them and restart "
-                "Python, or use scan_backend='reference'.")
+            library = build_kernels()
+            spec = importlib.util.spec_from_file_location(library.stem, library)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+        except FastScanBuildError as e:
+            _build_error = e
+            raise
+        except ImportError as e:
+            _build_error = FastScanBuildError(f"could not load the compiled CPU scan kernels from {library} ({e}); "
+                                              "delete that folder to rebuild them.")
             raise _build_error from e
+        _kernels = module
     return _kernels
 
-
+# %% ../nbs/06_fastscan.ipynb #704e2b4e
 def cpu_backend_available(device: torch.device | str = "cpu") -> bool:
-    "Whether the `cpu` backend can run on `device`: a CPU device, and kernels that build (failures are logged once)."
+    "Whether the `cpu` backend can run on `device`: a CPU device, and kernels that build (a failure is logged once)."
     if torch.device(device).type != "cpu":
         return False
     try:

@@ -1,14 +1,19 @@
-"""The fast CPU scan backend ("cpu", dnallm_nb.fastscan) inside whole models.
+"""The fast CPU scan backend ("cpu", dnallm_nb.fastscan) inside whole models, and its build.
 
 Golden checkpoints still match upstream with it; random models give the reference backend's outputs at awkward
-lengths and batch sizes; RCPS models stay RC-equivariant. The scan-level comparisons live in nbs/06_fastscan.ipynb.
+lengths and batch sizes; RCPS models stay RC-equivariant. The kernels build once per Python environment, and a
+failed build falls back to the reference backend with a warning. The scan-level comparisons live in
+nbs/06_fastscan.ipynb.
 """
-from pathlib import Path
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from dnallm_nb import fastscan
 from dnallm_nb.configuration import CaduceusConfig
 from dnallm_nb.modeling import CaduceusForMaskedLM, CaduceusModel, flip_strands, reverse_complement_ids
 from dnallm_nb.testing import golden_path
@@ -80,3 +85,82 @@ def test_rcps_model_stays_equivariant_with_cpu_backend(kind):
     with torch.no_grad():
         h, h_rc = model(ids).last_hidden_state, model(rc_ids).last_hidden_state
     assert max_diff(h_rc, flip_strands(h)) <= 1e-5
+
+
+COMPILING = "compiling the CPU scan kernel"
+
+
+def run_python(code: str, timeout: int = 600, **env: str) -> subprocess.CompletedProcess:
+    "Run `code` in a fresh interpreter of this environment (with `env` added), capturing its output."
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout, check=False,
+                          env={**os.environ, **env})
+
+
+def test_an_up_to_date_build_is_not_compiled_again():
+    library = fastscan.build_kernels()  # compiles here if this environment has no build yet
+    done = run_python("from dnallm_nb.scan import resolve_scan_backend\n"
+                      "print(resolve_scan_backend('auto', 'cpu').name)")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["cpu"]
+    assert COMPILING not in done.stderr
+    assert fastscan.build_kernels() == library
+
+
+def test_each_environment_keeps_its_own_build(monkeypatch):
+    "Another venv, torch, compiler or flags gets another folder (beside this one); the same ones find the same."
+    here = fastscan.kernel_build_dir()
+    assert fastscan.kernel_build_dir(prefix=sys.prefix) == here
+    other_venv = fastscan.kernel_build_dir(prefix="/another/venv")
+    assert other_venv != here and other_venv.parent == here.parent
+    with monkeypatch.context() as m:
+        m.setattr(torch, "__version__", "0.0.1")
+        assert fastscan.kernel_build_dir() != here
+    with monkeypatch.context() as m:
+        m.setenv("CXX", "clang++")
+        assert fastscan.kernel_build_dir() != here
+    with monkeypatch.context() as m:
+        m.setattr(fastscan, "kernel_build_flags", lambda: ["-O2"])
+        assert fastscan.kernel_build_dir() != here
+
+
+def test_a_failed_build_warns_and_falls_back_to_the_reference(tmp_path):
+    "No compiler: the build fails, one warning names the fix, and a golden model gives upstream's logits anyway."
+    code = f"""
+import torch
+from safetensors.torch import load_file
+from dnallm_nb.modeling import CaduceusForMaskedLM
+folder = {str(GOLDEN / "caduceus-ph-tiny")!r}
+golden = load_file(folder + "/golden.safetensors")
+model = CaduceusForMaskedLM.from_pretrained(folder).eval()
+with torch.no_grad():
+    logits = model(golden["short.input_ids"]).logits
+print(model.scan_backend, (logits - golden["short.logits"]).abs().max().item())
+"""
+    done = run_python(code, CXX=str(tmp_path / "no-such-compiler"), **{fastscan.KERNEL_CACHE_ENV: str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    backend, error = done.stdout.split()
+    assert backend == "reference"
+    assert float(error) <= TOL
+    assert COMPILING in done.stderr
+    assert done.stderr.count("the 'cpu' scan backend is unavailable, falling back to 'reference'") == 1
+    assert "C++ compiler" in done.stderr
+
+
+def test_a_lock_left_by_a_killed_build_does_not_block_the_next(tmp_path):
+    "torch waits forever on a build lock; one older than STALE_BUILD_LOCK_SECONDS is removed (here the build then fails)."
+    code = """
+import os, time
+from dnallm_nb import fastscan
+folder = fastscan.kernel_build_dir()
+folder.mkdir(parents=True)
+(folder / "lock").touch()
+old = time.time() - 2 * fastscan.STALE_BUILD_LOCK_SECONDS
+os.utime(folder / "lock", (old, old))
+try:
+    fastscan.build_kernels()
+except fastscan.FastScanBuildError:
+    print("failed", (folder / "lock").exists())
+"""
+    done = run_python(code, timeout=120, CXX=str(tmp_path / "no-such-compiler"),
+                      **{fastscan.KERNEL_CACHE_ENV: str(tmp_path)})
+    assert done.stdout.split() == ["failed", "False"], done.stderr

@@ -1,0 +1,467 @@
+// The Mamba-1 selective scan on CPU, forward and backward (see nbs/06_fastscan.ipynb for the design).
+#include "common.h"
+#include "kernels.h"
+
+namespace dnallm {
+namespace {
+constexpr int T = 64;  // time steps per tile of the Mamba-1 scan
+
+struct View3 {  // a float (batch, channel, time) tensor, any strides
+  const float* p;
+  int64_t sb, sc, st;
+};
+View3 view3(const at::Tensor& t) { return {t.data_ptr<float>(), t.stride(0), t.stride(1), t.stride(2)}; }
+
+#if DNALLM_AVX512
+// dst[t * ld + c] = src[c * ls + t] for c, t < 16: a 16 x 16 transpose in registers (unpacks, then 128-bit shuffles).
+inline void transpose16(const float* __restrict src, int64_t ls, float* __restrict dst, int64_t ld) {
+  __m512 r[16], t[16];
+  for (int i = 0; i < 16; ++i) r[i] = _mm512_loadu_ps(src + i * ls);
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    const __m512d a = _mm512_castps_pd(t[i]), b = _mm512_castps_pd(t[i + 1]);
+    const __m512d c = _mm512_castps_pd(t[i + 2]), d = _mm512_castps_pd(t[i + 3]);
+    r[i] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, c));
+    r[i + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, c));
+    r[i + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(b, d));
+    r[i + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(b, d));
+  }
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xdd);
+    t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xdd);
+  }
+  for (int i = 0; i < 8; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xdd);
+  }
+  for (int i = 0; i < 16; ++i) _mm512_storeu_ps(dst + i * ld, r[i]);
+}
+#endif
+
+// tile[t][c] = v[b, c0 + c, t0 + t] for c < cn (zero for cn <= c < DC), t < tn.
+template <int DC>
+inline void load_tile(const View3& v, int64_t b, int64_t c0, int cn, int64_t t0, int tn, float (&tile)[T][DC]) {
+  const float* p = v.p + b * v.sb + c0 * v.sc + t0 * v.st;
+  if (v.sc == 1 && cn == DC) {  // channels contiguous: vector copies
+    for (int t = 0; t < tn; ++t) {
+      const float* q = p + t * v.st;
+#pragma omp simd
+      for (int c = 0; c < DC; ++c) tile[t][c] = q[c];
+    }
+    return;
+  }
+#if DNALLM_AVX512
+  if (v.st == 1 && cn == DC && tn == T) {  // time contiguous, a whole tile: 16 x 16 blocks transposed in registers
+    for (int c = 0; c < DC; c += 16)
+      for (int t = 0; t < T; t += 16) transpose16(p + c * v.sc + t, v.sc, &tile[t][c], DC);
+    return;
+  }
+#endif
+  for (int t = 0; t < tn; ++t)
+    for (int c = cn; c < DC; ++c) tile[t][c] = 0.f;
+  for (int c = 0; c < cn; ++c)
+    for (int t = 0; t < tn; ++t) tile[t][c] = p[c * v.sc + t * v.st];
+}
+
+// Ask the caches for v[b, c0 : c0 + cn, t0 : t0 + tn] ahead of use, row by row along whichever axis is contiguous.
+// A tile's rows lie far apart (one per channel or per token), a pattern the hardware prefetchers do not follow: without
+// this the scan waits on memory for each tile it loads.
+inline void prefetch_tile(const View3& v, int64_t b, int64_t c0, int cn, int64_t t0, int tn) {
+  const char* p = reinterpret_cast<const char*>(v.p + b * v.sb + c0 * v.sc + t0 * v.st);
+  const bool channels_contiguous = v.sc == 1;
+  if (!channels_contiguous && v.st != 1) return;
+  const int rows = channels_contiguous ? tn : cn, bytes = 4 * (channels_contiguous ? cn : tn);
+  const int64_t stride = 4 * (channels_contiguous ? v.st : v.sc);
+  for (int r = 0; r < rows; ++r)
+    for (int off = 0; off < bytes; off += 64) __builtin_prefetch(p + r * stride + off, 0, 2);
+}
+
+// dst[n * T + t] = v[b, n, t0 + t] (B or C of one tile, state-major), reading along the contiguous axis.
+inline void load_states(const View3& v, int64_t b, int64_t N, int64_t t0, int tn, float* __restrict dst) {
+  const float* p = v.p + b * v.sb + t0 * v.st;
+  if (v.sc == 1) {
+#if DNALLM_AVX512
+    if (tn == T && N % 16 == 0) {  // a whole tile: 16 x 16 blocks transposed in registers
+      for (int64_t n = 0; n < N; n += 16)
+        for (int t = 0; t < T; t += 16) transpose16(p + t * v.st + n, v.st, dst + n * T + t, T);
+      return;
+    }
+#endif
+    for (int t = 0; t < tn; ++t)
+      for (int64_t n = 0; n < N; ++n) dst[n * T + t] = p[t * v.st + n];
+  } else {
+    for (int64_t n = 0; n < N; ++n)
+      for (int t = 0; t < tn; ++t) dst[n * T + t] = p[n * v.sc + t * v.st];
+  }
+}
+
+struct Mamba1Args {
+  View3 u, delta, z, B, C;
+  float* y;  // (batch, L, d_inner) contiguous
+  const float *A, *D, *bias;
+  int64_t sA0, sA1, sD, sbias, L, N, d_inner;
+  bool has_z, softplus, reverse;
+};
+
+// The kernels' view of mamba1_scan's arguments (empty D, z, delta_bias stand for None).
+Mamba1Args mamba1_args(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
+                       const at::Tensor& C, const at::Tensor& D, const at::Tensor& z,
+                       const at::Tensor& delta_bias, bool softplus, float* y, bool reverse) {
+  const bool has_z = z.numel() > 0, has_D = D.numel() > 0, has_bias = delta_bias.numel() > 0;
+  return {view3(u), view3(delta), has_z ? view3(z) : view3(u), view3(B), view3(C), y, A.data_ptr<float>(),
+          has_D ? D.data_ptr<float>() : nullptr, has_bias ? delta_bias.data_ptr<float>() : nullptr, A.stride(0),
+          A.stride(1), has_D ? D.stride(0) : 0, has_bias ? delta_bias.stride(0) : 0, u.size(2), A.size(1), u.size(1),
+          has_z, softplus, reverse};
+}
+
+// Advance NBV states of DC channels over one time tile (backwards in time if REV); add <C_t, s_t> to yt.
+// dt2 = Δ·log2(e), so exp(Δa) = 2^(dt2·a).
+#if DNALLM_AVX512
+// The state rows stay in registers for the whole tile. Per token and 16 channels, Δ·log2(e), Δ·u and y are loaded
+// once for all NBV states, and each (16 channels × 1 state) update costs 13 vector instructions: 1 multiply (the
+// exponent), 9 for 2^x, a multiply and an FMA for the state, an FMA for y.
+template <int DC, int NBV, bool REV>
+inline void scan_states(float* __restrict s, const float* __restrict a, const float (&dt2)[T][DC],
+                        const float (&du)[T][DC], const float* __restrict Bt, const float* __restrict Ct,
+                        float (&yt)[T][DC], int tn) {
+  constexpr int V = DC / 16;
+  __m512 sr[NBV][V];
+#pragma GCC unroll 16
+  for (int j = 0; j < NBV; ++j)
+#pragma GCC unroll 16
+    for (int v = 0; v < V; ++v) sr[j][v] = _mm512_loadu_ps(s + j * DC + v * 16);
+  for (int step = 0; step < tn; ++step) {
+    const int t = REV ? tn - 1 - step : step;
+    __m512 bv[NBV], cv[NBV];
+#pragma GCC unroll 16
+    for (int j = 0; j < NBV; ++j) {
+      bv[j] = _mm512_set1_ps(Bt[j * T + t]);
+      cv[j] = _mm512_set1_ps(Ct[j * T + t]);
+    }
+#pragma GCC unroll 16
+    for (int v = 0; v < V; ++v) {
+      const __m512 d = _mm512_load_ps(&dt2[t][v * 16]), u = _mm512_load_ps(&du[t][v * 16]);
+      __m512 y = _mm512_load_ps(&yt[t][v * 16]);
+#pragma GCC unroll 16
+      for (int j = 0; j < NBV; ++j) {
+        const __m512 e = pow2_x16(_mm512_mul_ps(d, _mm512_loadu_ps(a + j * DC + v * 16)));
+        sr[j][v] = _mm512_fmadd_ps(e, sr[j][v], _mm512_mul_ps(u, bv[j]));
+        y = _mm512_fmadd_ps(sr[j][v], cv[j], y);
+      }
+      _mm512_store_ps(&yt[t][v * 16], y);
+    }
+  }
+#pragma GCC unroll 16
+  for (int j = 0; j < NBV; ++j)
+#pragma GCC unroll 16
+    for (int v = 0; v < V; ++v) _mm512_storeu_ps(s + j * DC + v * 16, sr[j][v]);
+}
+#else
+template <int DC, int NBV, bool REV>
+inline void scan_states(float* __restrict s, const float* __restrict a, const float (&dt2)[T][DC],
+                        const float (&du)[T][DC], const float* __restrict Bt, const float* __restrict Ct,
+                        float (&yt)[T][DC], int tn) {
+  float sr[NBV][DC], ar[NBV][DC];
+  for (int j = 0; j < NBV; ++j)
+    for (int c = 0; c < DC; ++c) { sr[j][c] = s[j * DC + c]; ar[j][c] = a[j * DC + c]; }
+  for (int step = 0; step < tn; ++step)
+    for (int j = 0; j < NBV; ++j) {
+      const int t = REV ? tn - 1 - step : step;
+      const float bv = Bt[j * T + t], cv = Ct[j * T + t];
+#pragma omp simd
+      for (int c = 0; c < DC; ++c) {
+        const float v = fexp2(dt2[t][c] * ar[j][c]) * sr[j][c] + du[t][c] * bv;
+        sr[j][c] = v;
+        yt[t][c] += v * cv;
+      }
+    }
+  for (int j = 0; j < NBV; ++j)
+    for (int c = 0; c < DC; ++c) s[j * DC + c] = sr[j][c];
+}
+#endif
+
+// The whole sequence b for channels [c0, c0 + DC): the state (N x DC) stays in cache. DC channels are the SIMD
+// axis; NB states are updated together in registers. REV: from the last position to the first.
+template <int DC, int NB, bool REV>
+void mamba1_block(const Mamba1Args& g, int64_t b, int64_t c0) {
+  const int cn = (int)std::min<int64_t>(DC, g.d_inner - c0);
+  const int64_t N = g.N;
+  std::vector<float> s(N * DC, 0.f), a(N * DC, 0.f), Bt(N * T), Ct(N * T);
+  float Dv[DC] = {0}, bias[DC] = {0};
+  for (int c = 0; c < cn; ++c) {
+    for (int64_t n = 0; n < N; ++n) a[n * DC + c] = g.A[(c0 + c) * g.sA0 + n * g.sA1];
+    if (g.D) Dv[c] = g.D[(c0 + c) * g.sD];
+    if (g.bias) bias[c] = g.bias[(c0 + c) * g.sbias];
+  }
+  alignas(64) float ut[T][DC], dt[T][DC], du[T][DC], zt[T][DC], yt[T][DC];
+  const int64_t tiles = (g.L + T - 1) / T;
+  for (int64_t tile = 0; tile < tiles; ++tile) {
+    const int64_t t0 = (REV ? tiles - 1 - tile : tile) * T;
+    const int tn = (int)std::min<int64_t>(T, g.L - t0);
+    load_tile(g.u, b, c0, cn, t0, tn, ut);
+    load_tile(g.delta, b, c0, cn, t0, tn, dt);
+    if (g.has_z) load_tile(g.z, b, c0, cn, t0, tn, zt);
+    if (tile + 1 < tiles) {  // the next tile's inputs arrive while this one is computed
+      const int64_t next = (REV ? tiles - 2 - tile : tile + 1) * T;
+      const int next_n = (int)std::min<int64_t>(T, g.L - next);
+      prefetch_tile(g.u, b, c0, cn, next, next_n);
+      prefetch_tile(g.delta, b, c0, cn, next, next_n);
+      if (g.has_z) prefetch_tile(g.z, b, c0, cn, next, next_n);
+    }
+    for (int t = 0; t < tn; ++t) {
+      if (g.softplus) {
+#if DNALLM_AVX512
+        for (int c = 0; c < DC; c += 16) {
+          const __m512 raw = _mm512_add_ps(_mm512_load_ps(&dt[t][c]), _mm512_loadu_ps(&bias[c]));
+          _mm512_store_ps(&dt[t][c], softplus_x16(raw));
+        }
+#else
+#pragma omp simd
+        for (int c = 0; c < DC; ++c) dt[t][c] = fsoftplus(dt[t][c] + bias[c]);
+#endif
+      } else {
+#pragma omp simd
+        for (int c = 0; c < DC; ++c) dt[t][c] += bias[c];
+      }
+#pragma omp simd
+      for (int c = 0; c < DC; ++c) {
+        const float d = c < cn ? dt[t][c] : 0.f;  // padded channels stay exactly zero
+        du[t][c] = d * ut[t][c];
+        dt[t][c] = d * kLog2e;  // the scan takes exp as a power of 2
+        yt[t][c] = 0.f;
+      }
+    }
+    load_states(g.B, b, N, t0, tn, Bt.data());
+    load_states(g.C, b, N, t0, tn, Ct.data());
+    int64_t n0 = 0;
+    for (; n0 + NB <= N; n0 += NB)
+      scan_states<DC, NB, REV>(s.data() + n0 * DC, a.data() + n0 * DC, dt, du, Bt.data() + n0 * T, Ct.data() + n0 * T, yt, tn);
+    for (; n0 < N; ++n0)
+      scan_states<DC, 1, REV>(s.data() + n0 * DC, a.data() + n0 * DC, dt, du, Bt.data() + n0 * T, Ct.data() + n0 * T, yt, tn);
+    for (int t = 0; t < tn; ++t) {
+      float* out = g.y + (b * g.L + t0 + t) * g.d_inner + c0;
+      if (g.has_z) {
+#if DNALLM_AVX512
+        for (int c = 0; c < DC; c += 16) {
+          const __m512 y =
+              _mm512_fmadd_ps(_mm512_loadu_ps(&Dv[c]), _mm512_load_ps(&ut[t][c]), _mm512_load_ps(&yt[t][c]));
+          _mm512_store_ps(&yt[t][c], _mm512_mul_ps(y, silu_x16(_mm512_load_ps(&zt[t][c]))));
+        }
+#else
+#pragma omp simd
+        for (int c = 0; c < DC; ++c) yt[t][c] = (yt[t][c] + Dv[c] * ut[t][c]) * fsilu(zt[t][c]);
+#endif
+      } else {
+#pragma omp simd
+        for (int c = 0; c < DC; ++c) yt[t][c] += Dv[c] * ut[t][c];
+      }
+      if (cn == DC) {
+#pragma omp simd
+        for (int c = 0; c < DC; ++c) out[c] = yt[t][c];
+      } else {
+        for (int c = 0; c < cn; ++c) out[c] = yt[t][c];
+      }
+    }
+  }
+}
+template <int DC, int NB>
+void run_mamba1(const Mamba1Args& g, int64_t batch) {
+  const int64_t blocks = (g.d_inner + DC - 1) / DC;
+  at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
+    FlushDenormals ftz;
+    for (int64_t i = begin; i < end; ++i) {
+      if (g.reverse) {
+        mamba1_block<DC, NB, true>(g, i / blocks, (i % blocks) * DC);
+      } else {
+        mamba1_block<DC, NB, false>(g, i / blocks, (i % blocks) * DC);
+      }
+    }
+  });
+}
+
+// Backward pass of mamba1_scan for channels [c0, c0 + DC) of sequence b. Pass 1 runs the scan keeping only the state
+// entering each time tile; pass 2 walks the tiles backwards, recomputes a tile's states from its checkpoint and
+// carries the adjoint state dh backwards in time. Channels are the SIMD axis, as in the forward kernel. dB and dC
+// sum over channels: this block's sums go to dBg, dCg (L x N).
+template <int DC>
+void mamba1_backward_block(const Mamba1Args& g, const View3& gv, int64_t b, int64_t c0, float* du_out, float* ddelta_out,
+                           float* dz_out, float* dA, float* dD, float* dbias, float* dBg, float* dCg) {
+  const int cn = (int)std::min<int64_t>(DC, g.d_inner - c0);
+  const int64_t N = g.N, tiles = (g.L + T - 1) / T;
+  std::vector<float> a(N * DC, 0.f), s(N * DC, 0.f), dh(N * DC, 0.f), dAc(N * DC, 0.f), ck(tiles * N * DC);
+  std::vector<float> S((T + 1) * N * DC), Bt(N * T), Ct(N * T);
+  float Dv[DC] = {0}, bias[DC] = {0}, dDc[DC] = {0}, dbc[DC] = {0};
+  for (int c = 0; c < cn; ++c) {
+    for (int64_t n = 0; n < N; ++n) a[n * DC + c] = g.A[(c0 + c) * g.sA0 + n * g.sA1];
+    if (g.D) Dv[c] = g.D[(c0 + c) * g.sD];
+    if (g.bias) bias[c] = g.bias[(c0 + c) * g.sbias];
+  }
+  alignas(64) float ut[T][DC], dt[T][DC], sg[T][DC], du[T][DC], zt[T][DC], gt[T][DC], gy[T][DC], gu[T][DC], gd[T][DC];
+  // dt = softplus(delta + bias) (or delta + bias), sg = d dt / d delta, du = dt * u; padded channels stay zero
+  auto load_steps = [&](int64_t t0, int tn) {
+    load_tile(g.u, b, c0, cn, t0, tn, ut);
+    load_tile(g.delta, b, c0, cn, t0, tn, dt);
+    for (int t = 0; t < tn; ++t) {
+#pragma omp simd
+      for (int c = 0; c < DC; ++c) {
+        const float raw = dt[t][c] + bias[c];
+        const float d = g.softplus ? fsoftplus(raw) : raw;
+        const bool real = c < cn;
+        dt[t][c] = real ? d : 0.f;
+        sg[t][c] = g.softplus ? 1.f / (1.f + fexp(-raw)) : 1.f;
+        du[t][c] = real ? d * ut[t][c] : 0.f;
+      }
+    }
+    load_states(g.B, b, N, t0, tn, Bt.data());
+  };
+  for (int64_t k = 0; k < tiles; ++k) {  // pass 1: the state entering every tile
+    const int64_t t0 = k * T;
+    const int tn = (int)std::min<int64_t>(T, g.L - t0);
+    std::copy(s.begin(), s.end(), ck.begin() + k * N * DC);
+    load_steps(t0, tn);
+    for (int64_t n = 0; n < N; ++n)
+      for (int t = 0; t < tn; ++t) {
+        const float bv = Bt[n * T + t];
+#pragma omp simd
+        for (int c = 0; c < DC; ++c) s[n * DC + c] = fexp(dt[t][c] * a[n * DC + c]) * s[n * DC + c] + du[t][c] * bv;
+      }
+  }
+  for (int64_t k = tiles - 1; k >= 0; --k) {  // pass 2: backwards over tiles
+    const int64_t t0 = k * T;
+    const int tn = (int)std::min<int64_t>(T, g.L - t0);
+    load_steps(t0, tn);
+    load_states(g.C, b, N, t0, tn, Ct.data());
+    load_tile(gv, b, c0, cn, t0, tn, gt);
+    if (g.has_z) load_tile(g.z, b, c0, cn, t0, tn, zt);
+    std::copy(ck.begin() + k * N * DC, ck.begin() + (k + 1) * N * DC, S.begin());  // S[t + 1] = state after step t
+    float y0[T][DC];
+    for (int t = 0; t < tn; ++t)
+#pragma omp simd
+      for (int c = 0; c < DC; ++c) y0[t][c] = Dv[c] * ut[t][c];
+    for (int t = 0; t < tn; ++t)
+      for (int64_t n = 0; n < N; ++n) {
+        const float bv = Bt[n * T + t], cv = Ct[n * T + t];
+        const float* prev = &S[(t * N + n) * DC];
+        float* next = &S[((t + 1) * N + n) * DC];
+#pragma omp simd
+        for (int c = 0; c < DC; ++c) {
+          next[c] = fexp(dt[t][c] * a[n * DC + c]) * prev[c] + du[t][c] * bv;
+          y0[t][c] += next[c] * cv;
+        }
+      }
+    for (int t = 0; t < tn; ++t) {  // the gate: y = y0 * silu(z)
+#pragma omp simd
+      for (int c = 0; c < DC; ++c) {
+        const float real = c < cn ? 1.f : 0.f;
+        if (g.has_z) {
+          const float zz = zt[t][c], sgz = 1.f / (1.f + fexp(-zz));
+          gy[t][c] = real * gt[t][c] * zz * sgz;
+          zt[t][c] = real * gt[t][c] * y0[t][c] * sgz * (1.f + zz * (1.f - sgz));  // dz
+        } else {
+          gy[t][c] = real * gt[t][c];
+        }
+        dDc[c] += gy[t][c] * ut[t][c];
+        gu[t][c] = gy[t][c] * Dv[c];
+        gd[t][c] = 0.f;
+      }
+    }
+    for (int t = tn - 1; t >= 0; --t) {
+      for (int64_t n = 0; n < N; ++n) {
+        const float bv = Bt[n * T + t], cv = Ct[n * T + t];
+        const float* prev = &S[(t * N + n) * DC];
+        const float* cur = &S[((t + 1) * N + n) * DC];
+        float* dhn = &dh[n * DC];
+        float* dAn = &dAc[n * DC];
+        const float* an = &a[n * DC];
+        float dc = 0.f, db = 0.f;
+#pragma omp simd reduction(+ : dc, db)
+        for (int c = 0; c < DC; ++c) {
+          const float e = fexp(dt[t][c] * an[c]);
+          const float adj = dhn[c] + gy[t][c] * cv;
+          dc += gy[t][c] * cur[c];
+          gd[t][c] += adj * (an[c] * e * prev[c] + bv * ut[t][c]);
+          dAn[c] += adj * dt[t][c] * e * prev[c];
+          db += adj * du[t][c];
+          gu[t][c] += adj * dt[t][c] * bv;
+          dhn[c] = adj * e;
+        }
+        dCg[(t0 + t) * N + n] += dc;
+        dBg[(t0 + t) * N + n] += db;
+      }
+    }
+    for (int t = 0; t < tn; ++t) {
+      const int64_t row = (b * g.L + t0 + t) * g.d_inner + c0;
+      for (int c = 0; c < cn; ++c) {
+        const float draw = gd[t][c] * sg[t][c];
+        dbc[c] += draw;
+        du_out[row + c] = gu[t][c];
+        ddelta_out[row + c] = draw;
+        if (g.has_z) dz_out[row + c] = zt[t][c];
+      }
+    }
+  }
+  // dA, dD, ddelta_bias sum over the batch, whose other elements other tasks handle: add atomically
+  for (int c = 0; c < cn; ++c) {
+    for (int64_t n = 0; n < N; ++n) {
+#pragma omp atomic
+      dA[(c0 + c) * N + n] += dAc[n * DC + c];
+    }
+#pragma omp atomic
+    dD[c0 + c] += dDc[c];
+#pragma omp atomic
+    dbias[c0 + c] += dbc[c];
+  }
+}
+}  // namespace
+
+// Mamba-1 selective scan, float32. u, delta, z: (batch, d_inner, L) any strides; A: (d_inner, N);
+// B, C: (batch, N, L); D, delta_bias: (d_inner,); empty tensors stand for None. Returns y as (batch, L, d_inner).
+// reverse: the recurrence runs from the last position to the first (the scan of the time-reversed input, reversed).
+at::Tensor mamba1_scan(at::Tensor u, at::Tensor delta, at::Tensor A, at::Tensor B, at::Tensor C, at::Tensor D,
+                       at::Tensor z, at::Tensor delta_bias, bool delta_softplus, bool reverse) {
+  const int64_t batch = u.size(0), d_inner = u.size(1), L = u.size(2);
+  auto y = at::empty({batch, L, d_inner}, u.options());
+  const Mamba1Args g = mamba1_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus, y.data_ptr<float>(), reverse);
+  // 64-channel tasks read longer contiguous rows (faster); 32-channel tasks when 64 would leave threads idle.
+  if (batch * ((d_inner + 63) / 64) >= at::get_num_threads()) {
+    run_mamba1<64, 2>(g, batch);
+  } else {
+    run_mamba1<32, 4>(g, batch);
+  }
+  return y;
+}
+
+// Gradients of mamba1_scan (same inputs, plus grad: (batch, d_inner, L) any strides). Returns du, ddelta, dz as
+// (batch, L, d_inner), dA (d_inner, N), dB_parts, dC_parts (batch, blocks, L, N) — partial sums over blocks of 32
+// channels, for the caller to add up — and dD, ddelta_bias (d_inner,).
+std::vector<at::Tensor> mamba1_scan_backward(at::Tensor u, at::Tensor delta, at::Tensor A, at::Tensor B, at::Tensor C,
+                                             at::Tensor D, at::Tensor z, at::Tensor delta_bias, bool delta_softplus,
+                                             at::Tensor grad) {
+  constexpr int DC = 32;
+  const int64_t batch = u.size(0), d_inner = u.size(1), L = u.size(2), N = A.size(1);
+  const int64_t blocks = (d_inner + DC - 1) / DC;
+  const bool has_z = z.numel() > 0;
+  auto f32 = u.options();
+  auto du = at::empty({batch, L, d_inner}, f32), ddelta = at::empty({batch, L, d_inner}, f32);
+  auto dz = has_z ? at::empty({batch, L, d_inner}, f32) : at::zeros({batch, L, d_inner}, f32);
+  auto dA = at::zeros({d_inner, N}, f32), dD = at::zeros({d_inner}, f32), dbias = at::zeros({d_inner}, f32);
+  auto dB = at::zeros({batch, blocks, L, N}, f32), dC = at::zeros({batch, blocks, L, N}, f32);
+  const Mamba1Args g = mamba1_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus, nullptr, false);
+  const View3 gv = view3(grad);
+  at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
+    FlushDenormals ftz;
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t b = i / blocks, blk = i % blocks;
+      mamba1_backward_block<DC>(g, gv, b, blk * DC, du.data_ptr<float>(), ddelta.data_ptr<float>(), dz.data_ptr<float>(),
+                                dA.data_ptr<float>(), dD.data_ptr<float>(), dbias.data_ptr<float>(),
+                                dB.data_ptr<float>() + i * L * N, dC.data_ptr<float>() + i * L * N);
+    }
+  });
+  return {du, ddelta, dz, dA, dB, dC, dD, dbias};
+}
+}  // namespace dnallm
