@@ -16,7 +16,7 @@ import dnallm_nb
 __all__ = ['DTYPES', 'USER_ERRORS', 'COMMANDS', 'option', 'positive_int', 'add_model', 'add_runtime', 'one_line', 'run_command',
            'named', 'add_demo', 'run_demo', 'parse_layers', 'add_embed', 'run_embed', 'add_score_variants',
            'run_score_variants', 'comma_list', 'add_bench', 'run_bench', 'add_bench_distributed',
-           'run_bench_distributed', 'build_parser', 'main']
+           'run_bench_distributed', 'add_build_kernels', 'run_build_kernels', 'build_parser', 'main']
 
 # %% ../nbs/90_cli.ipynb #4bff03eb
 def option(parser: argparse.ArgumentParser, *flags: str, help: str, **kwargs) -> argparse.Action:
@@ -305,6 +305,25 @@ def run_bench_distributed(args: argparse.Namespace) -> int:
                                args.threads, args.shard_size)
     return 0 if all(r["identical"] for r in rows) else 1
 
+# %% ../nbs/90_cli.ipynb #9a9091a6
+def add_build_kernels(p: argparse.ArgumentParser) -> None:
+    "Arguments of `dnallm-nb build-kernels`."
+    option(p, "--threads", type=positive_int, help="compiler jobs at once (default: one per CPU, as ninja chooses)")
+    option(p, "--debug", action="store_true", help="on an error, show the traceback (default: one error line)")
+
+
+def run_build_kernels(args: argparse.Namespace) -> int:
+    "`dnallm-nb build-kernels`: compile the CPU kernels for this Python environment unless an up-to-date build exists."
+    import os
+    from dnallm_nb.fastscan import FastScanBuildError, build_kernels
+    if args.threads:
+        os.environ["MAX_JOBS"] = str(args.threads)  # read by torch.utils.cpp_extension's ninja build
+    try:
+        print(build_kernels())
+    except FastScanBuildError as e:  # the machine's toolchain, not our code: a user-facing error
+        raise OSError(str(e)) from e
+    return 0
+
 # %% ../nbs/90_cli.ipynb #156d9b09
 COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "demo": ("the main job: RC check, layer probes and LoRA fine-tuning against controls on a real task; writes a report",
@@ -315,6 +334,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "bench": ("benchmark the scan backends: tokens/s, peak RSS, ratio to the reference", add_bench, run_bench),
     "bench-distributed": ("records/s of embedding with 1 vs N torchrun processes, CPUs shared fairly",
                           add_bench_distributed, run_bench_distributed),
+    "build-kernels": ("compile the CPU scan kernels for this Python environment now (else on first use)",
+                      add_build_kernels, run_build_kernels),
 }
 "Sub-commands: name -> (help, function adding its arguments, function running it)."
 
