@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .scan import causal_conv1d_ref, register_scan_backend, selective_scan_ref, ssd_scan_ref, time_reversible
+from .scan import causal_conv1d_ref, register_scan_backend, ssd_scan_ref, time_reversible
 
 logger = logging.getLogger(__name__)
 

@@ -17,6 +17,9 @@ if [ "$before" != "$after" ]; then
   exit 1
 fi
 
+step "ruff: the exported module is lint-clean"
+ruff check dnallm_nb
+
 step "nbdev_test: every notebook runs"
 nbdev_test --timing
 
