@@ -20,7 +20,7 @@ from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelF
 from .configuration import CaduceusConfig
 from .tokenization import TOKENIZER_CLASSES  # importing the module registers the tokenizer classes by name
 
-
+# %% ../nbs/99_api.ipynb #7976cbf0
 def _deferred_model_class(name: str) -> type:
     """A stand-in for `dnallm_nb.modeling.<name>` in the Auto mappings: its `from_pretrained` and `_from_config`
     (what the Auto classes call) import the modeling module, whose import registers the real class instead."""

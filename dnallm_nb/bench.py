@@ -40,7 +40,7 @@ __all__ = ['CADUCEUS_COMPLEMENT', 'PLANT_COMPLEMENT', 'CASES', 'MALLOC_CACHE_ENV
 CADUCEUS_COMPLEMENT = {0: 0, 1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 6, 7: 10, 8: 9, 9: 8, 10: 7, 11: 11}
 PLANT_COMPLEMENT = {0: 0, 1: 1, 2: 2, 3: 6, 4: 5, 5: 4, 6: 3, 7: 7}
 
-
+# %% ../nbs/12_bench.ipynb #73daa42f
 def case_config(case: str, n_layer: int | None = None) -> CaduceusConfig:
     "Config of a benchmark case (see `CASES`), optionally with fewer layers."
     if case not in CASES:
@@ -67,12 +67,12 @@ longest input the full-depth reference runs on by default (the reference SSD sca
 # %% ../nbs/12_bench.ipynb #397a8f7d
 _scan_flops = [0]
 
-
+# %% ../nbs/12_bench.ipynb #9704f902
 def _count_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, reverse=False):
     _scan_flops[0] += 7 * u.shape[0] * u.shape[1] * u.shape[2] * A.shape[1]
     return torch.zeros_like(u)
 
-
+# %% ../nbs/12_bench.ipynb #b1b9e5f5
 def _count_ssd_scan(x, dt, A, B, C, D=None, dt_bias=None, dt_softplus=False, chunk_size=256, reverse=False):
     _scan_flops[0] += 5 * x.numel() * B.shape[-1]
     return torch.zeros_like(x)
@@ -80,7 +80,7 @@ def _count_ssd_scan(x, dt, A, B, C, D=None, dt_bias=None, dt_softplus=False, chu
 
 _COUNTING_SCANS = ScanBackend("flop-count", _count_selective_scan, _count_ssd_scan, lambda device: True)
 
-
+# %% ../nbs/12_bench.ipynb #15df2c39
 def model_flops(model: CaduceusModel, batch: int, length: int, count_length: int = 2048) -> float:
     """FLOPs of one forward of `model` on (batch, length) tokens: matrix products + convolutions + scan recurrences,
     as upstream computes them (each BiMamba direction through its own projections)."""
@@ -100,7 +100,7 @@ def model_flops(model: CaduceusModel, batch: int, length: int, count_length: int
             m.tied = was_tied
     return (counter.get_total_flops() + _scan_flops[0]) * length / n
 
-
+# %% ../nbs/12_bench.ipynb #238d8abb
 def gemm_rate(size: int = 2048, repeats: int = 5) -> float:
     "This machine's float32 matrix-product rate (FLOP/s, best of `repeats`) on PyTorch's current threads."
     a, b = torch.randn(size, size), torch.randn(size, size)
@@ -108,18 +108,18 @@ def gemm_rate(size: int = 2048, repeats: int = 5) -> float:
     best = min(_seconds(lambda: a @ b) for _ in range(repeats))
     return 2 * size**3 / best
 
-
+# %% ../nbs/12_bench.ipynb #ccbf0f12
 def _seconds(fn) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
 
-
+# %% ../nbs/12_bench.ipynb #7b44e4f2
 def _cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
-
+# %% ../nbs/12_bench.ipynb #32c6baf1
 def _timed(fn) -> tuple[float, float]:
     "(wall seconds, CPU seconds of all threads) of one call."
     cpu = _cpu_seconds()
@@ -145,7 +145,7 @@ class Measurement:
     def tokens_per_s(self) -> float:
         return self.batch * self.length / self.seconds
 
-
+# %% ../nbs/12_bench.ipynb #e8c46935
 def measure(case: str, length: int, backend: str = "cpu", batch: int = 1, n_layer: int | None = None,
             repeats: int = 1, count_flops: bool = True, seed: int = 0) -> Measurement:
     "Time `repeats` forwards (after a 256-token warm-up) of the case's model on random tokens, in this process."
@@ -168,7 +168,7 @@ MALLOC_CACHE_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**32), "MALLOC_TRIM_THRESHOLD
 """glibc settings that keep freed activations in the heap instead of returning them to the OS: large forwards
 then stop paying a page fault per 4 KB of every new activation, for a higher peak RSS."""
 
-
+# %% ../nbs/12_bench.ipynb #995e6a36
 def _run_worker(spec: dict, env: dict | None, what: str) -> dict:
     "`run_worker(spec)` in a new Python process with `env` added to its environment: its JSON result, or RuntimeError with the child's error."
     code = "import sys; from dnallm_nb.bench import run_worker; run_worker(sys.argv[1])"
@@ -178,7 +178,7 @@ def _run_worker(spec: dict, env: dict | None, what: str) -> dict:
         raise RuntimeError(f"benchmark worker for {what} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
-
+# %% ../nbs/12_bench.ipynb #6615440f
 def measure_in_subprocess(case: str, length: int, backend: str, batch: int = 1, n_layer: int | None = None,
                           repeats: int = 1, threads: int | None = None, count_flops: bool = True,
                           env: dict | None = None) -> Measurement:
@@ -188,7 +188,7 @@ def measure_in_subprocess(case: str, length: int, backend: str, batch: int = 1, 
                 threads=threads, count_flops=count_flops)
     return Measurement(**_run_worker(spec, env, f"{case} L={length} ({backend})"))
 
-
+# %% ../nbs/12_bench.ipynb #cf9f000c
 def run_worker(spec_json: str) -> None:
     "One measurement in this process, as `_run_worker` asks for it (JSON): print its result as JSON."
     spec = json.loads(spec_json)
@@ -204,7 +204,7 @@ def run_worker(spec_json: str) -> None:
 VARIANT_CASES: dict[str, str] = {"demo": DEMO_MODEL_NAME, **{c: f"{v['title']} config" for c, v in CASES.items()}}
 "Models `--variants` can time: the bundled demo model, or a benchmark case's configuration with random weights."
 
-
+# %% ../nbs/12_bench.ipynb #366199d0
 def variant_case(case: str) -> tuple[CaduceusForMaskedLM, object]:
     "Masked LM and tokenizer of a variant-scoring case: the bundled demo model, or a case's config with seeded random weights (speed does not depend on them)."
     if case not in VARIANT_CASES:
@@ -216,7 +216,7 @@ def variant_case(case: str) -> tuple[CaduceusForMaskedLM, object]:
         model = CaduceusForMaskedLM(case_config(case)).eval()
     return model, CASES[case]["tokenizer"]()
 
-
+# %% ../nbs/12_bench.ipynb #eeee49f7
 def random_variants(n: int, window: int, seed: int = 0) -> tuple[dict[str, str], pd.DataFrame]:
     "A random chromosome 'bench' and `n` single-base substitutions on it (chrom, pos 1-based, ref, alt), each a full window from its ends."
     rng = np.random.default_rng(seed)
@@ -226,7 +226,7 @@ def random_variants(n: int, window: int, seed: int = 0) -> tuple[dict[str, str],
     alt = ["ACGT"[("ACGT".index(r) + int(k)) % 4] for r, k in zip(ref, rng.integers(1, 4, n))]
     return {"bench": sequence}, pd.DataFrame({"chrom": "bench", "pos": pos, "ref": ref, "alt": alt})
 
-
+# %% ../nbs/12_bench.ipynb #c834e43b
 def measure_variant_scoring(case: str, window: int, n_variants: int = 32, batch_size: int = 32, seed: int = 0) -> dict:
     "Seconds of `score_variants` (RC-averaged) on `n_variants` random substitutions in `window`-base windows, batched and one window per forward, in this process."
     model, tokenizer = variant_case(case)
@@ -239,7 +239,7 @@ def measure_variant_scoring(case: str, window: int, n_variants: int = 32, batch_
     return dict(case=case, window=window, n_variants=n_variants, batch_size=batch_size, batched_s=batched,
                 one_at_a_time_s=one_at_a_time, peak_rss_mb=rss)
 
-
+# %% ../nbs/12_bench.ipynb #1d08fe45
 def run_variant_bench(
     n_variants: int,  # random substitutions per case and window
     cases: Sequence[str] | None = None,  # names from `VARIANT_CASES` (default: demo, ps)
@@ -285,7 +285,7 @@ def _row(m: Measurement, ref: Measurement | None, scale: float) -> str:
     return (f"{CASES[m.case]['title']:<17} {m.length:>7,} {m.seconds:>9.2f} {m.cpu_seconds:>7.1f} {m.tokens_per_s:>10,.0f} "
             f"{m.peak_rss_mb:>9,.0f} {rate / 1e9:>8.1f} {rate / m.gemm_flops_per_s:>6.0%} {ref_text:>10} {speedup:>8}")
 
-
+# %% ../nbs/12_bench.ipynb #37050999
 def run_bench(
     cases: Sequence[str] | None = None,  # names from `CASES` (default: all)
     lengths: Sequence[int] | None = None,  # sequence lengths for every case (default: each case's own)
@@ -341,7 +341,7 @@ def run_bench(
 # %% ../nbs/12_bench.ipynb #c268a6fb
 _EMBED_WORKER = "import sys\nfrom dnallm_nb.bench import embed_scaling_worker\nembed_scaling_worker(sys.argv[1])\n"
 
-
+# %% ../nbs/12_bench.ipynb #894b0db9
 def embed_scaling_worker(spec_json: str) -> None:
     "One rank of a benchmark run: load the model, wait for the others, time extract_embeddings; rank 0 prints JSON."
     spec = json.loads(spec_json)
@@ -355,12 +355,12 @@ def embed_scaling_worker(spec_json: str) -> None:
     if dist.is_main:
         print(json.dumps({"seconds": seconds, "threads": torch.get_num_threads()}))
 
-
+# %% ../nbs/12_bench.ipynb #51671ea1
 def _folder_bytes(folder: Path) -> dict[str, bytes]:
     "Every file of an embeddings folder but its manifest."
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "manifest.json"}
 
-
+# %% ../nbs/12_bench.ipynb #68095b90
 def bench_embed_scaling(
     model: str = "dnallm-nb/plant-caduceus-ps-tiny",  # checkpoint (bundled demo model by default)
     n_records: int = 300,

@@ -26,7 +26,7 @@ def option(parser: argparse.ArgumentParser, *flags: str, help: str, **kwargs) ->
         notes.append(f"default: {kwargs['default']}")
     return parser.add_argument(*flags, help=help + (f" ({'; '.join(notes)})" if notes else ""), **kwargs)
 
-
+# %% ../nbs/90_cli.ipynb #27ddf665
 def positive_int(text: str) -> int:
     "An argparse type: a whole number of at least 1."
     try:
@@ -41,7 +41,7 @@ def positive_int(text: str) -> int:
 DTYPES: tuple[str, ...] = ("float32", "bfloat16", "float16")
 "Model dtypes a command can load a checkpoint in."
 
-
+# %% ../nbs/90_cli.ipynb #fffac8e5
 def add_model(parser: argparse.ArgumentParser, *, positional: bool = False, default: str | None = None) -> None:
     "The checkpoint to load: `MODEL` (positional) or `--model` (required unless it has a default)."
     what = "registry id, Hugging Face hub id or local checkpoint folder of a Caduceus-family model"
@@ -52,7 +52,7 @@ def add_model(parser: argparse.ArgumentParser, *, positional: bool = False, defa
     else:
         option(parser, "--model", default=default, help=what)
 
-
+# %% ../nbs/90_cli.ipynb #6b801486
 def add_runtime(parser: argparse.ArgumentParser, *, dtype: bool = True, progress: bool = True) -> None:
     "Where and how the model runs: --device, --dtype, --threads, --no-progress, and --debug."
     option(parser, "--device", help="cpu, cuda, cuda:1, ... (default: cuda when available, else cpu; under torchrun, "
@@ -69,12 +69,12 @@ def add_runtime(parser: argparse.ArgumentParser, *, dtype: bool = True, progress
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, LookupError, OSError)
 "Exceptions that report a user's mistake (bad path, file, checkpoint, option); `RankError` from a torchrun peer too."
 
-
+# %% ../nbs/90_cli.ipynb #e2a4e9c5
 def one_line(error: BaseException) -> str:
     "An exception's message on one line."
     return " ".join(str(error).split()) or type(error).__name__
 
-
+# %% ../nbs/90_cli.ipynb #c46548e2
 def run_command(name: str, run: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     "Run `run(args)`; a raised error becomes one `dnallm-nb NAME: error: …` line on stderr (the traceback with --debug)."
     from dnallm_nb.distributed import RankError
@@ -118,7 +118,7 @@ def add_demo(p: argparse.ArgumentParser) -> None:
            help="skip the LoRA fine-tuning step, the slowest part of the report (default: fine-tune)")
     add_runtime(p, dtype=False, progress=False)
 
-
+# %% ../nbs/90_cli.ipynb #76311b2e
 def run_demo(args: argparse.Namespace) -> int:
     "`dnallm-nb demo`: write the report, print its summary."
     from dnallm_nb.distributed import pin_threads
@@ -143,7 +143,7 @@ def parse_layers(text: str) -> int | list[int] | str:
         raise argparse.ArgumentTypeError(f"{text!r}: use 'all', an int, or comma-separated ints such as 0,-1") from None
     return values[0] if len(values) == 1 else values
 
-
+# %% ../nbs/90_cli.ipynb #8af8fc48
 def add_embed(p: argparse.ArgumentParser) -> None:
     "Arguments of `dnallm-nb embed`."
     from dnallm_nb.embeddings import POOLINGS, RC_MODES
@@ -247,7 +247,7 @@ def comma_list(kind: type = str) -> Callable[[str], list]:
             raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {kind.__name__}") from None
     return parse
 
-
+# %% ../nbs/90_cli.ipynb #c33a46c6
 def add_bench(p: argparse.ArgumentParser) -> None:
     "Arguments of `dnallm-nb bench`."
     from dnallm_nb.bench import CASES, VARIANT_CASES
@@ -270,7 +270,7 @@ def add_bench(p: argparse.ArgumentParser) -> None:
     option(p, "--json", help="also write the measurements to this JSON file (default: none)")
     add_runtime(p, dtype=False, progress=False)
 
-
+# %% ../nbs/90_cli.ipynb #a3d9d368
 def run_bench(args: argparse.Namespace) -> int:
     "`dnallm-nb bench`: one table row per case and length (or window, with --variants)."
     from dnallm_nb.bench import run_bench as forwards, run_variant_bench
@@ -297,7 +297,7 @@ def add_bench_distributed(p: argparse.ArgumentParser) -> None:
     option(p, "--threads", type=positive_int, help="CPUs shared by each run's processes (default: all this process may use)")
     option(p, "--debug", action="store_true", help="on an error, show the traceback (default: one error line)")
 
-
+# %% ../nbs/90_cli.ipynb #e9f5eb60
 def run_bench_distributed(args: argparse.Namespace) -> int:
     "`dnallm-nb bench-distributed`: exit status 1 when the folders of the runs differ."
     from dnallm_nb.bench import bench_embed_scaling
@@ -311,7 +311,7 @@ def add_build_kernels(p: argparse.ArgumentParser) -> None:
     option(p, "--threads", type=positive_int, help="compiler jobs at once (default: one per CPU, as ninja chooses)")
     option(p, "--debug", action="store_true", help="on an error, show the traceback (default: one error line)")
 
-
+# %% ../nbs/90_cli.ipynb #78c46bd3
 def run_build_kernels(args: argparse.Namespace) -> int:
     "`dnallm-nb build-kernels`: compile the CPU kernels for this Python environment unless an up-to-date build exists."
     import os
@@ -339,7 +339,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
 }
 "Sub-commands: name -> (help, function adding its arguments, function running it)."
 
-
+# %% ../nbs/90_cli.ipynb #3677cdee
 def build_parser() -> argparse.ArgumentParser:
     "The `dnallm-nb` argument parser, one sub-command per job."
     parser = argparse.ArgumentParser(prog="dnallm-nb", description="Caduceus-family DNA language models, natively.")
@@ -349,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
         add(commands.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + "."))
     return parser
 
-
+# %% ../nbs/90_cli.ipynb #914318f0
 def main(argv: list[str] | None = None) -> int:
     "Entry point of the `dnallm-nb` console script; returns the exit status."
     args = build_parser().parse_args(sys.argv[1:] if argv is None else list(argv))

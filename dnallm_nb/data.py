@@ -44,6 +44,7 @@ ECOLI_DEB = "cct-examples"
 ECOLI_GENBANK = "usr/share/doc/cct/examples/sample_projects/sample_project_3/comparison_genomes/NC_000913.gbk.gz"
 "Path of the E. coli K-12 GenBank file inside the Debian package `cct-examples`."
 
+# %% ../nbs/10_data.ipynb #989748b4
 class SourceUnavailableError(RuntimeError):
     "A source data set is not installed here and cannot be fetched on this machine."
 
@@ -73,6 +74,7 @@ def _run(cmd: list[str], cwd: str | Path, fix: str) -> None:
     if result.returncode != 0:
         raise SourceUnavailableError(f"`{' '.join(cmd)}` failed ({result.stderr.strip()[-500:]}); {fix}.")
 
+# %% ../nbs/10_data.ipynb #0ea9d123
 def fetch_ecoli_genbank(cache_dir: str | Path | None = None) -> Path:
     "Path of the E. coli K-12 GenBank file of Debian's `cct-examples`, fetched once by `apt-get download` + `dpkg -x` into `cache_dir/sources`."
     target = Path(cache_dir or default_cache_dir()) / "sources" / ECOLI_DEB / Path(ECOLI_GENBANK).name
@@ -102,6 +104,7 @@ class Transcript:
     exons: tuple[tuple[int, int], ...]
     cds: tuple[tuple[int, int], ...]
 
+# %% ../nbs/10_data.ipynb #c0f84df4
 @dataclass
 class AnnotatedGenome:
     "Sequences (`sequences[chrom][start:end]` gives text) with protein-coding transcripts and genic intervals."
@@ -111,10 +114,12 @@ class AnnotatedGenome:
     genic: dict[str, list[tuple[int, int]]]  # any gene, transcript, RNA, CDS or exon, either strand
     files: dict[str, Path]
 
+# %% ../nbs/10_data.ipynb #54224400
 def _is_genic(featuretype: str) -> bool:
     "Whether a GFF3/GenBank feature type marks genic (non-intergenic) DNA."
     return featuretype in ("gene", "pseudogene", "CDS", "exon") or featuretype.endswith(("RNA", "transcript"))
 
+# %% ../nbs/10_data.ipynb #668418d0
 def _require_file(path: str | Path, what: str) -> Path:
     "`path` as a Path if it is a file, else FileNotFoundError naming `what`."
     path = Path(path)
@@ -137,6 +142,7 @@ def _read_gff3_transcripts(path: Path) -> tuple[list[Transcript], dict[str, list
                    for i, (chrom, strand) in mrna.items() if i in exons and i in cds]
     return transcripts, genic
 
+# %% ../nbs/10_data.ipynb #a85e4e1e
 def read_fasta_gff3(fasta: str | Path, gff3: str | Path, chroms: list[str] | None = None,
                     cache_dir: str | Path | None = None) -> AnnotatedGenome:
     "Annotated genome from a FASTA and a GFF3 (each plain or gzip/bgzip); `chroms` limits it to those sequences."
@@ -177,6 +183,7 @@ def read_genbank(path: str | Path) -> AnnotatedGenome:
 MOTIFS: dict[str, tuple[str, ...]] = {"tis": ("ATG",), "tts": ("TAA", "TAG", "TGA"), "donor": ("GT",), "acceptor": ("AG",)}
 "Sense-strand motif that starts at the centre of every window (positive or decoy) of each site task."
 
+# %% ../nbs/10_data.ipynb #2c1770a6
 def transcript_sites(tx: Transcript, task: str) -> list[int]:
     "Annotated `task` sites of `tx`: genomic positions of the motif's first base read on the sense strand."
     plus = tx.strand == "+"
@@ -191,10 +198,12 @@ def transcript_sites(tx: Transcript, task: str) -> list[int]:
     if task == "acceptor": return [e - 2 if plus else s + 1 for s, e in introns]
     raise ValueError(f"unknown site task {task!r}; choose one of {list(MOTIFS)}.")
 
+# %% ../nbs/10_data.ipynb #9340c5ce
 def centre_index(window_length: int) -> int:
     "Index of the scored base in a window: 255 of 512, 4095 of 8192 (PlantCaduceus / PlantCAD2)."
     return (window_length - 1) // 2
 
+# %% ../nbs/10_data.ipynb #31ebf4da
 def window_bounds(site, strand, window_length: int = 512):
     "Genomic `[start, end)` of windows whose sense-strand centre index holds `site` (scalars or arrays)."
     c = centre_index(window_length)
@@ -204,6 +213,7 @@ def window_bounds(site, strand, window_length: int = 512):
 # %% ../nbs/10_data.ipynb #ea3648f7
 SPLITS = ("train", "valid", "test")
 
+# %% ../nbs/10_data.ipynb #f0643343
 @dataclass(frozen=True)
 class BlockSplit:
     "Block `k = start // block_size` of each chromosome goes to valid if `k % period` is in `valid`, test if in `test`, else train."
@@ -251,6 +261,7 @@ GRID = 32
 "Spacing (bp) of the candidate centres of the `coding` and `strand` tasks."
 _ACGT = np.isin(np.arange(256), np.frombuffer(b"ACGT", np.uint8))  # lookup: ASCII code -> is an unambiguous base
 
+# %% ../nbs/10_data.ipynb #a601f23f
 def _mix64(x: np.ndarray) -> np.ndarray:
     "SplitMix64 finaliser: a fixed, well-spread 64-bit hash of each uint64."
     x = x + np.uint64(0x9E3779B97F4A7C15)
@@ -258,6 +269,7 @@ def _mix64(x: np.ndarray) -> np.ndarray:
     x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return x ^ (x >> np.uint64(31))
 
+# %% ../nbs/10_data.ipynb #0b804910
 def site_hash(key: str, site: np.ndarray, minus: np.ndarray) -> np.ndarray:
     "Deterministic 64-bit hash of (site, strand) salted with `key`."
     salt = np.uint64(int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little"))
@@ -272,17 +284,20 @@ def _merge(intervals: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
         else: starts.append(s); ends.append(e)
     return np.array(starts, np.int64), np.array(ends, np.int64)
 
+# %% ../nbs/10_data.ipynb #d620659f
 def _member(values: np.ndarray, sorted_unique: np.ndarray) -> np.ndarray:
     "Whether each value occurs in a sorted array of unique values."
     i = np.minimum(np.searchsorted(sorted_unique, values), max(len(sorted_unique) - 1, 0))
     return sorted_unique[i] == values if len(sorted_unique) else np.zeros(len(values), bool)
 
+# %% ../nbs/10_data.ipynb #8089b449
 def _inside(pos: np.ndarray, merged: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     "Whether each position lies in the merged intervals."
     starts, ends = merged
     i = np.searchsorted(starts, pos, side="right") - 1
     return (i >= 0) & (pos < ends[np.maximum(i, 0)]) if len(starts) else np.zeros(len(pos), bool)
 
+# %% ../nbs/10_data.ipynb #00d92191
 def _motif_sites(codes: np.ndarray, motifs: tuple[str, ...], strand: str) -> np.ndarray:
     "Sense-strand first-base positions of every occurrence of `motifs` on `strand` (codes: upper-case ASCII)."
     k = len(motifs[0])
@@ -309,6 +324,7 @@ class _Chrom:
     def of_strand(self, strand: str) -> list[Transcript]:
         return [t for t in self.transcripts if t.strand == strand]
 
+# %% ../nbs/10_data.ipynb #dfd9c086
 def _site_candidates(ch: _Chrom, task: str) -> list[tuple[np.ndarray, str, int]]:
     "(sites, strand, label) groups: verified annotated sites (1) and same-motif decoys in transcribed spans (0)."
     motifs, groups = MOTIFS[task], []
@@ -321,6 +337,7 @@ def _site_candidates(ch: _Chrom, task: str) -> list[tuple[np.ndarray, str, int]]
         groups.append((occurrences[_inside(occurrences, spans) & ~_member(occurrences, annotated)], strand, 0))
     return groups
 
+# %% ../nbs/10_data.ipynb #844072e1
 def _coding_centres(ch: _Chrom) -> tuple[np.ndarray, np.ndarray]:
     "Grid positions in a CDS of exactly one strand, and whether that strand is minus."
     grid = np.arange(0, len(ch.codes), GRID, dtype=np.int64)
@@ -328,6 +345,7 @@ def _coding_centres(ch: _Chrom) -> tuple[np.ndarray, np.ndarray]:
     keep = on["+"] ^ on["-"]
     return grid[keep], on["-"][keep]
 
+# %% ../nbs/10_data.ipynb #8eda0e54
 def _grid_candidates(ch: _Chrom, task: str, key: str) -> list[tuple[np.ndarray, str, int]]:
     "(sites, strand, label) groups of the coding and strand tasks."
     centres, minus = _coding_centres(ch)
@@ -356,6 +374,7 @@ def _place(ch: _Chrom, groups, key: str, window_length: int, split: BlockSplit, 
                                     "label": label, "split": names[keep], "rank": rank[keep]}))
     return pd.concat(frames, ignore_index=True)
 
+# %% ../nbs/10_data.ipynb #0decc6bd
 def _balanced(candidates: pd.DataFrame, n_per_class: int) -> pd.DataFrame:
     "At most `n_per_class` positives (lowest hash first), then as many decoys as positives in each split."
     ranked = candidates.sort_values(["rank", "chrom", "site", "strand"], kind="stable")
@@ -409,10 +428,12 @@ BENCHMARK_SOURCES: dict[str, dict] = {
 }
 "How each source of the shipped benchmark is derived; task names are `<source>_<task>`."
 
+# %% ../nbs/10_data.ipynb #c0348a22
 def benchmark_dir() -> Path:
     "Folder of the shipped benchmark tables."
     return Path(str(resources.files("dnallm_nb") / "assets" / "benchmark"))
 
+# %% ../nbs/10_data.ipynb #fe38ea78
 def open_benchmark_source(source: str, cache_dir: str | Path | None = None) -> AnnotatedGenome:
     "The annotated genome behind a benchmark source ('ath' or 'eco'), fetched or located as needed."
     if source == "ath":
@@ -426,6 +447,7 @@ def table_bytes(df: pd.DataFrame) -> bytes:
     "The canonical uncompressed CSV text of a table."
     return df.to_csv(index=False, lineterminator="\n").encode()
 
+# %% ../nbs/10_data.ipynb #db7158d0
 def derive_benchmark(out_dir: str | Path, sources: list[str] | tuple[str, ...] = tuple(BENCHMARK_SOURCES),
                      cache_dir: str | Path | None = None) -> dict:
     "Re-derive the benchmark tables of `sources` from the source genomes into `out_dir`; write and return the manifest."
@@ -456,12 +478,14 @@ def benchmark_manifest() -> dict:
     if not path.is_file(): raise FileNotFoundError(f"{path} is missing; reinstall dnallm_nb or run derive_benchmark({str(benchmark_dir())!r}).")
     return json.loads(path.read_text())
 
+# %% ../nbs/10_data.ipynb #34161252
 def list_benchmark_tasks() -> pd.DataFrame:
     "One row per shipped benchmark task: name, species, what label 1 means, window counts per split (half of each is label 1)."
     m = benchmark_manifest()
     return pd.DataFrame([{"task": name, "species": m["sources"][t["source"]]["species"], "description": t["description"],
                           **{f"n_{s}": sum(t["counts"][s].values()) for s in SPLITS}} for name, t in m["tasks"].items()])
 
+# %% ../nbs/10_data.ipynb #cd8da3e2
 def load_benchmark(task: str, split: str | None = None) -> pd.DataFrame:
     "A shipped benchmark table (all splits, or one of 'train', 'valid', 'test')."
     tasks = benchmark_manifest()["tasks"]

@@ -34,7 +34,7 @@ __all__ = ['DEFAULT_TIMEOUT', 'ASSIGNMENT', 'RankError', 'Distributed', 'launch_
 class RankError(RuntimeError):
     "Another rank of the job failed; the message names it and carries its error."
 
-
+# %% ../nbs/17_distributed.ipynb #7fcabd2b
 def _portable(error: Exception) -> Exception:
     "`error` if it survives pickling (to send it to the other ranks), else a RuntimeError with its text."
     try:
@@ -43,7 +43,7 @@ def _portable(error: Exception) -> Exception:
     except Exception:
         return RuntimeError(f"{type(error).__name__}: {error}")
 
-
+# %% ../nbs/17_distributed.ipynb #a19d481a
 @dataclass(frozen=True)
 class Distributed:
     "This process's place in a torchrun job (one process: rank 0 of 1), and the collectives the package uses."
@@ -150,7 +150,7 @@ def launch_env(environ: Mapping[str, str] | None = None) -> Distributed:
     master = f"{environ['MASTER_ADDR']}:{environ['MASTER_PORT']}" if "MASTER_ADDR" in environ and "MASTER_PORT" in environ else None
     return Distributed(rank, world_size, local_rank, local_world_size, number("GROUP_RANK", 0), master)
 
-
+# %% ../nbs/17_distributed.ipynb #22eaf2d9
 def require_one_process(fix: str) -> None:
     "Refuse in-memory work under torchrun, where every process would do all of it: a ValueError that ends with `fix`."
     if (env := launch_env()).world_size > 1:
@@ -159,12 +159,12 @@ def require_one_process(fix: str) -> None:
 # %% ../nbs/17_distributed.ipynb #d937e776
 DEFAULT_TIMEOUT = timedelta(hours=24)
 
-
+# %% ../nbs/17_distributed.ipynb #80f1a326
 def _destroy_group() -> None:
     if torch_dist.is_initialized():
         torch_dist.destroy_process_group()
 
-
+# %% ../nbs/17_distributed.ipynb #4d5c0c52
 def init_distributed(
     device: str | torch.device | None = None,  # where this rank's model runs (cuda: also start NCCL)
     timeout: timedelta = DEFAULT_TIMEOUT,  # how long a collective waits for the other ranks
@@ -189,7 +189,7 @@ def init_distributed(
     atexit.register(_destroy_group)
     return replace(env, active=True)
 
-
+# %% ../nbs/17_distributed.ipynb #4763a79e
 def rank_device(env: Distributed | None = None) -> torch.device:
     "This rank's device: cuda:LOCAL_RANK on a machine with CUDA (one GPU per process), else cpu."
     env = env or launch_env()
@@ -208,7 +208,7 @@ def fair_threads(local_world_size: int | None = None) -> int:
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     return max(1, cpus // n)
 
-
+# %% ../nbs/17_distributed.ipynb #b570e414
 def pin_threads(threads: int | None = None) -> int:
     "Set torch's threads for this process: `threads`, else OMP_NUM_THREADS when set, else `fair_threads()`; returns the number."
     if threads is None and os.environ.get("OMP_NUM_THREADS"):
@@ -219,7 +219,7 @@ def pin_threads(threads: int | None = None) -> int:
     torch.set_num_threads(n)
     return n
 
-
+# %% ../nbs/17_distributed.ipynb #45d4e5ab
 def command_setup(threads: int | None = None, device: str | None = None) -> tuple[Distributed, str | torch.device | None]:
     """What a command does first: this process's place in the job; torch's threads pinned (to `threads`, or shared fairly
     when other ranks run on this machine); and the device for its model (`device`, else its own GPU under torchrun,
@@ -232,7 +232,7 @@ def command_setup(threads: int | None = None, device: str | None = None) -> tupl
 # %% ../nbs/17_distributed.ipynb #07cf28fc
 ASSIGNMENT = "greedy by tokens: unfinished shards in input order, each to the rank with the fewest tokens so far (ties: lowest rank)"
 
-
+# %% ../nbs/17_distributed.ipynb #9c7c1d91
 class ShareBook:
     "Online balanced assignment: each item goes to the rank with the least total weight so far, ties to the lowest rank."
     def __init__(self, world_size: int):
@@ -248,7 +248,7 @@ class ShareBook:
         self.loads[rank] += weight
         return rank
 
-
+# %% ../nbs/17_distributed.ipynb #4a4839e3
 def assign_shares(weights: Sequence[int], world_size: int) -> list[int]:
     "The rank of each item under `ShareBook`'s rule: a pure function of the weights, in order, and the world size."
     book = ShareBook(world_size)
@@ -304,7 +304,7 @@ def write_json(path: Path, obj: Any) -> None:
     "`obj` as indented, key-sorted JSON in `path`, written atomically."
     atomic_write(path, lambda f: f.write((json.dumps(obj, indent=1, sort_keys=True) + "\n").encode()))
 
-
+# %% ../nbs/17_distributed.ipynb #5c7b2b14
 class ShardFolder:
     """The folder of one call's shards: a manifest with the call's `params` (a rerun with other parameters is refused,
     never mixed in), shard files written atomically, and a shard finished once its completion marker exists.

@@ -40,7 +40,7 @@ __all__ = ['POOLINGS', 'RC_MODES', 'FORMAT', 'check_pooling', 'pool_positions', 
 POOLINGS: tuple[str, ...] = ("mean", "max", "center", "first", "last", "none")
 RC_MODES: tuple[str, ...] = ("auto", "none", "average", "concat")
 
-
+# %% ../nbs/08_embeddings.ipynb #cf991950
 def check_pooling(pooling: str) -> str:
     "Validate a pooling name."
     if pooling not in POOLINGS:
@@ -65,7 +65,7 @@ def resolve_rc(rc: str) -> str:
         raise ValueError(f"unknown rc={rc!r}; use one of {', '.join(RC_MODES)}.")
     return "average" if rc == "auto" else rc
 
-
+# %% ../nbs/08_embeddings.ipynb #649abf8b
 def rc_view(
     states: torch.Tensor,  # (B, L, C) states for x
     states_rc: torch.Tensor | None,  # (B, L, C) states for rc(x), not aligned (plain layout with rc != 'none' only)
@@ -89,13 +89,13 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     "The base model (CaduceusModel) of a task model; the model itself otherwise."
     return getattr(model, "base_model", model)
 
-
+# %% ../nbs/08_embeddings.ipynb #db34e715
 def count_entries(model: torch.nn.Module, residual: bool = False) -> int:
     "Number of indexable entries: n_layer + 1 hidden states, or n_layer residual-stream states."
     n_layer = int(model.config.n_layer)
     return n_layer if residual else n_layer + 1
 
-
+# %% ../nbs/08_embeddings.ipynb #fb7c3ac4
 @dataclass
 class _Plan:
     "Everything a forward pass needs, resolved once per call."
@@ -117,7 +117,7 @@ class _Plan:
         device = next(model.parameters()).device
         return cls(model, resolve_layers(layers, n_entries), n_entries, rc, layout, residual, comp, device)
 
-
+# %% ../nbs/08_embeddings.ipynb #6b826c95
 def _model_states(plan: _Plan, input_ids: torch.Tensor) -> list[torch.Tensor]:
     "The asked state entries for a batch of equal-length rows, each (B, L, C)."
     if not plan.residual and plan.layers == [plan.n_entries - 1]:
@@ -130,7 +130,7 @@ def _model_states(plan: _Plan, input_ids: torch.Tensor) -> list[torch.Tensor]:
         raise RuntimeError(f"the model returned {len(states)} state entries, expected {plan.n_entries}.")
     return [states[i] for i in plan.layers]
 
-
+# %% ../nbs/08_embeddings.ipynb #73feda1b
 def _embed_batch(plan: _Plan, input_ids: torch.Tensor) -> dict[int, torch.Tensor]:
     "Per-position embeddings (B, L, C') of a batch of equal-length token rows, keyed by layer."
     ids = input_ids.to(plan.device)
@@ -140,7 +140,7 @@ def _embed_batch(plan: _Plan, input_ids: torch.Tensor) -> dict[int, torch.Tensor
     n = len(ids)
     return {layer: rc_view(s[:n], s[n:], plan.rc, plan.layout) for layer, s in zip(plan.layers, _model_states(plan, both))}
 
-
+# %% ../nbs/08_embeddings.ipynb #fbd45fc2
 @torch.inference_mode()
 def embed_token_ids(
     model: torch.nn.Module,
@@ -171,7 +171,7 @@ def window_starts(length: int, window: int | None = None, stride: int | None = N
         steps[-1 - j] += 1
     return [0] + list(itertools.accumulate(steps))
 
-
+# %% ../nbs/08_embeddings.ipynb #4578755f
 def check_window(window: int | None, stride: int | None) -> None:
     "Validate window and stride."
     if window is None:
@@ -186,7 +186,7 @@ def check_window(window: int | None, stride: int | None) -> None:
 # %% ../nbs/08_embeddings.ipynb #91f18af0
 _TOKENIZE_PIECE = 1 << 16  # characters per tokenizer call piece
 
-
+# %% ../nbs/08_embeddings.ipynb #975cd850
 def tokenize_bases(tokenizer, seqs: Sequence[str]) -> list[np.ndarray]:
     "Token ids (int64) of each sequence, without special tokens; checks that the tokenizer gives one token per base."
     pieces = [(i, seq[j : j + _TOKENIZE_PIECE]) for i, seq in enumerate(seqs) for j in range(0, len(seq), _TOKENIZE_PIECE)]
@@ -199,7 +199,7 @@ def tokenize_bases(tokenizer, seqs: Sequence[str]) -> list[np.ndarray]:
         parts[i].append(np.asarray(ids, dtype=np.int64))
     return [np.concatenate(p) for p in parts]
 
-
+# %% ../nbs/08_embeddings.ipynb #1c194f56
 def equal_width_batches(items: list[tuple[int, int, int]], batch_size: int) -> Iterator[list[tuple[int, int, int]]]:
     "Consecutive runs of sorted (width, record, start) items with equal width, at most `batch_size` long."
     run: list[tuple[int, int, int]] = []
@@ -211,7 +211,7 @@ def equal_width_batches(items: list[tuple[int, int, int]], batch_size: int) -> I
     if run:
         yield run
 
-
+# %% ../nbs/08_embeddings.ipynb #ce918a7f
 def _embed_chunk(plan: _Plan, tokens: list[np.ndarray], *, pooling: str, batch_size: int, window: int | None,
                  stride: int | None, on_batch=None) -> list[dict[int, np.ndarray]]:
     "Pooled (or per-token) embeddings of each token array, keyed by layer."
@@ -253,7 +253,7 @@ def _registry_context(name: str) -> int | None:
             return int(info.context_length)
     return None
 
-
+# %% ../nbs/08_embeddings.ipynb #a6bdef16
 def trained_context(model: torch.nn.Module, tokenizer=None) -> int | None:
     "Tokens per sequence the checkpoint was trained on: the registry's context_length, else the tokenizer's model_max_length, else None."
     name = str(getattr(model, "name_or_path", "") or "")
@@ -305,7 +305,7 @@ class EmbeddingResult:
                   for layer, v in self.embeddings.items()}
         return f"EmbeddingResult({len(self)} sequences, layers {shapes})"
 
-
+# %% ../nbs/08_embeddings.ipynb #9641980b
 class _Collector:
     "Gathers chunk results in memory."
     def __init__(self, layers: list[int], pooling: str):
@@ -329,11 +329,11 @@ class _Collector:
 FORMAT = "dnallm_nb.embeddings/1"
 _SHARD_MAX_TOKENS = 1 << 20  # a shard also closes once its sequences hold this many tokens (bounds per-token output)
 
-
+# %% ../nbs/08_embeddings.ipynb #0cc2ec79
 def _state_name(layer: int, residual: bool) -> str:
     return f"{'residual' if residual else 'hidden'}{layer}"
 
-
+# %% ../nbs/08_embeddings.ipynb #186d51b8
 class _ShardWriter(ShardFolder):
     "Writes shards into `out/shards`; knows which are finished."
     format, holds, marker_suffix = FORMAT, "embeddings", ".csv"
@@ -387,7 +387,7 @@ class _ShardWriter(ShardFolder):
         summary = {"n_sequences": n, "n_shards": n_shards, "dims": dims, "files": files, "distributed": run}
         self.write_manifest(**summary)
 
-
+# %% ../nbs/08_embeddings.ipynb #2b28989b
 def _csv_text(header: list[str] | None, rows: Iterable[tuple]) -> str:
     "CSV text (with quoting) of rows, with an optional header line."
     import io
@@ -398,7 +398,7 @@ def _csv_text(header: list[str] | None, rows: Iterable[tuple]) -> str:
     writer.writerows(rows)
     return buffer.getvalue()
 
-
+# %% ../nbs/08_embeddings.ipynb #db495571
 def load_embeddings(out: str | Path, layers: int | Sequence[int] | None = None) -> EmbeddingResult:
     "Read a finished `out` folder of `extract_embeddings` back into an `EmbeddingResult` (all in memory)."
     root = Path(out)
@@ -433,7 +433,7 @@ def _sha256_state(model: torch.nn.Module) -> str:
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
 
-
+# %% ../nbs/08_embeddings.ipynb #7df75a6d
 def model_identity(model: torch.nn.Module, tokenizer) -> dict:
     """Fingerprints of a model (config, weights and dtype of its base model, which holds every weight a tied LM head
     uses) and its tokenizer (class, vocabulary): what an output folder's manifest records as the model that made it."""
@@ -447,12 +447,12 @@ def model_identity(model: torch.nn.Module, tokenizer) -> dict:
         "tokenizer": {"class": type(tokenizer).__name__, "vocab_sha256": hashlib.sha256(vocab.encode()).hexdigest()},
     }
 
-
+# %% ../nbs/08_embeddings.ipynb #d9d4b9c2
 def _call_identity(plan: _Plan, tokenizer, sequences, genome, shard_size: int) -> dict:
     "Fingerprints of model, tokenizer and input: the part of a call's parameters that decides whether shards can be reused."
     return {**model_identity(plan.model, tokenizer), "input": input_fingerprint(sequences, genome), "shard_size": shard_size}
 
-
+# %% ../nbs/08_embeddings.ipynb #7bf0462f
 def _chunks(records: Iterator[tuple[str, str]], shard_size: int) -> Iterator[list[tuple[str, str]]]:
     "Validated records in chunks of at most `shard_size` sequences and about `_SHARD_MAX_TOKENS` tokens."
     chunk: list[tuple[str, str]] = []
@@ -466,7 +466,7 @@ def _chunks(records: Iterator[tuple[str, str]], shard_size: int) -> Iterator[lis
     if chunk:
         yield chunk
 
-
+# %% ../nbs/08_embeddings.ipynb #fdaf5ada
 class _Meter:
     "Advances the progress bar per finished sequence and shows tokens/s."
     def __init__(self, bar):
@@ -480,7 +480,7 @@ class _Meter:
             self.bar.set_postfix_str(f"{self.tokens / max(now - self.start, 1e-9):,.0f} tokens/s", refresh=False)
             self.shown = now
 
-
+# %% ../nbs/08_embeddings.ipynb #9d8c4379
 def _context_warner(context: int | None, window: int | None):
     "A function of (id, length) that warns once when a forward pass would exceed the trained context."
     warned = False
@@ -493,7 +493,7 @@ def _context_warner(context: int | None, window: int | None):
                           "(and a stride) to embed long sequences in windows.", stacklevel=4)
     return check
 
-
+# %% ../nbs/08_embeddings.ipynb #66b823a2
 def _plan_for(model: torch.nn.Module, layers, rc: str, residual: bool, pooling: str, batch_size: int, window: int | None,
               stride: int | None, device, dtype) -> _Plan:
     "Check the options, move the model to `device` / `dtype` (in place), and plan the passes."
@@ -505,7 +505,7 @@ def _plan_for(model: torch.nn.Module, layers, rc: str, residual: bool, pooling: 
         model.to(device=device, dtype=getattr(torch, dtype) if isinstance(dtype, str) else dtype)
     return _Plan.make(model, layers, rc, residual)
 
-
+# %% ../nbs/08_embeddings.ipynb #ec2941d5
 def _embed_all(plan: _Plan, tokenizer, records: Iterator[tuple[str, str]], sink, job: ShardedJob, *, pooling: str,
                batch_size: int, window: int | None, stride: int | None, shard_size: int, progress: bool, total: int | None) -> None:
     "Embed `records` chunk by chunk into `sink`: the chunks `job` gives this process; finished ones (a resumed run) are checked and skipped."

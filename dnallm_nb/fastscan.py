@@ -43,7 +43,7 @@ KERNEL_FUNCTIONS = ("mamba1_scan", "mamba1_scan_backward", "ssd_decay_mask", "ss
 class FastScanBuildError(RuntimeError):
     "The C++ kernels could not be compiled or loaded on this machine."
 
-
+# %% ../nbs/06_fastscan.ipynb #0513fd5c
 def kernel_build_flags() -> list[str]:
     """Compiler flags: optimised for this machine's CPU, OpenMP parallel loops shared with PyTorch's threads; on x86,
     vectorised loops use 512-bit registers where the CPU has them (GCC picks 256 by default)."""
@@ -59,7 +59,7 @@ def _cpu_features() -> list[str]:
         info = []
     return sorted({line for line in info if line.startswith(("model name", "flags", "Features"))})
 
-
+# %% ../nbs/06_fastscan.ipynb #4333f79c
 def kernel_build_key(prefix: str | None = None) -> str:
     """Everything a compiled kernel depends on, one item a line: the sources, the compiler and its flags, the CPU,
     torch, Python, and the Python environment (`prefix`, default `sys.prefix`) whose torch it links."""
@@ -73,7 +73,7 @@ def kernel_build_key(prefix: str | None = None) -> str:
 KERNEL_CACHE_ENV = "DNALLM_NB_KERNEL_CACHE"
 "Environment variable naming the folder that holds the compiled kernels (default `~/.cache/dnallm_nb/kernels`)."
 
-
+# %% ../nbs/06_fastscan.ipynb #c0a22ca8
 def kernel_build_dir(root: Path | str | None = None, prefix: str | None = None) -> Path:
     """The folder of this environment's build: `root` (default `$DNALLM_NB_KERNEL_CACHE` or
     `~/.cache/dnallm_nb/kernels`) / a name that changes with `kernel_build_key(prefix)`."""
@@ -96,7 +96,7 @@ def _ensure_ninja_on_path() -> None:
 STALE_BUILD_LOCK_SECONDS = 600
 "A build lock older than this (seconds) is left from a killed build, not held by a running one."
 
-
+# %% ../nbs/06_fastscan.ipynb #65c7936d
 def build_kernels(root: Path | str | None = None, verbose: bool = False) -> Path:
     """Compile the C++ kernels for this Python environment unless an up-to-date build exists (see
     `kernel_build_dir`); returns the compiled library. Raises `FastScanBuildError` when the build fails."""
@@ -128,7 +128,7 @@ _kernels = None
 _build_error: FastScanBuildError | None = None
 _build_lock = threading.Lock()
 
-
+# %% ../nbs/06_fastscan.ipynb #4f17b524
 def load_kernels():
     """The compiled kernels (a Python module with `KERNEL_FUNCTIONS`), built by `build_kernels` on first use in
     this environment. A failure raises `FastScanBuildError` and is remembered: no second attempt."""
@@ -184,7 +184,7 @@ class _ReferenceGradient(torch.autograd.Function):
             grads = iter(torch.autograd.grad(out, [t for t, w in zip(inputs, wanted) if w], grad))
         return (None, None, None, *[next(grads) if w else None for w in wanted])
 
-
+# %% ../nbs/06_fastscan.ipynb #2855700a
 def reference_gradient(fast, reference, tensors: tuple, kwargs: dict) -> torch.Tensor:
     "`fast(*tensors, **kwargs)`, differentiable through `reference` when an input requires a gradient."
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
@@ -204,24 +204,24 @@ def _check_shapes(names: dict, expected: dict, layout: str) -> None:
             raise ValueError(f"{name} is on {tensor.device}; the 'cpu' scan backend takes CPU tensors "
                              "(move them with .cpu(), or use the backend of that device).")
 
-
+# %% ../nbs/06_fastscan.ipynb #c405b6a3
 def _optional_f32(t: torch.Tensor | None) -> torch.Tensor:
     "t in float32, or an empty tensor standing for None (the kernels' convention)."
     return torch.empty(0) if t is None else t.float()
 
-
+# %% ../nbs/06_fastscan.ipynb #a8da260a
 def _mamba1_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, reverse=False):
     y = load_kernels().mamba1_scan(u.float(), delta.float(), A.float(), B.float(), C.float(), _optional_f32(D),
                                    _optional_f32(z), _optional_f32(delta_bias), bool(delta_softplus),
                                    bool(reverse))  # (batch, L, d_inner)
     return y.transpose(1, 2).to(u.dtype)
 
-
+# %% ../nbs/06_fastscan.ipynb #62684480
 def _flip_time(tensors: tuple) -> tuple:
     "Reverse the time axis of u, delta, B, C, z (positions 0, 1, 3, 4, 6 of the scan's inputs and of its gradients)."
     return tuple(t.flip(-1) if i in (0, 1, 3, 4, 6) and t is not None else t for i, t in enumerate(tensors))
 
-
+# %% ../nbs/06_fastscan.ipynb #933b525b
 def _mamba1_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, grad):
     "Gradients of the Mamba-1 scan for (u, delta, A, B, C, D, z, delta_bias), in the reference layouts."
     du, ddelta, dz, dA, dB, dC, dD, dbias = load_kernels().mamba1_scan_backward(
@@ -231,7 +231,7 @@ def _mamba1_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, grad):
     return (du.transpose(1, 2), ddelta.transpose(1, 2), dA, per_channel_group(dB), per_channel_group(dC), dD,
             dz.transpose(1, 2), dbias)
 
-
+# %% ../nbs/06_fastscan.ipynb #41608a7a
 class _Mamba1Scan(torch.autograd.Function):
     "The Mamba-1 scan with the C++ backward kernel (a reversed scan's backward runs on flipped copies)."
     @staticmethod
@@ -250,7 +250,7 @@ class _Mamba1Scan(torch.autograd.Function):
         return (*[g.to(t.dtype) if t is not None and wanted else None
                   for g, t, wanted in zip(grads, inputs, ctx.needs_input_grad)], None, None)
 
-
+# %% ../nbs/06_fastscan.ipynb #f820fe5f
 def selective_scan_cpu(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                        D: torch.Tensor | None = None, z: torch.Tensor | None = None,
                        delta_bias: torch.Tensor | None = None, delta_softplus: bool = False,
@@ -277,12 +277,12 @@ SSD_WINDOW_ELEMENTS = 1 << 18
 "Tokens per window × batch × heads × max(chunk, headdim·N/chunk) stays below this (bounds memory, fits in cache)."
 _DECAY_CUT = -60.0  # decays below exp(-60) are exactly 0 (as in the C++ mask)
 
-
+# %% ../nbs/06_fastscan.ipynb #46b48d5a
 def _decay(v: torch.Tensor) -> torch.Tensor:
     "exp(v) in float32 for v <= 0, exactly 0 below exp(-60) so no denormal reaches the matrix products."
     return torch.where(v > _DECAY_CUT, torch.exp(v), 0.0).float()
 
-
+# %% ../nbs/06_fastscan.ipynb #506bfc41
 def _ssd_forward(x, dt, A, B, C, D=None, dt_bias=None, dt_softplus=False, chunk_size=256):
     kernels, f32 = load_kernels(), torch.float32
     b, L, H, P = x.shape
@@ -322,7 +322,7 @@ def _ssd_forward(x, dt, A, B, C, D=None, dt_bias=None, dt_softplus=False, chunk_
         kernels.ssd_combine(y[:, t0:t1], Yin.contiguous(), Y, cum, x[:, t0:t1], D)
     return y
 
-
+# %% ../nbs/06_fastscan.ipynb #596c5861
 @time_reversible(1, ("x", "dt", "B", "C"))
 def ssd_scan_cpu(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                  D: torch.Tensor | None = None, dt_bias: torch.Tensor | None = None, dt_softplus: bool = False,
@@ -348,7 +348,7 @@ def _causal_conv1d_forward(x, weight, bias=None, silu=False, reverse=False):
     y = load_kernels().causal_conv1d(x.float(), w, _optional_f32(bias), bool(silu), bool(reverse))
     return y.to(x.dtype)
 
-
+# %% ../nbs/06_fastscan.ipynb #74d1cb81
 def causal_conv1d_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                       silu: bool = False, reverse: bool = False) -> torch.Tensor:
     """`causal_conv1d_ref` on CPU in one pass (C++): x (batch, L, channels), any strides -> (batch, L, channels),

@@ -48,7 +48,7 @@ NOT_LORA_TARGETS: dict[str, tuple[str, ...]] = {"mamba1": Mamba1Mixer.weight_rea
                                                 "mamba2": Mamba2Mixer.weight_read_projections}
 "Linear projections of each mixer type whose weight the mixer reads directly (as upstream's does): no LoRA target."
 
-
+# %% ../nbs/16_finetune.ipynb #3787f8d6
 def lora_target_modules(model: torch.nn.Module) -> list[str]:
     "Names of the linear projections of `model`'s mixers that LoRA can adapt, in `LORA_TARGET_MODULES` order."
     config = getattr(model, "config", None)
@@ -64,7 +64,7 @@ def lora_target_modules(model: torch.nn.Module) -> list[str]:
                            f"{sorted(present)}; update the table.")
     return list(table)
 
-
+# %% ../nbs/16_finetune.ipynb #8d8b7645
 def check_lora_targets(model: torch.nn.Module, targets: str | Iterable[str] | None = None) -> list[str]:
     """`targets` as a list (None: every LoRA target of the model's mixer type), checked against
     `lora_target_modules(model)`; a clear error for names the model lacks or whose adapter would do nothing."""
@@ -91,7 +91,7 @@ METHODS = ("lora", "full", "head")
 
 _RC_POOLINGS = ("mean", "max", "center")  # poolings that give the same vector for x and rc(x)
 
-
+# %% ../nbs/16_finetune.ipynb #a75b5301
 class _quiet_transformers:
     "Context: transformers logs errors only (hides the load report of a new head)."
     def __enter__(self):
@@ -101,7 +101,7 @@ class _quiet_transformers:
     def __exit__(self, *exc):
         hf_logging.set_verbosity(self.level)
 
-
+# %% ../nbs/16_finetune.ipynb #7a7847e9
 def _backbone(model: torch.nn.Module) -> CaduceusModel:
     "The CaduceusModel inside a loaded Caduceus model of any head; a clear error for anything else."
     if isinstance(model, CaduceusModel):
@@ -112,7 +112,7 @@ def _backbone(model: torch.nn.Module) -> CaduceusModel:
                     f"CaduceusForMaskedLM, CaduceusForSequenceClassification), got {type(model).__name__}. "
                     "Load it with dnallm_nb.load.load_model_and_tokenizer.")
 
-
+# %% ../nbs/16_finetune.ipynb #d6e938de
 def _classifier(net: torch.nn.Module) -> CaduceusForSequenceClassification:
     "The CaduceusForSequenceClassification in `net` (plain or inside a peft model); a clear error for other heads."
     base = net.get_base_model() if hasattr(net, "get_base_model") else net
@@ -121,7 +121,7 @@ def _classifier(net: torch.nn.Module) -> CaduceusForSequenceClassification:
                         "with sequence_classifier(model, num_labels, problem_type, tokenizer=tokenizer).")
     return base
 
-
+# %% ../nbs/16_finetune.ipynb #b9b6647d
 def _check_checkpoint(folder: Path, num_labels: int, problem_type: str) -> None:
     """A clear error when the checkpoint in `folder` is not a Caduceus-family model, or is a sequence classifier whose
     head has another shape (a head of the same shape is loaded and trained further)."""
@@ -138,7 +138,7 @@ def _check_checkpoint(folder: Path, num_labels: int, problem_type: str) -> None:
                          f"needs a {num_labels}-output {problem_type} head. Fine-tune its base checkpoint instead, or pass "
                          "its backbone (load_model_and_tokenizer(folder) returns it, with the tokenizer) to get a new head.")
 
-
+# %% ../nbs/16_finetune.ipynb #6c9cb393
 def sequence_classifier(model, num_labels: int, problem_type: str, *, tokenizer=None, pooling: str = "mean",
                         conjoin: bool = True, device=None) -> tuple[CaduceusForSequenceClassification, object]:
     """A `CaduceusForSequenceClassification` with a new `num_labels` head on the backbone of `model` (a checkpoint path,
@@ -164,7 +164,7 @@ def sequence_classifier(model, num_labels: int, problem_type: str, *, tokenizer=
     weight = next(backbone.parameters())
     return classifier.to(device=device or weight.device, dtype=weight.dtype), tokenizer
 
-
+# %% ../nbs/16_finetune.ipynb #da4ab833
 def trainable_model(classifier: CaduceusForSequenceClassification, method: str, *, lora_targets=None,
                     lora_r: int = 8, lora_alpha: int = 16, lora_dropout: float = 0.0) -> torch.nn.Module:
     """`classifier` set up for `method`: 'lora' wraps it in a peft `PeftModel` (adapters on `lora_targets`, by default
@@ -193,11 +193,11 @@ def _length_batches(lengths: np.ndarray, batch_size: int, rng: np.random.Generat
                np.array_split(order[lengths[order] == length], -(-int((lengths == length).sum()) // batch_size))]
     return batches if rng is None else [batches[i] for i in rng.permutation(len(batches))]
 
-
+# %% ../nbs/16_finetune.ipynb #afb3055e
 def _stack(ids: list[np.ndarray], rows: np.ndarray, device) -> torch.Tensor:
     return torch.from_numpy(np.stack([ids[i] for i in rows])).to(device)  # (B, L)
 
-
+# %% ../nbs/16_finetune.ipynb #27c67953
 @torch.no_grad()
 def predict_logits(net: torch.nn.Module, ids: list[np.ndarray], batch_size: int = 64) -> torch.Tensor:
     "Logits (n, num_labels) of a sequence classifier (plain or peft) for token-id arrays, in eval mode, float32 on the CPU."
@@ -214,13 +214,13 @@ def predict_logits(net: torch.nn.Module, ids: list[np.ndarray], batch_size: int 
     net.train(was_training)
     return out
 
-
+# %% ../nbs/16_finetune.ipynb #51dc3876
 def _loss(net: torch.nn.Module, ids: list[np.ndarray], target: torch.Tensor, rows: np.ndarray, batch_size: int) -> float:
     "Mean loss of `net` over `rows` (eval mode, no gradients)."
     logits = predict_logits(net, [ids[i] for i in rows], batch_size)
     return float(sequence_classification_loss(logits, target[rows], net.config))
 
-
+# %% ../nbs/16_finetune.ipynb #82ce29ed
 def train_classifier(net: torch.nn.Module, ids: list[np.ndarray], target: torch.Tensor, train: np.ndarray,
                      valid: np.ndarray, *, learning_rate: float, weight_decay: float = 0.01, batch_size: int = 16,
                      max_steps: int = 200, eval_every: int | None = None, patience: int = 3, seed: int = 0,
@@ -272,7 +272,7 @@ def _sequences(X) -> list[str]:
     "X as a validated list of DNA strings."
     return [validate_dna(s, name=str(i)) for i, s in enumerate(_sequence_list(X))]
 
-
+# %% ../nbs/16_finetune.ipynb #19870cd6
 def _labels(y, n: int) -> np.ndarray:
     "y as a 1-D array of `n` entries without missing values."
     try:
@@ -301,12 +301,12 @@ FINETUNE_FORMAT = "dnallm_nb.finetune/1"
 
 _BASE_FIELDS = ("d_model", "n_layer", "vocab_size", "rcps", "mixer_type")  # what an adapter's base must match
 
-
+# %% ../nbs/16_finetune.ipynb #74aff9f9
 def _base_signature(config) -> dict:
     "The config fields of a backbone that a LoRA adapter trained on it depends on."
     return {field: getattr(config, field) for field in _BASE_FIELDS}
 
-
+# %% ../nbs/16_finetune.ipynb #f2aafd0d
 class _Finetuner(BaseEstimator):
     "Shared fit / save logic of `FinetuneClassifier` and `FinetuneRegressor`."
     _problem_type: str
@@ -446,7 +446,7 @@ class FinetuneClassifier(ClassifierMixin, _Finetuner):
         logits = self._logits(X)  # first: an unfitted estimator has no classes_
         return self.classes_[logits.argmax(-1).numpy()]
 
-
+# %% ../nbs/16_finetune.ipynb #e75444fd
 class FinetuneRegressor(RegressorMixin, _Finetuner):
     """Fine-tune a Caduceus-family model to predict a number per DNA sequence (scikit-learn estimator: fit / predict).
     Same parameters as `FinetuneClassifier`; the targets are standardised for training and mapped back by `predict`."""
@@ -516,7 +516,7 @@ def load_finetuned(folder: str | Path, base_model=None, device=None) -> Finetune
 # %% ../nbs/16_finetune.ipynb #24c0fc50
 METHOD_NAMES = {"lora": "LoRA fine-tune", "full": "full fine-tune", "head": "head-only fine-tune"}
 
-
+# %% ../nbs/16_finetune.ipynb #f1cebafe
 def cross_validate_finetune(estimator: FinetuneClassifier | FinetuneRegressor, sequences, y, *, groups=None, cv=5,
                             rc_safe: bool = True, random_state: int = 0, progress: bool = True) -> ProbeResult:
     """Cross-validated fine-tuning, scored like a probe: a fresh clone of `estimator` is fitted on each training fold
@@ -567,7 +567,7 @@ def comparison_results(layers: LayerProbeResult, finetuned: Mapping[str, ProbeRe
     best = f"layer {layers.best_layer}"
     return {f"probe, {best}": layers.results[best], **finetuned, kmer: layers.results[kmer]}
 
-
+# %% ../nbs/16_finetune.ipynb #b1e7fe16
 def compare_with_controls(layers: LayerProbeResult, finetuned: Mapping[str, ProbeResult],
                           metric: str | None = None) -> pd.DataFrame:
     """Fine-tuned models next to the frozen probes, on the same folds. One row each for the best probe layer, every
@@ -591,7 +591,7 @@ def compare_with_controls(layers: LayerProbeResult, finetuned: Mapping[str, Prob
     table.attrs["baseline"] = kmer
     return table
 
-
+# %% ../nbs/16_finetune.ipynb #c6ecdb23
 def plot_comparison(results: Mapping[str, ProbeResult], metric: str | None = None):
     "Each result's per-fold `metric` (default: primary) as dots, with its mean ± sd; one row per result. Returns the Figure."
     import matplotlib.pyplot as plt

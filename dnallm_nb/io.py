@@ -47,7 +47,7 @@ def sha256_file(path: str | Path) -> str:
 
 _CONTENT_KEYS: dict[tuple, str] = {}
 
-
+# %% ../nbs/00a_io.ipynb #9f507a9d
 def content_key(path: str | Path) -> str:
     "`sha256_file(path)`, computed once per path, size and modification time in this process."
     stat_ = Path(path).stat()
@@ -74,17 +74,17 @@ def compression(path: str | Path) -> str | None:
         return None
     return "bgzf" if len(head) >= 14 and head[3] & 4 and head[12:14] == b"BC" else "gzip"
 
-
+# %% ../nbs/00a_io.ipynb #2e8061dc
 def open_text(path: str | Path):
     "Open a text file for reading, decompressing gzip or bgzip content whatever the file is called; CRLF reads as LF."
     return gzip.open(path, "rt") if compression(path) else open(path)
 
-
+# %% ../nbs/00a_io.ipynb #2932dacb
 def open_bytes(path: str | Path):
     "Open a file for reading bytes, decompressing gzip or bgzip content whatever the file is called."
     return gzip.open(path, "rb") if compression(path) else open(path, "rb")
 
-
+# %% ../nbs/00a_io.ipynb #e7baf312
 def gunzip_to(path: str | Path, dest: Path) -> Path:
     "Write the decompressed content of the gzip file `path` to `dest`; return `dest`."
     with gzip.open(path, "rb") as src, open(dest, "wb") as dst:
@@ -96,7 +96,7 @@ FORMAT_NAMES: dict[str, str] = {"fasta": "a FASTA file", "vcf": "a VCF file", "b
                                 "empty": "empty", "text": "neither FASTA nor VCF"}
 "How messages describe each result of `sniff_format`."
 
-
+# %% ../nbs/00a_io.ipynb #f0924964
 def sniff_format(path: str | Path) -> str:
     "What a file holds, from its first bytes: 'fasta', 'vcf', 'bcf', 'empty', or 'text' (anything else, e.g. BED)."
     with open_bytes(path) as f:
@@ -114,7 +114,7 @@ def sniff_format(path: str | Path) -> str:
 _FIXES = {"fasta": "each record starts with a '>' header line", "vcf": "a VCF starts with its '##fileformat=VCF…' "
           "and '#CHROM' header lines (bcftools needs them too)"}
 
-
+# %% ../nbs/00a_io.ipynb #617b6973
 def check_input(path: str | Path, kind: str, role: str) -> Path:
     "`path` as a Path when it is an existing file holding `kind` ('fasta' or 'vcf'; 'vcf' accepts BCF), else an error naming `role` (`InvalidSequenceError` for a FASTA without records)."
     path = Path(path)
@@ -150,7 +150,7 @@ def _fasta_names(path: Path) -> list[str]:
     with open_bytes(path) as f:
         return [line[1:].split(None, 1)[0].decode() if line[1:].strip() else "" for line in f if line.startswith(b">")]
 
-
+# %% ../nbs/00a_io.ipynb #2bcf4303
 def _duplicate_problem(path: Path) -> str | None:
     "A message naming the first repeated record name of a FASTA file, or None."
     seen: set[str] = set()
@@ -305,7 +305,7 @@ def as_genome(genome: Genome | str | os.PathLike | Mapping[str, str] | Any, cach
 BED_COLUMNS: tuple[str, ...] = ("chrom", "start", "end", "name", "score", "strand")
 "The BED columns read (the first three are required)."
 
-
+# %% ../nbs/00a_io.ipynb #25cbe957
 def bed_rows(bed: str | Path | pd.DataFrame) -> Iterator[dict]:
     "BED rows as dicts with chrom, start, end and, when present, name, score and strand; from a file or a DataFrame."
     if isinstance(bed, pd.DataFrame):
@@ -329,7 +329,7 @@ def _interval_id(chrom: str, start: int, end: int, name: Any, strand: Any) -> st
         return name
     return f"{chrom}:{start}-{end}" + (f"({strand})" if strand in ("+", "-") else "")
 
-
+# %% ../nbs/00a_io.ipynb #f26c6607
 def read_bed(bed: str | Path | pd.DataFrame, genome: Genome | str | Path | Mapping[str, str]) -> Iterator[tuple[str, str]]:
     "Stream `(id, sequence)` for BED intervals cut from `genome`; strand '-' gives the reverse complement."
     genome, n = as_genome(genome), 0
@@ -369,7 +369,7 @@ def iter_sequences(
                 raise TypeError(f"cannot read {type(item).__name__} {item!r:.40} as a sequence; give str items or (id, sequence) pairs.")
             yield str(item[0]), item[1]
 
-
+# %% ../nbs/00a_io.ipynb #a462000d
 def _read_path(path: Path, genome) -> Iterator[tuple[str, str]]:
     "Records of a FASTA file, or of a BED file's intervals in `genome`."
     if not path.is_file():
@@ -416,7 +416,7 @@ def quiet_htslib():
     finally:
         pysam.set_verbosity(before)
 
-
+# %% ../nbs/00a_io.ipynb #e5a00da6
 @contextmanager
 def readable_by_htslib(path: Path) -> Iterator[Path]:
     "`path`, or, for plain gzip (which htslib reads only as a stream, without the seeks VariantFile needs), a temporary decompressed copy."
@@ -426,7 +426,7 @@ def readable_by_htslib(path: Path) -> Iterator[Path]:
     with tempfile.TemporaryDirectory() as work:
         yield gunzip_to(path, Path(work) / path.name)
 
-
+# %% ../nbs/00a_io.ipynb #901c4ec1
 def split_alt_alleles(variants: pd.DataFrame) -> pd.DataFrame:
     "One row per ALT allele: a row whose alt lists several (comma-separated, e.g. 'T,G') is repeated, once with each; the index is renumbered."
     return variants.assign(alt=variants["alt"].astype(str).str.split(",")).explode("alt", ignore_index=True)
@@ -453,7 +453,7 @@ OUTPUT_SUFFIXES: dict[str, str] = {".tsv": "tsv", ".tsv.gz": "tsv.gz", ".vcf": "
                                    ".vcf.bgz": "vcf.gz", ".bcf": "bcf"}
 "Output suffix -> format."
 
-
+# %% ../nbs/00a_io.ipynb #f7b173d3
 def output_format(path: str | Path, formats: Sequence[str] = tuple(dict.fromkeys(OUTPUT_SUFFIXES.values()))) -> str:
     "The format of output `path` from its suffix (see `OUTPUT_SUFFIXES`), one of `formats`; else a ValueError naming the suffixes."
     name = Path(path).name.lower()
@@ -483,7 +483,7 @@ def _vcf_values(values: Iterator[float], n: int, source: Path) -> tuple:
 
 _END = object()
 
-
+# %% ../nbs/00a_io.ipynb #e3d64c23
 def _header_with(source: pysam.VariantHeader, field: str, description: str, lines: Sequence[str],
                  symbolic: bool) -> pysam.VariantHeader:
     "A copy of `source` whose INFO `field` is ours (Float, one per ALT allele; any other declaration of it dropped), plus `lines`."
@@ -500,7 +500,7 @@ def _header_with(source: pysam.VariantHeader, field: str, description: str, line
         header.add_line(line)
     return header
 
-
+# %% ../nbs/00a_io.ipynb #bee07711
 def _index_vcf(path: Path, fmt: str, index: Path, shown: Path) -> None:
     "Write the tabix (.tbi) or CSI index of the bgzip VCF / BCF `path` to `index`, or warn (naming `shown`) when the records are not sorted."
     try:

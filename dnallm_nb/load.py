@@ -56,7 +56,7 @@ TOKENIZER_FLAVOURS: dict[str, type[DNATokenizer]] = {"caduceus": CaduceusTokeniz
 MODEL_REGISTRY: dict[str, ModelInfo] = {}
 "Known checkpoints by name; extend it with `register_model`."
 
-
+# %% ../nbs/05_load.ipynb #49cf1dd7
 def register_model(info: ModelInfo, overwrite: bool = False) -> ModelInfo:
     "Add `info` to `MODEL_REGISTRY` (checking its fields); set `overwrite` to replace an entry of the same name."
     if info.name in MODEL_REGISTRY and not overwrite:
@@ -68,7 +68,7 @@ def register_model(info: ModelInfo, overwrite: bool = False) -> ModelInfo:
     MODEL_REGISTRY[info.name] = info
     return info
 
-
+# %% ../nbs/05_load.ipynb #b7965aed
 def list_models() -> pd.DataFrame:
     "The registry as a table, one row per known checkpoint."
     return pd.DataFrame([asdict(info) for info in MODEL_REGISTRY.values()], columns=[f.name for f in fields(ModelInfo)])
@@ -103,19 +103,19 @@ class CheckpointNotFoundError(FileNotFoundError):
 SOURCES = ("auto", "local", "huggingface")
 CHECKPOINT_FILES = ["*.json", "*.safetensors", "*.bin", "*.txt"]  # what snapshot_download fetches: no remote code
 
-
+# %% ../nbs/05_load.ipynb #14be4f48
 def close_model_names(name: str, n: int = 3) -> list[str]:
     "Registry names closest to `name` (case-insensitive), best first."
     by_lower = {known.lower(): known for known in MODEL_REGISTRY}
     return [by_lower[m] for m in difflib.get_close_matches(name.lower(), list(by_lower), n=n, cutoff=0.4)]
 
-
+# %% ../nbs/05_load.ipynb #7b47c83c
 def _suggestions(name: str) -> str:
     close = close_model_names(name)
     hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
     return hint + " `dnallm_nb.load.list_models()` lists the known ids."
 
-
+# %% ../nbs/05_load.ipynb #c7ba0aac
 def _local_folder(path: Path) -> Path:
     "`path` if it is a checkpoint folder (has config.json), else `CheckpointNotFoundError`."
     if not path.is_dir():
@@ -128,7 +128,7 @@ def _local_folder(path: Path) -> Path:
             "`save_pretrained` wrote (config.json + model.safetensors or pytorch_model.bin).")
     return path
 
-
+# %% ../nbs/05_load.ipynb #2ce9d21a
 def _is_hub_id(name: str) -> bool:
     return re.fullmatch(r"[\w.-]+(/[\w.-]+)?", name) is not None and not name.startswith(".")
 
@@ -154,7 +154,7 @@ def _hub_snapshot(repo_id: str, revision: str | None, cache_dir: str | Path | No
             "with older huggingface_hub) and copy its cache folder here (point HF_HUB_CACHE at it), or pass the path "
             "of a local checkpoint folder instead of the id.") from e
 
-
+# %% ../nbs/05_load.ipynb #7a296ab4
 def resolve_checkpoint(
     model_name_or_path: str | Path,
     source: str = "auto",  # "auto" | "local" | "huggingface"
@@ -195,7 +195,7 @@ def cache_checkpoint(folder: str | Path, repo_id: str, cache_dir: str | Path | N
     (repo / "refs" / revision).write_text(commit)
     return snapshot
 
-
+# %% ../nbs/05_load.ipynb #d4616684
 def model_card(model_name_or_path: str | Path) -> dict | None:
     "The figures a checkpoint's `card.json` records (the bundled models carry one: data, steps, held-out accuracy), or None."
     card = resolve_checkpoint(model_name_or_path) / "card.json"
@@ -205,7 +205,7 @@ def model_card(model_name_or_path: str | Path) -> dict | None:
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
           "float16": torch.float16, "fp16": torch.float16, "half": torch.float16}
 
-
+# %% ../nbs/05_load.ipynb #0e89f633
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     "The torch device to load onto: `device` checked for availability, or CUDA if available else CPU when None."
     if device is None:
@@ -220,7 +220,7 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
         raise ValueError("device='mps' but the Apple MPS backend is not available here; use device='cpu' or device=None.")
     return device
 
-
+# %% ../nbs/05_load.ipynb #025e6958
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
     "The parameter dtype: float32 by default; bfloat16 anywhere; float16 on GPUs only."
     if dtype is None:
@@ -251,7 +251,7 @@ def checkpoint_tokenizer(folder: str | Path, config: CaduceusConfig, info: Model
     _check_tokenizer_fits(tokenizer, config, folder)
     return tokenizer
 
-
+# %% ../nbs/05_load.ipynb #ccc1450a
 def align_pad_token_id(config: CaduceusConfig, tokenizer: DNATokenizer) -> CaduceusConfig:
     "Set `config.pad_token_id` to the tokenizer's when the config names no token (None or negative); an error when they differ."
     pad = tokenizer.pad_token_id
@@ -263,7 +263,7 @@ def align_pad_token_id(config: CaduceusConfig, tokenizer: DNATokenizer) -> Caduc
                          f"pad_token_id={pad} to load_model_and_tokenizer), or load the tokenizer the model was trained with.")
     return config
 
-
+# %% ../nbs/05_load.ipynb #5e46cbb7
 def _check_tokenizer_fits(tokenizer: DNATokenizer, config: CaduceusConfig, folder: Path) -> None:
     "Raise unless every token id exists in the model and complements as the model's complement map says."
     n = len(tokenizer)
@@ -278,7 +278,7 @@ def _check_tokenizer_fits(tokenizer: DNATokenizer, config: CaduceusConfig, folde
 TASK_CLASSES = {"embedding": CaduceusModel, "mask": CaduceusForMaskedLM, "classification": CaduceusForSequenceClassification}
 "Model class per `task` of `load_model_and_tokenizer`."
 
-
+# %% ../nbs/05_load.ipynb #61034c21
 def load_model_and_tokenizer(
     model_name_or_path: str | Path,  # hub id (see `list_models()`), bundled model name, or checkpoint folder
     task: str = "embedding",  # "embedding" (CaduceusModel), "mask" (CaduceusForMaskedLM) or "classification"

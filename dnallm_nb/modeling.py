@@ -48,25 +48,25 @@ def flip_strands(x: torch.Tensor) -> torch.Tensor:
     "Reverse positions and channels of (..., L, C): the reverse-complement view of per-position features."
     return x.flip(dims=(-2, -1))
 
-
+# %% ../nbs/04_modeling.ipynb #dfc9acab
 def split_strands(h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     "Split (..., 2d) RCPS states into their two d-channel halves."
     d = h.shape[-1] // 2
     return h[..., :d], h[..., d:]
 
-
+# %% ../nbs/04_modeling.ipynb #3a1c5208
 def to_strand_batch(h: torch.Tensor) -> torch.Tensor:
     "(B, L, 2d) RCPS states -> (2B, L, d) strand batch: the forward strands, then the RC strands in their own orientation."
     fwd, rc = split_strands(h)
     return torch.cat([fwd, flip_strands(rc)])
 
-
+# %% ../nbs/04_modeling.ipynb #f2f23250
 def from_strand_batch(strands: torch.Tensor) -> torch.Tensor:
     "(2B, L, d) strand batch -> (B, L, 2d) RCPS states; the inverse of `to_strand_batch`."
     fwd, rc = strands.chunk(2)
     return torch.cat([fwd, flip_strands(rc)], dim=-1)
 
-
+# %% ../nbs/04_modeling.ipynb #edc267af
 def swap_strands(strands: torch.Tensor) -> torch.Tensor:
     "(2B, L, d) -> (2B, L, d): each strand's rows take the other strand's, reverse-complemented (one copy)."
     return strands.unflatten(0, (2, -1)).flip(0, 2, 3).flatten(0, 1)
@@ -84,18 +84,18 @@ class RMSNorm(nn.Module):
         rstd = 1 / torch.sqrt(x32.square().mean(dim=-1, keepdim=True) + self.eps)
         return (x32 * rstd * self.weight.float()).to(x.dtype)
 
-
+# %% ../nbs/04_modeling.ipynb #932afd25
 class LayerNorm(nn.LayerNorm):
     "`nn.LayerNorm` computed in float32 (used when `rms_norm` is false)."
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.layer_norm(x.float(), self.normalized_shape, self.weight.float(), self.bias.float(), self.eps).to(x.dtype)
 
-
+# %% ../nbs/04_modeling.ipynb #dba0ab2c
 def make_norm(config: CaduceusConfig) -> nn.Module:
     "The block norm the config asks for: RMSNorm or LayerNorm over d_model."
     return (RMSNorm if config.rms_norm else LayerNorm)(config.d_model, eps=config.norm_epsilon)
 
-
+# %% ../nbs/04_modeling.ipynb #97a605f4
 def add_norm(h: torch.Tensor, residual: torch.Tensor | None, norm: nn.Module, residual_in_fp32: bool,
              swap: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Add h to the residual stream (h alone at the first layer) and normalise the sum: (normed in h's dtype, new
@@ -119,7 +119,7 @@ MAMBA2_DEFAULTS = dict(d_state=128, d_conv=4, expand=2, headdim=64, ngroups=1, A
 _MAMBA2_FIXED = dict(rmsnorm=True, norm_before_gate=False, D_has_hdim=False, d_ssm=None, dt_limit=(0.0, float("inf")))
 _IGNORED_ARGS = ("use_fast_path", "use_mem_eff_path", "conv_init")  # kernel switches and a conv init detail
 
-
+# %% ../nbs/04_modeling.ipynb #52249841
 def resolve_mixer_type(config: CaduceusConfig) -> str:
     "config.mixer_type if set; else 'mamba2' when ssm_cfg has Mamba-2-only arguments, else 'mamba1'."
     if config.mixer_type is not None:
@@ -128,7 +128,7 @@ def resolve_mixer_type(config: CaduceusConfig) -> str:
     mamba2_only, mamba1_only = set(MAMBA2_DEFAULTS) - set(MAMBA1_DEFAULTS), set(MAMBA1_DEFAULTS) - set(MAMBA2_DEFAULTS)
     return "mamba2" if keys & mamba2_only and not keys & mamba1_only else "mamba1"
 
-
+# %% ../nbs/04_modeling.ipynb #e67ae199
 def mixer_arguments(config: CaduceusConfig, mixer_type: str) -> dict:
     "Constructor arguments of the mixer: defaults updated by ssm_cfg; unknown or unsupported arguments rejected."
     defaults = MAMBA1_DEFAULTS if mixer_type == "mamba1" else MAMBA2_DEFAULTS
@@ -149,7 +149,7 @@ def inverse_softplus(x: torch.Tensor) -> torch.Tensor:
     "y with softplus(y) = x."
     return x + torch.log(-torch.expm1(-x))
 
-
+# %% ../nbs/04_modeling.ipynb #ccf524f8
 def sample_dt(n: int, dt_min: float, dt_max: float, floor: float) -> torch.Tensor:
     "n step sizes log-uniform in [dt_min, dt_max], at least `floor` (Mamba's Δ initialisation)."
     return torch.exp(torch.rand(n) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=floor)
@@ -158,19 +158,19 @@ def sample_dt(n: int, dt_min: float, dt_max: float, floor: float) -> torch.Tenso
 PAD_STEP = -1e4
 "Pre-softplus step put at pad positions: softplus(PAD_STEP + bias) is exactly 0 in float32 (its exp underflows)."
 
-
+# %% ../nbs/04_modeling.ipynb #5b3e11a5
 def masked_conv_input(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     "x (B, L, C) with pad positions (mask False) set to 0: the causal convolution then sees what an unpadded run sees."
     return x if mask is None else torch.where(mask[..., None], x, 0.0)  # one pass (masked_fill would copy first)
 
-
+# %% ../nbs/04_modeling.ipynb #77e7d39a
 def masked_step(dt: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     """dt (B, L, ·), the scan's step before its bias and softplus, with pad positions (mask False) set to `PAD_STEP`:
     there Δ = softplus(dt + bias) = 0, so the step decays the state by exp(0·A) = 1 and adds 0·B·u = 0, passing it
     through unchanged. The backends keep adding the bias and taking the softplus in their kernels."""
     return dt if mask is None else torch.where(mask[..., None], dt, PAD_STEP)
 
-
+# %% ../nbs/04_modeling.ipynb #bc28d163
 class Mamba1Mixer(nn.Module):
     "Mamba-1 mixer (mamba_ssm `Mamba`), state-dict compatible."
     weight_read_projections = ("in_proj", "dt_proj")  # read as `.weight`, as mamba_ssm does: adapters on them do nothing
@@ -246,7 +246,7 @@ class GatedRMSNorm(nn.Module):
         rstd = 1 / torch.sqrt(groups.square().mean(dim=-1, keepdim=True) + self.eps)
         return ((groups * rstd).flatten(-2) * self.weight.float()).to(x.dtype)
 
-
+# %% ../nbs/04_modeling.ipynb #f1427984
 class Mamba2Mixer(nn.Module):
     "Mamba-2 mixer (mamba_ssm `Mamba2`: gated RMSNorm, scalar A per head), state-dict compatible."
     weight_read_projections = ()  # every projection is called as a module
@@ -313,12 +313,12 @@ def make_mixer(config: CaduceusConfig) -> nn.Module:
     cls = Mamba1Mixer if mixer_type == "mamba1" else Mamba2Mixer
     return cls(config.d_model, **mixer_arguments(config, mixer_type))
 
-
+# %% ../nbs/04_modeling.ipynb #11ab6c0a
 def bimamba_combine(fwd: torch.Tensor, rev: torch.Tensor, strategy: str) -> torch.Tensor:
     "Combine the forward output with the reverse-direction output (both indexed by position)."
     return fwd + rev if strategy == "add" else fwd * rev
 
-
+# %% ../nbs/04_modeling.ipynb #dcb6b7e9
 class BiMamba(nn.Module):
     "Bidirectional mixer: mamba_fwd over the sequence, mamba_rev over its reversal (upstream `BiMambaWrapper`)."
     def __init__(self, config: CaduceusConfig):
@@ -368,7 +368,6 @@ class BiMamba(nn.Module):
         bias = getattr(out_proj, "bias", None)  # upstream's sum of two projections carries it twice
         return summed if bias is None else summed + bias
 
-
 # %% ../nbs/04_modeling.ipynb #8467a68a
 class RCPSWrapper(nn.Module):
     "Apply `submodule` to both strands of a (2B, L, d) strand batch, with one set of weights (upstream `RCPSWrapper`)."
@@ -379,7 +378,7 @@ class RCPSWrapper(nn.Module):
     def forward(self, strands: torch.Tensor, *args) -> torch.Tensor:
         return self.submodule(strands, *args)
 
-
+# %% ../nbs/04_modeling.ipynb #dc6137cb
 class RCPSAddNorm(nn.Module):
     "Unfused RCPS add-norm (upstream `RCPSAddNormWrapper`): `submodule` is the norm, strands are not swapped."
     def __init__(self, submodule: nn.Module):
@@ -389,7 +388,7 @@ class RCPSAddNorm(nn.Module):
     def forward(self, strands: torch.Tensor) -> torch.Tensor:
         return self.submodule(strands)
 
-
+# %% ../nbs/04_modeling.ipynb #f04d9651
 class RCPSEmbedding(nn.Module):
     "Token embedding of both strands: cat(E[x], flip_strands(E[rc(x)])). (B, L) -> (B, L, 2d)"
     def __init__(self, vocab_size: int, d_model: int, complement_ids: list[int]):
@@ -405,7 +404,7 @@ class RCPSEmbedding(nn.Module):
         rc_ids = reverse_complement_ids(input_ids, self.complement_map)
         return torch.cat([self.embedding(input_ids), flip_strands(self.embedding(rc_ids))], dim=-1)
 
-
+# %% ../nbs/04_modeling.ipynb #6c723054
 class RCPSLMHead(nn.Module):
     "Tied LM head over both strands: fwd·Wᵀ + flipC(rc)·W[complement]ᵀ. (B, L, 2d) -> (B, L, V)"
     def __init__(self, d_model: int, vocab_size: int, complement_ids: list[int]):
@@ -441,7 +440,7 @@ class CaduceusBlock(nn.Module):
         normed, residual = self.add_norm(h, residual)
         return (self.mixer(normed, backend) if mask is None else self.mixer(normed, backend, mask)), residual
 
-
+# %% ../nbs/04_modeling.ipynb #58b2ded4
 class CaduceusEmbeddings(nn.Module):
     "Token embeddings: nn.Embedding (Ph) or RCPSEmbedding (PS), under the upstream name `word_embeddings`."
     def __init__(self, config: CaduceusConfig):
@@ -497,7 +496,7 @@ class CheckpointError(OSError):
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 _HUB_KWARGS = ("cache_dir", "force_download", "proxies", "local_files_only", "token", "revision", "subfolder")
 
-
+# %% ../nbs/04_modeling.ipynb #fa8839ad
 def _weight_file_keys(file: Path) -> list[str]:
     "Names of the tensors in one weight file, reading as little as possible; CheckpointError if unreadable."
     try:
@@ -510,7 +509,7 @@ def _weight_file_keys(file: Path) -> list[str]:
                               "interrupted download?); delete it and download it again "
                               "(huggingface_hub: force_download=True).") from e
 
-
+# %% ../nbs/04_modeling.ipynb #2dc42cf2
 def _find_weight_file(path: str | os.PathLike, name: str, hub_kwargs: dict) -> Path | None:
     if os.path.isdir(path):
         file = Path(path) / hub_kwargs.get("subfolder", "") / name
@@ -519,7 +518,7 @@ def _find_weight_file(path: str | os.PathLike, name: str, hub_kwargs: dict) -> P
                         _raise_exceptions_for_connection_errors=False, **hub_kwargs)
     return Path(found) if found else None
 
-
+# %% ../nbs/04_modeling.ipynb #a264ce0f
 def checkpoint_keys(path: str | os.PathLike, hub_kwargs: dict | None = None,
                     use_safetensors: bool | None = None) -> list[str] | None:
     "Weight names of the checkpoint at `path` (folder or Hub id), checking the files are readable; None if none found."
@@ -540,7 +539,7 @@ def checkpoint_keys(path: str | os.PathLike, hub_kwargs: dict | None = None,
         return list(weight_map)
     return None
 
-
+# %% ../nbs/04_modeling.ipynb #f7751c67
 def detect_mixer_type(keys: list[str]) -> str | None:
     "Mixer type from weight names: 'mamba2' if dt_bias and no x_proj, 'mamba1' if x_proj; None if neither shows."
     if any(k.endswith(".x_proj.weight") for k in keys):
@@ -559,7 +558,7 @@ def _checked_mixer_type(declared: str | None, keys: list[str] | None, source) ->
                               f"set mixer_type={detected!r} or leave it unset.")
     return declared or detected
 
-
+# %% ../nbs/04_modeling.ipynb #a357eae6
 def _mismatch_cause(name: str) -> str:
     "The config fields that most likely disagree with the weights, judged from the first mismatched tensor's name."
     if "word_embeddings" in name or "lm_head" in name:
@@ -572,7 +571,7 @@ def _mismatch_cause(name: str) -> str:
         return "num_labels (a classifier head of another size)"
     return "d_model or ssm_cfg expand / d_conv / headdim / ngroups"
 
-
+# %% ../nbs/04_modeling.ipynb #e0ea191c
 def _check_shapes(model: CaduceusPreTrainedModel, info: dict, source, new_head_allowed: bool) -> None:
     """Raise CheckpointError for weights whose shapes disagree with the model built from the config; only a task
     head (`_new_head_keys`) may be re-initialised, and only with `ignore_mismatched_sizes=True`."""
@@ -591,7 +590,7 @@ def _check_shapes(model: CaduceusPreTrainedModel, info: dict, source, new_head_a
                           f"does not belong to these weights. {fix}Fix the config (or pass the config the checkpoint "
                           f"was saved with) instead of loading with random weights.{head}")
 
-
+# %% ../nbs/04_modeling.ipynb #535a6a57
 def _check_loading_info(model: CaduceusPreTrainedModel, info: dict, source, new_head_allowed: bool = False) -> None:
     "Raise CheckpointError for any mismatched, missing or unexpected weight that is not an expected head change."
     _check_shapes(model, info, source, new_head_allowed)
@@ -624,7 +623,7 @@ def _without_weight_loading_bar():
     finally:
         hf_logging.set_tqdm_hook(previous)
 
-
+# %% ../nbs/04_modeling.ipynb #67f1f5ad
 class CaduceusPreTrainedModel(PreTrainedModel):
     "Base class: strict loading, initialisation, weight ties and scan-backend selection."
     config_class = CaduceusConfig
@@ -707,14 +706,14 @@ def check_unsupported_inputs(output_attentions: bool | None) -> None:
         raise ValueError("Caduceus has no attention layers; output_attentions=True is not available. Use "
                          "output_hidden_states or output_residual_states.")
 
-
+# %% ../nbs/04_modeling.ipynb #bb67980e
 def _first_bad_row(mask: torch.Tensor) -> tuple[int, int] | None:
     "(row, number of separate runs of True) of the first row of `mask` (B, L) that is not one run, or None."
     runs = mask[:, 0].long() + (mask[:, 1:] & ~mask[:, :-1]).sum(1)
     bad = (runs != 1).nonzero()
     return None if len(bad) == 0 else (int(bad[0, 0]), int(runs[bad[0, 0]]))
 
-
+# %% ../nbs/04_modeling.ipynb #2834cc7c
 def token_mask(attention_mask: torch.Tensor | None, input_ids: torch.Tensor | None, batch_shape: tuple[int, int],
                pad_token_id: int | None = None) -> torch.Tensor | None:
     """The checked real-token mask (B, L) bool of a batch (True = token), or None when no position is padding.
@@ -763,12 +762,12 @@ def token_mask(attention_mask: torch.Tensor | None, input_ids: torch.Tensor | No
                              "load_model_and_tokenizer does), or pad with the model's pad id.")
     return mask
 
-
+# %% ../nbs/04_modeling.ipynb #7afc9dab
 def zero_padding(h: torch.Tensor | None, mask: torch.Tensor | None) -> torch.Tensor | None:
     "(B, L, ·) states with pad positions (mask False) set to 0; unchanged without a mask."
     return h if h is None or mask is None else h * mask[..., None].to(h.dtype)
 
-
+# %% ../nbs/04_modeling.ipynb #d8459531
 @dataclass
 class CaduceusOutput(ModelOutput):
     """Base-model output. last_hidden_state: (B, L, d), or (B, L, 2d) for RCPS; hidden_states: n_layer+1 tensors
@@ -778,7 +777,7 @@ class CaduceusOutput(ModelOutput):
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     residual_states: tuple[torch.FloatTensor, ...] | None = None
 
-
+# %% ../nbs/04_modeling.ipynb #64d3550e
 @dataclass
 class CaduceusMaskedLMOutput(ModelOutput):
     "Masked-LM output: loss (when labels are given), float32 logits (B, L, vocab) and the base model's states."
@@ -797,7 +796,7 @@ def _mamba_rev_ties(config: CaduceusConfig, prefix: str) -> dict[str, str]:
     return {f"{prefix}layers.{i}.mixer.{sub}mamba_rev.{proj}.{p}": f"{prefix}layers.{i}.mixer.{sub}mamba_fwd.{proj}.{p}"
             for i in range(config.n_layer) for proj in ("in_proj", "out_proj") for p in ("weight", "bias")[: 1 + bias]}
 
-
+# %% ../nbs/04_modeling.ipynb #f807419e
 class CaduceusModel(CaduceusPreTrainedModel):
     "The Caduceus backbone (upstream `Caduceus`): token ids -> final normed hidden states."
     def __init__(self, config: CaduceusConfig):
@@ -861,7 +860,7 @@ def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor, pad_token_id: int
         labels = labels.masked_fill(labels == pad_token_id, -100)
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1).to(logits.device), ignore_index=-100)
 
-
+# %% ../nbs/04_modeling.ipynb #4912b774
 class CaduceusForMaskedLM(CaduceusPreTrainedModel):
     "Caduceus with its (embedding-tied) masked-LM head."
     _keys_to_ignore_on_load_unexpected = [r"^score\."]
@@ -898,7 +897,7 @@ class CaduceusForMaskedLM(CaduceusPreTrainedModel):
 # %% ../nbs/04_modeling.ipynb #401a9f21
 POOLINGS = ("mean", "max", "first", "last", "center")
 
-
+# %% ../nbs/04_modeling.ipynb #7b4e1322
 def pool_positions(h: torch.Tensor, pooling: str, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Pool (..., L, d) over positions -> (..., d); `center` averages the two middle positions on even lengths
     (RC-symmetric). `mask` (B, L) bool (True on tokens; h then (B, L, d)): pool each row over its tokens only."""
@@ -922,7 +921,7 @@ def pool_positions(h: torch.Tensor, pooling: str, mask: torch.Tensor | None = No
         return (at(first + (n - 1) // 2) + at(first + n // 2)) / 2
     return at(first if pooling == "first" else first + n - 1)
 
-
+# %% ../nbs/04_modeling.ipynb #3911eaad
 def sequence_classification_loss(logits: torch.Tensor, labels: torch.Tensor, config: CaduceusConfig) -> torch.Tensor:
     "MSE (regression), cross-entropy (single label) or BCE-with-logits (multi label), as transformers decides."
     if config.problem_type is None:
@@ -934,7 +933,7 @@ def sequence_classification_loss(logits: torch.Tensor, labels: torch.Tensor, con
         return F.cross_entropy(logits, labels.reshape(-1))
     return F.binary_cross_entropy_with_logits(logits, labels.float())
 
-
+# %% ../nbs/04_modeling.ipynb #84ddd52c
 class CaduceusForSequenceClassification(CaduceusPreTrainedModel):
     "Caduceus backbone + RC-invariant pooled features + linear `score` head."
     _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]

@@ -97,7 +97,7 @@ def base_token_ids(tokenizer) -> list[int]:
     "Token ids of A, C, G, T for a DNA tokenizer (the targets of random replacement)."
     return tokenizer("ACGT", add_special_tokens=False)["input_ids"]
 
-
+# %% ../nbs/11_pretrain.ipynb #e9eda9b1
 def mask_for_mlm(
     input_ids: torch.Tensor,  # (B, L)
     *, mask_token_id: int, base_ids: list[int], generator: torch.Generator, mlm_probability: float = 0.15,
@@ -119,7 +119,7 @@ def soft_mask_weights(windows: list[str], soft_mask_weight: float) -> torch.Tens
     lower = np.array([[c.islower() for c in w] for w in windows])
     return torch.from_numpy(np.where(lower, soft_mask_weight, 1.0)).float()
 
-
+# %% ../nbs/11_pretrain.ipynb #03176dfe
 def weighted_mlm_loss(
     logits: torch.Tensor,  # (B, L, V)
     labels: torch.Tensor,  # (B, L), -100 = ignored
@@ -142,7 +142,7 @@ class HeldOutSet:
         "The first `n` windows."
         return HeldOutSet(self.windows[:n], self.inputs[:n], self.labels[:n])
 
-
+# %% ../nbs/11_pretrain.ipynb #3b228aba
 def make_held_out_set(genome: Genome, tokenizer, region: GenomeRegion, n_windows: int, length: int,
                       seed: int = 0, mlm_probability: float = 0.15, max_n_fraction: float = 0.1) -> HeldOutSet:
     "Draw and mask `n_windows` windows from the held-out `region`, deterministically from `seed`."
@@ -152,7 +152,7 @@ def make_held_out_set(genome: Genome, tokenizer, region: GenomeRegion, n_windows
                                   generator=torch.Generator().manual_seed(seed), mlm_probability=mlm_probability)
     return HeldOutSet(windows, inputs, labels)
 
-
+# %% ../nbs/11_pretrain.ipynb #3b3097fc
 @torch.inference_mode()
 def masked_accuracy(model, held_out: HeldOutSet, batch_size: int = 16) -> dict[str, float]:
     "Masked-token accuracy and mean loss of an MLM on a held-out set."
@@ -175,13 +175,13 @@ _BASE_CODES = np.full(256, -1, dtype=np.int64)
 for _i, _b in enumerate("ACGT"):
     _BASE_CODES[ord(_b)] = _BASE_CODES[ord(_b.lower())] = _i
 
-
+# %% ../nbs/11_pretrain.ipynb #ca2ae711
 def encode_bases(windows: list[str]) -> np.ndarray:
     "Windows of equal length as base codes A=0 C=1 G=2 T=3, anything else −1. (N, L)"
     raw = np.frombuffer("".join(windows).encode("ascii"), dtype=np.uint8).reshape(len(windows), -1)
     return _BASE_CODES[raw]
 
-
+# %% ../nbs/11_pretrain.ipynb #bc6fe7a4
 def context_codes(bases: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     "Index of the k-left/k-right context of every position (−1 where incomplete) and the centre base. (N, L) each"
     n, length = bases.shape
@@ -194,7 +194,7 @@ def context_codes(bases: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         valid &= neighbour >= 0
     return np.where(valid, code, -1), bases
 
-
+# %% ../nbs/11_pretrain.ipynb #de660b76
 def baseline_accuracies(train_windows: list[str], held_out: HeldOutSet, tokenizer, k: int = 2) -> dict[str, float]:
     "Masked-position accuracy of the unigram and k-mer-context baselines (counted on `train_windows`)."
     train_ctx, train_centre = context_codes(encode_bases(train_windows), k)
@@ -229,7 +229,7 @@ class PretrainConfig:
     checkpoint_every: int = 100
     seed: int = 0
 
-
+# %% ../nbs/11_pretrain.ipynb #af17c7b0
 def lr_at(step: int, cfg: PretrainConfig) -> float:
     "Learning-rate multiplier: linear warm-up, then cosine decay to 10%."
     if step < cfg.warmup_steps:
@@ -249,7 +249,7 @@ def training_batch(genome: Genome, tokenizer, step: int, cfg: PretrainConfig, he
                                   generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + step), mlm_probability=cfg.mlm_probability)
     return inputs, labels, soft_mask_weights(windows, cfg.soft_mask_weight)
 
-
+# %% ../nbs/11_pretrain.ipynb #d729c9f3
 def _save_checkpoint(model, optimizer, scheduler, step: int, history: list[dict], cfg: PretrainConfig, folder: Path) -> None:
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
@@ -260,7 +260,7 @@ def _save_checkpoint(model, optimizer, scheduler, step: int, history: list[dict]
     shutil.rmtree(folder, ignore_errors=True)
     partial.replace(folder)
 
-
+# %% ../nbs/11_pretrain.ipynb #d5d6afb5
 def pretrain(model, tokenizer, genome: Genome | str | Path, out_dir: str | Path, cfg: PretrainConfig,
              stop_at: int | None = None, progress: bool = True) -> pd.DataFrame:
     "Train `model` (a CaduceusForMaskedLM) by MLM on `genome`, checkpointing to `out_dir`; resumes if a checkpoint exists. `stop_at` pauses (checkpointed) at that step."
@@ -341,30 +341,30 @@ DEMO_CHECK_WINDOWS = 128
 DEMO_BASELINE_WINDOWS = 4000
 "Training-region windows that the k-mer context baselines are counted on."
 
-
+# %% ../nbs/11_pretrain.ipynb #c7479fda
 def demo_model_config() -> CaduceusConfig:
     "Architecture of the bundled demo model: Caduceus-PS, plant tokenizer, d_model 128, 4 Mamba-1 layers."
     tokenizer = PlantTokenizer()
     return CaduceusConfig(d_model=128, n_layer=4, vocab_size=len(tokenizer), rcps=True, pad_vocab_size_multiple=8,
                           complement_map=dict(enumerate(tokenizer.complement_map)), ssm_cfg={"d_state": 16})
 
-
+# %% ../nbs/11_pretrain.ipynb #9d74b3e0
 def demo_pretrain_config(max_steps: int = 1800) -> PretrainConfig:
     "Training settings of the demo model's first stage, from random weights (8 windows of 512 bases per step)."
     return PretrainConfig(window_length=512, batch_size=8, max_steps=max_steps, learning_rate=2e-3, warmup_steps=100,
                           held_out=DEMO_HELD_OUT, eval_every=250, eval_windows=64, checkpoint_every=50, seed=0)
 
-
+# %% ../nbs/11_pretrain.ipynb #f6d93551
 def demo_continue_config(max_steps: int = 3000) -> PretrainConfig:
     "The second stage: same data and held-out block, new batches (seed 1), half the learning rate, short warm-up."
     return replace(demo_pretrain_config(max_steps), learning_rate=1e-3, warmup_steps=50, seed=1)
 
-
+# %% ../nbs/11_pretrain.ipynb #8ac399a3
 def demo_recipe() -> list[PretrainConfig]:
     "The stages of the bundled demo model, in order; each continues from the weights the previous one ends with."
     return [demo_pretrain_config(), demo_continue_config()]
 
-
+# %% ../nbs/11_pretrain.ipynb #b4b6cf2b
 def _stage_histories(histories: list[pd.DataFrame]) -> pd.DataFrame:
     "One history across stages: a `stage` column, steps and wall time counted from the first stage's start."
     parts, steps, seconds = [], 0, 0.0
@@ -373,7 +373,7 @@ def _stage_histories(histories: list[pd.DataFrame]) -> pd.DataFrame:
         steps, seconds = int(parts[-1]["step"].iloc[-1]), float(parts[-1]["elapsed_s"].iloc[-1])
     return pd.concat(parts, ignore_index=True)
 
-
+# %% ../nbs/11_pretrain.ipynb #ababc4b3
 def train_demo_model(work_dir: str | Path, out_folder: str | Path | None = None, stop_at: int | None = None,
                      genome: str | Path | None = None, stages: list[PretrainConfig] | None = None) -> Path:
     """Pretrain the demo model on TAIR10 chr1 through `stages` (default `demo_recipe()`), each in `work_dir/stage<i>`
@@ -401,7 +401,7 @@ def demo_held_out_set(genome: Genome, tokenizer, cfg: PretrainConfig, n_windows:
                              seed=cfg.seed + 1, mlm_probability=cfg.mlm_probability, max_n_fraction=cfg.max_n_fraction)
     return held.head(n_windows)
 
-
+# %% ../nbs/11_pretrain.ipynb #f0ca5f2d
 def _card_markdown(card: dict) -> str:
     "The model card (README.md) of the demo model, from its figures."
     acc, base = card["held_out"], card["baselines"]
@@ -440,7 +440,7 @@ Reproduce: `masked_accuracy(model, demo_held_out_set(genome, tokenizer, demo_pre
 the first {DEMO_CHECK_WINDOWS} windows give {100 * card['check_subset']['accuracy']:.2f}%, which the package's tests check.
 """
 
-
+# %% ../nbs/11_pretrain.ipynb #2d2518ce
 def write_demo_model(model, tokenizer, genome: Genome, history: pd.DataFrame, stages: list[PretrainConfig],
                      folder: Path) -> Path:
     "Evaluate the demo model trained through `stages` and write it with its card to `folder`; returns `folder`."

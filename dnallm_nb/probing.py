@@ -42,7 +42,7 @@ for _i, _b in enumerate("ACGTN"):
 _MAX_BINS = 1 << 22   # bincount cells per chunk (rows x columns)
 _MAX_BASES = 1 << 23  # bases per chunk
 
-
+# %% ../nbs/09_probing.ipynb #a73d8ec8
 def sequence_list(sequences: Iterable[str]) -> list[str]:
     "Materialise `sequences` as a non-empty list of non-empty str, with clear errors otherwise."
     if isinstance(sequences, (str, bytes)):
@@ -55,7 +55,7 @@ def sequence_list(sequences: Iterable[str]) -> list[str]:
             validate_dna(s, name=str(i))  # raises the TypeError / empty-sequence error
     return seqs
 
-
+# %% ../nbs/09_probing.ipynb #037e2500
 def _encode(sequences: Iterable[str]) -> tuple[np.ndarray, np.ndarray]:
     "Join sequences with one `N` between them and map bases to codes: (codes (total,), lengths (n,))."
     seqs = sequence_list(sequences)
@@ -72,7 +72,7 @@ def _check_k(k: int) -> None:
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or not 1 <= k <= 6:
         raise ValueError(f"k must be an integer from 1 to 6 (4**k columns), got {k!r}.")
 
-
+# %% ../nbs/09_probing.ipynb #02799c00
 def _kmer_table(k: int, canonical: bool) -> tuple[np.ndarray, np.ndarray]:
     "(column of each base-4 k-mer index (4**k,), k-mer index kept for each column (n_columns,))."
     index = np.arange(4**k)
@@ -84,7 +84,7 @@ def _kmer_table(k: int, canonical: bool) -> tuple[np.ndarray, np.ndarray]:
     kept, column = np.unique(np.minimum(index, rc), return_inverse=True)
     return column.astype(np.int32), kept
 
-
+# %% ../nbs/09_probing.ipynb #874c2af6
 def kmer_names(k: int, canonical: bool = False) -> list[str]:
     "Names of the columns of `kmer_features(..., k, canonical=canonical)`, in order (A<C<G<T)."
     _check_k(k)
@@ -103,7 +103,7 @@ def _row_chunks(lengths: np.ndarray, n_cols: int) -> Iterable[tuple[int, int]]:
         yield r0, r1
         r0 = r1
 
-
+# %% ../nbs/09_probing.ipynb #13d83627
 def _count_kmers(codes: np.ndarray, lengths: np.ndarray, k: int, column: np.ndarray, n_cols: int) -> np.ndarray:
     "k-mer counts (rows, n_cols) for consecutive N-separated sequences in `codes`; k-mers with N are skipped."
     n_rows, m = len(lengths), len(codes) - k + 1  # m = number of k-mer start positions
@@ -118,7 +118,7 @@ def _count_kmers(codes: np.ndarray, lengths: np.ndarray, k: int, column: np.ndar
     key = (row * n_cols + column[index])[~has_n]
     return np.bincount(key, minlength=n_rows * n_cols).reshape(n_rows, n_cols)
 
-
+# %% ../nbs/09_probing.ipynb #09fd01b0
 def kmer_features(sequences: Iterable[str], k: int, *, normalize: bool = True, canonical: bool = False) -> np.ndarray:
     """k-mer counts of each sequence as a float32 matrix (n, 4**k), columns named by `kmer_names(k)`.
 
@@ -184,7 +184,7 @@ def rc_groups(sequences: Iterable[str]) -> np.ndarray:
     canonical = [min(s.upper(), reverse_complement(s.upper())) for s in seqs]  # one call per sequence
     return pd.factorize(pd.Series(canonical))[0]
 
-
+# %% ../nbs/09_probing.ipynb #e25f0617
 def interval_groups(chroms: Sequence, starts: Sequence[int], ends: Sequence[int], *, min_gap: int = 0) -> np.ndarray:
     """Group id (n,) per genomic window [start, end): windows on one chromosome that overlap, or lie
     less than `min_gap` bases apart, share a group (transitively)."""
@@ -201,7 +201,7 @@ def interval_groups(chroms: Sequence, starts: Sequence[int], ends: Sequence[int]
     groups[s.index.to_numpy()] = new_group.cumsum().to_numpy() - 1
     return groups
 
-
+# %% ../nbs/09_probing.ipynb #eb93ccbe
 def combine_groups(*groupings: Sequence) -> np.ndarray:
     "Merge groupings (each (n,)): samples sharing a group in any of them get one id (n,), numbered from 0."
     if not groupings:
@@ -225,12 +225,12 @@ def combine_groups(*groupings: Sequence) -> np.ndarray:
 TASKS = ("binary", "multiclass", "regression")
 Folds = list[tuple[np.ndarray, np.ndarray]]
 
-
+# %% ../nbs/09_probing.ipynb #d52b5417
 def _show(value) -> str:
     "repr of a label as the user wrote it (numpy scalars as Python values)."
     return repr(value.item() if isinstance(value, np.generic) else value)
 
-
+# %% ../nbs/09_probing.ipynb #f6b321b3
 def _check_y(y, n: int | None = None) -> np.ndarray:
     "y as a 1-D array, of length `n` if given, without NaN/inf."
     y = np.asarray(y)
@@ -243,7 +243,7 @@ def _check_y(y, n: int | None = None) -> np.ndarray:
         raise ValueError(f"y has {len(rows)} NaN or inf values (rows {rows[:5].tolist()}...); drop those samples first.")
     return y
 
-
+# %% ../nbs/09_probing.ipynb #94843cd3
 def _resolve_task(y: np.ndarray, task: str | None) -> str:
     "The task for target `y`: `task` if given (checked), else inferred from y's values."
     if task is None:
@@ -266,7 +266,7 @@ def _resolve_task(y: np.ndarray, task: str | None) -> str:
         raise ValueError("task='multiclass' but y has 2 classes; use task='binary' (or None).")
     return task
 
-
+# %% ../nbs/09_probing.ipynb #895cdebe
 def _check_groups(groups, n: int) -> np.ndarray | None:
     if groups is None:
         return None
@@ -299,14 +299,14 @@ def _check_n_splits(cv: int, y: np.ndarray, groups: np.ndarray | None, task: str
             raise ValueError(f"class {_show(c)} has only {units} {unit}, but cv={cv} needs at least {cv} per class "
                              f"(one in every test fold). {fix}{hint}.")
 
-
+# %% ../nbs/09_probing.ipynb #43f4306e
 def _splitter(cv: int, task: str, grouped: bool, random_state: int):
     "The scikit-learn splitter for an integer `cv`."
     kinds = {(False, False): StratifiedKFold, (False, True): StratifiedGroupKFold,
              (True, False): KFold, (True, True): GroupKFold}
     return kinds[task == "regression", grouped](n_splits=cv, shuffle=True, random_state=random_state)
 
-
+# %% ../nbs/09_probing.ipynb #90712236
 def _check_folds(folds: Folds, y: np.ndarray, groups: np.ndarray | None, task: str) -> None:
     "Folds must be index arrays whose test sets partition the samples, without group or class gaps."
     n = len(y)
@@ -334,7 +334,7 @@ def _check_folds(folds: Folds, y: np.ndarray, groups: np.ndarray | None, task: s
         raise ValueError(f"the test sets must partition the samples (each tested exactly once); sample {i} is "
                          f"tested {tested[i]} times. Use a K-fold style splitter.")
 
-
+# %% ../nbs/09_probing.ipynb #5ca7e823
 def make_folds(y, *, groups=None, cv=5, task: str | None = None, random_state: int = 0) -> Folds:
     """Cross-validation folds [(train, test), ...] for target `y`: stratified for classification, grouped
     when `groups` is given, shuffled with `random_state`. `cv` is a number of folds, a scikit-learn
@@ -385,7 +385,7 @@ _FACTORIES = {  # (name, is classification) -> estimator
     ("mlp", False): lambda seed: MLPRegressor(hidden_layer_sizes=(64,), early_stopping=True, max_iter=500, random_state=seed),
 }
 
-
+# %% ../nbs/09_probing.ipynb #f058f10f
 def _make_pipeline(estimator, task: str, scale: str | None, random_state: int) -> tuple[Pipeline, str]:
     "Unfitted (scaler ->) estimator pipeline for `task`, and the estimator's display name."
     classification = task != "regression"
@@ -411,7 +411,7 @@ def _make_pipeline(estimator, task: str, scale: str | None, random_state: int) -
     steps = [("scale", SCALERS[scale]())] if scale else []
     return Pipeline(steps + [("model", model)]), name
 
-
+# %% ../nbs/09_probing.ipynb #0b241359
 def _check_X(X, n_features: int | None = None) -> np.ndarray:
     "X as a finite 2-D numeric array (with `n_features` columns if given)."
     X = np.asarray(X)
@@ -436,12 +436,12 @@ def _scores(model: Pipeline, X: np.ndarray, task: str) -> np.ndarray:
     s = model.predict_proba(X) if hasattr(model, "predict_proba") else model.decision_function(X)
     return s[:, 1] if task == "binary" and s.ndim == 2 else s
 
-
+# %% ../nbs/09_probing.ipynb #a0244919
 def _correlation(fn, a: np.ndarray, b: np.ndarray) -> float:
     "Correlation statistic, NaN (not a warning) when either side is constant."
     return float(fn(a, b).statistic) if np.ptp(a) > 0 and np.ptp(b) > 0 else float("nan")
 
-
+# %% ../nbs/09_probing.ipynb #43a740c5
 def prediction_metrics(y: np.ndarray, pred: np.ndarray, score: np.ndarray, task: str, n_classes: int) -> dict[str, float]:
     "Metrics of one test fold (y, pred: encoded labels or values; score: `_scores` output)."
     if task == "regression":
@@ -460,7 +460,7 @@ def prediction_metrics(y: np.ndarray, pred: np.ndarray, score: np.ndarray, task:
 
 PRIMARY_METRIC = {"binary": "auroc", "multiclass": "auroc_macro", "regression": "r2"}
 
-
+# %% ../nbs/09_probing.ipynb #fe7d68c3
 def _permute_within_folds(y: np.ndarray, folds: Folds, random_state: int) -> np.ndarray:
     "y with labels shuffled inside each test fold: same per-fold label counts, no link to X."
     rng, out = np.random.default_rng(random_state), y.copy()
@@ -574,7 +574,7 @@ def _plot_binary(r: ProbeResult, axes) -> None:
         ax.set(xlabel=xl, ylabel=yl, title=f"{metric.upper()} {m.mean():.3f} ± {m.std():.3f}", xlim=(0, 1), ylim=(0, 1.02))
         ax.legend(fontsize=7, loc="lower right" if metric == "auroc" else "lower left")
 
-
+# %% ../nbs/09_probing.ipynb #596225b0
 def _plot_multiclass(r: ProbeResult, ax) -> None:
     from sklearn.metrics import ConfusionMatrixDisplay
     ConfusionMatrixDisplay.from_predictions(r.y_true, r.predictions, labels=r.classes, normalize="true",
@@ -582,7 +582,7 @@ def _plot_multiclass(r: ProbeResult, ax) -> None:
     m = r.fold_metrics["balanced_accuracy"]
     ax.set_title(f"out-of-fold, row-normalised; balanced accuracy {m.mean():.3f} ± {m.std():.3f}")
 
-
+# %% ../nbs/09_probing.ipynb #b54df114
 def _plot_regression(r: ProbeResult, ax) -> None:
     ax.scatter(r.y_true, r.predictions, s=6, alpha=0.5)
     lo, hi = np.min([r.y_true.min(), r.predictions.min()]), np.max([r.y_true.max(), r.predictions.max()])
@@ -652,12 +652,12 @@ def compare_probes(results: Mapping[str, ProbeResult], *, baseline: str | None =
 CONTROLS = ("kmer", "gc", "random_init", "shuffled")
 _KINDS = {"model": "layer {}", "random_init": "random-init layer {}", "shuffled": "shuffled layer {}"}
 
-
+# %% ../nbs/09_probing.ipynb #42544b91
 def _probe_name(kind: str, layer: int) -> str:
     "Key of a per-layer probe in `LayerProbeResult.results`: 'layer 2', 'random-init layer 2', 'shuffled layer 2'."
     return _KINDS[kind].format(layer)
 
-
+# %% ../nbs/09_probing.ipynb #c423ea1a
 def _check_controls(controls) -> list[str]:
     "The control names asked for, in `CONTROLS` order: all for True, none for False/None, else the given names."
     if controls is True:
@@ -670,7 +670,7 @@ def _check_controls(controls) -> list[str]:
         raise ValueError(f"unknown control {unknown[0]!r}; use True (all), False (none) or a list from {CONTROLS}.")
     return [c for c in CONTROLS if c in names]
 
-
+# %% ../nbs/09_probing.ipynb #51adddb7
 def _check_kmer_k(kmer_k, used: bool) -> list[int]:
     "The k-mer sizes of the baseline, sorted ([] when the k-mer control is off); each is checked (1..6) either way."
     ks = [kmer_k] if isinstance(kmer_k, (int, np.integer)) else list(kmer_k)
@@ -680,7 +680,7 @@ def _check_kmer_k(kmer_k, used: bool) -> list[int]:
         raise ValueError("kmer_k is empty; give the k-mer sizes of the baseline, e.g. (1, 2, 3, 4, 5, 6), or drop 'kmer' from controls.")
     return sorted({int(k) for k in ks}) if used else []
 
-
+# %% ../nbs/09_probing.ipynb #0906b15c
 def random_init_like(model, random_state: int = 0):
     """A freshly initialised model of `model`'s class and config: seeded by `random_state` (the global torch random
     state is restored afterwards), in eval mode, on `model`'s device and dtype. The random-init control of `probe_layers`."""
@@ -711,7 +711,7 @@ def _chance(metric: str, y: np.ndarray, classes: np.ndarray | None) -> float | N
         return float(np.unique(y, return_counts=True)[1].max() / len(y))  # always the majority class
     return None
 
-
+# %% ../nbs/09_probing.ipynb #e19b1278
 @dataclass(repr=False, eq=False)
 class LayerProbeResult:
     "Probes of every asked layer of a model with baselines and controls, all scored on the same folds."

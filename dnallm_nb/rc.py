@@ -56,7 +56,7 @@ def check_layout(layout: str) -> str:
         raise ValueError(f"unknown output layout {layout!r}; use 'plain' (Caduceus-Ph, per-position outputs) or 'ps' (RCPS hidden states).")
     return layout
 
-
+# %% ../nbs/07_rc.ipynb #bf0a1db6
 def align_rc_output(
     output_rc: torch.Tensor,  # (..., L, C) output for rc(x)
     layout: Layout,
@@ -77,7 +77,7 @@ def strand_invariant_view(
     d = channels // 2
     return (hidden[..., :d] + hidden[..., d:].flip(-1)) / 2
 
-
+# %% ../nbs/07_rc.ipynb #e8496d7e
 def conjoin(
     output: torch.Tensor,  # (..., L, C) output for x
     output_rc: torch.Tensor,  # (..., L, C) output for rc(x), not yet aligned
@@ -100,7 +100,7 @@ def align_rc_logits(
                          "columns; pass the model's (padded) complement map, e.g. `model.config.complement_map`.")
     return logits_rc.flip(-2)[..., comp]
 
-
+# %% ../nbs/07_rc.ipynb #dcc191ff
 def conjoin_logits(
     logits: torch.Tensor,  # (..., L, V) logits for x
     logits_rc: torch.Tensor,  # (..., L, V) logits for rc(x), not yet aligned
@@ -120,7 +120,7 @@ def model_layout(model: torch.nn.Module) -> Layout:
                         "model, e.g. from `dnallm_nb.load.load_model_and_tokenizer`.")
     return "ps" if config.rcps else "plain"
 
-
+# %% ../nbs/07_rc.ipynb #ba9b74c1
 def model_complement_map(
     model: torch.nn.Module,
     size: int | None = None,  # pad with identity entries up to this many ids (e.g. the logits' vocabulary size)
@@ -144,13 +144,13 @@ def _named_sequences(sequences: str | Sequence[str] | Mapping[str, str]) -> list
         raise ValueError("no sequences to check; pass at least one DNA string.")
     return [(str(name), validate_dna(seq, name=str(name))) for name, seq in items]
 
-
+# %% ../nbs/07_rc.ipynb #33bc6831
 def tokenize_without_specials(tokenizer, seq: str) -> torch.Tensor:  # (L,) token ids
     "Token ids of `seq` without special tokens (an appended `[SEP]` would break the RC symmetry of the input)."
     ids = tokenizer(seq, add_special_tokens=False)["input_ids"]
     return torch.as_tensor(ids, dtype=torch.long)
 
-
+# %% ../nbs/07_rc.ipynb #8fcb75ca
 def _rc_pair(tokenizer, name: str, seq: str, complement_map: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     "Ids of x and of rc(x), tokenized from text; raises if the tokenizer and the model disagree on complements."
     ids, ids_rc = tokenize_without_specials(tokenizer, seq), tokenize_without_specials(tokenizer, reverse_complement(seq))
@@ -169,7 +169,7 @@ def hidden_state_names(n_states: int) -> list[str]:
     n = n_states - 1
     return ["embeddings", *[f"layer {k}" for k in range(1, n)], f"layer {n} (final norm)"]
 
-
+# %% ../nbs/07_rc.ipynb #7ba16ed3
 def resolve_layers(layers: int | Sequence[int] | str, n_entries: int) -> list[int]:
     "Normalise `layers` (an int, a list of ints, or 'all') to distinct non-negative indices below `n_entries`."
     if isinstance(layers, str):
@@ -199,7 +199,7 @@ def hidden_views(h: torch.Tensor, h_rc: torch.Tensor, layout: Layout) -> dict[st
     return {"raw": (h, align_rc_output(h_rc, "plain")),
             "conjoined": (conjoin(h, h_rc), align_rc_output(conjoin(h_rc, h), "plain"))}
 
-
+# %% ../nbs/07_rc.ipynb #17526152
 def logit_views(logits: torch.Tensor, logits_rc: torch.Tensor, layout: Layout,
                 complement_map: Sequence[int]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     "Per view: (logits for x, aligned logits for rc(x)), for per-position logits of shape (B, L, V)."
@@ -209,7 +209,7 @@ def logit_views(logits: torch.Tensor, logits_rc: torch.Tensor, layout: Layout,
                                      align_rc_logits(conjoin_logits(logits_rc, logits, complement_map), complement_map))
     return views
 
-
+# %% ../nbs/07_rc.ipynb #a97007d6
 def pooled_views(h: torch.Tensor, h_rc: torch.Tensor, layout: Layout) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     "Per pooling: (mean over positions for x, for rc(x)) of the last hidden state (B, L, C) -> (B, C') each."
     if check_layout(layout) == "ps":
@@ -223,7 +223,7 @@ HEADS: tuple[str, ...] = ("lm_head", "classifier")
 CONJOINED_VIEWS: tuple[str, ...] = ("conjoined", "conjoined logits")
 "Views built by post-hoc conjoining: symmetric by construction, so they do not count towards `RCReport.passed`."
 
-
+# %% ../nbs/07_rc.ipynb #9dd74663
 @dataclass(repr=False)
 class RCReport:
     "Errors between a model's outputs for x and its aligned outputs for rc(x), by view, layer and position."
@@ -333,12 +333,12 @@ def _forward(model: torch.nn.Module, input_ids: torch.Tensor) -> tuple[tuple[tor
         raise TypeError(f"{type(model).__name__} returned no hidden_states; pass a model whose forward accepts output_hidden_states.")
     return out.hidden_states, getattr(out, "logits", None)
 
-
+# %% ../nbs/07_rc.ipynb #d8ab8082
 def _model_name(model: torch.nn.Module) -> str:
     name = str(getattr(model.config, "name_or_path", "") or type(model).__name__)
     return Path(name).name if Path(name).is_absolute() else name
 
-
+# %% ../nbs/07_rc.ipynb #10392b15
 class _ErrorTally:
     "Running max/sum of |Δ| per (view, layer), and the per-position errors of every sequence."
 
@@ -425,12 +425,12 @@ class UnsharedRCPSMixer(torch.nn.Module):
         fwd_mask, rc_mask = (None, None) if mask is None else mask.chunk(2)
         return torch.cat([self.submodule(fwd, backend, fwd_mask), self.rc_submodule(rc, backend, rc_mask)])
 
-
+# %% ../nbs/07_rc.ipynb #2a3d7d09
 def rcps_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
     "The layers of an RCPS model, in order: the modules whose `mixer` wraps a shared `submodule`."
     return [m for m in model.modules() if hasattr(getattr(m, "mixer", None), "submodule")]
 
-
+# %% ../nbs/07_rc.ipynb #094e5c18
 def break_rc_sharing(
     model: torch.nn.Module,  # an RCPS (PS) model; left unchanged
     layer: int = 0,  # which layer's mixer to unshare, counted from 0: `layer=0` breaks the report's "layer 1"

@@ -45,11 +45,11 @@ def _versus_kmers(comparison: pd.DataFrame, row: str, n_folds: int) -> str:
             f"per-fold difference {r['diff']:+.3f} ± {r['diff_sd']:.3f}, above on {int(r['folds_above'])}/{n_folds} folds; "
             f"**beats k-mers: {verdict}**")
 
-
+# %% ../nbs/13_report.ipynb #d7170acf
 def _finetune_settings(params: dict) -> str:
     return f"{params['pooling']} pooling, up to {params['max_steps']} steps, learning rate {params['learning_rate']:g}"
 
-
+# %% ../nbs/13_report.ipynb #91572d6c
 def _finetune_line(finetuned: dict | None) -> str:
     "The summary's fine-tuning line: its sample and settings, the frozen probe on that sample, and the verdict."
     if finetuned is None:
@@ -62,7 +62,7 @@ def _finetune_line(finetuned: dict | None) -> str:
             + _versus_kmers(comparison, "LoRA fine-tune", n_folds)
             + f"; the frozen {probe_row} on these folds: {metric} {comparison.loc[probe_row, metric]:.3f}")
 
-
+# %% ../nbs/13_report.ipynb #cb472a50
 def _summary_markdown(model_label: str, task: str, n: int, window: int, pooling: str, rc_report, layers,
                       comparison: pd.DataFrame, finetuned: dict | None, seconds: float) -> str:
     table = layers.summary()
@@ -87,7 +87,6 @@ def _summary_markdown(model_label: str, task: str, n: int, window: int, pooling:
     ]
     return "\n".join(lines) + "\n"
 
-
 # %% ../nbs/13_report.ipynb #da60e961
 def _model_label(model: str | Path) -> str:
     import dnallm_nb
@@ -111,7 +110,7 @@ def _probe_sample(model, tokenizer, sample: pd.DataFrame, pooling: str, seed: in
     return probe_layers(model, tokenizer, list(sample.sequence), sample.label.to_numpy(), groups=groups, pooling=pooling,
                         controls=controls, random_state=seed, progress=progress)
 
-
+# %% ../nbs/13_report.ipynb #16147f39
 def _finetune_sample(model, tokenizer, sample: pd.DataFrame, pooling: str, seed: int, params: dict,
                      progress: bool) -> tuple[pd.DataFrame, dict]:
     """LoRA on `sample`'s folds next to a frozen probe and k-mer counts on the same folds: (the `compare_with_controls`
@@ -123,7 +122,7 @@ def _finetune_sample(model, tokenizer, sample: pd.DataFrame, pooling: str, seed:
                                                            groups=layers.groups, cv=layers.folds, progress=progress)}
     return compare_with_controls(layers, finetuned), comparison_results(layers, finetuned)
 
-
+# %% ../nbs/13_report.ipynb #5fb82423
 def _save(fig, path: Path):
     "Write a report figure as PNG, its titles also in the PNG's `Title` text, and close it (a long job must not keep them)."
     import matplotlib.pyplot as plt
@@ -131,7 +130,7 @@ def _save(fig, path: Path):
     fig.savefig(path, dpi=120, bbox_inches="tight", metadata={"Title": " | ".join(t for t in titles if t)})
     plt.close(fig)
 
-
+# %% ../nbs/13_report.ipynb #4daf9f9b
 def run_journey(out: str | Path = "reports/demo", model: str | Path | None = None, task: str = "ath_tis",
                 n_sequences: int = 1000, window: int = 512, pooling: str = "center", seed: int = 0,
                 finetune: bool = True, finetune_sequences: int = 300, finetune_window: int = 128,
@@ -178,4 +177,3 @@ def run_journey(out: str | Path = "reports/demo", model: str | Path | None = Non
     summary.write_text(_summary_markdown(_model_label(model), task, len(sample), window, pooling, rc_report, layers,
                                          compare_with_controls(layers, {}), finetuned, time.time() - started))
     return summary
-

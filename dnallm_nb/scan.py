@@ -56,7 +56,7 @@ def time_reversible(time_dim: int, sequences: tuple[str, ...]) -> Callable[[Call
 SCAN_CHUNK = 256
 "Tokens whose discretised terms the reference scans materialise at once (bounds their memory)."
 
-
+# %% ../nbs/03_scan.ipynb #97ff7e8d
 @time_reversible(-1, ("u", "delta", "B", "C", "z"))
 def selective_scan_ref(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                        D: torch.Tensor | None = None, z: torch.Tensor | None = None,
@@ -151,7 +151,7 @@ _OPTIONAL_BACKENDS_LOADED = False
 FAST_CPU_MODULE = "dnallm_nb.fastscan"
 "Module that registers the `cpu` backend when imported."
 
-
+# %% ../nbs/03_scan.ipynb #ffb26e8f
 def register_scan_backend(name: str, selective_scan_fn: Callable, ssd_scan_fn: Callable,
                           is_available: Callable[[torch.device], bool],
                           causal_conv1d_fn: Callable = causal_conv1d_ref) -> ScanBackend:
@@ -171,13 +171,13 @@ def _mamba_ssm_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None
     from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
     return selective_scan_fn(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
 
-
+# %% ../nbs/03_scan.ipynb #28f58bd9
 @time_reversible(1, ("x", "dt", "B", "C"))
 def _mamba_ssm_ssd_scan(x, dt, A, B, C, D=None, dt_bias=None, dt_softplus=False, chunk_size=256):
     from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
     return mamba_chunk_scan_combined(x, dt, A, B, C, chunk_size, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus)
 
-
+# %% ../nbs/03_scan.ipynb #a65a0170
 @time_reversible(1, ("x",))
 def _cuda_causal_conv1d(x, weight, bias=None, silu=False):
     "The `causal_conv1d` package's kernel, on the (batch, channels, L) view it takes."
@@ -185,7 +185,7 @@ def _cuda_causal_conv1d(x, weight, bias=None, silu=False):
     weight = weight.reshape(weight.shape[0], -1)
     return causal_conv1d_fn(x.transpose(1, 2), weight, bias, activation="silu" if silu else None).transpose(1, 2)
 
-
+# %% ../nbs/03_scan.ipynb #9d0eb657
 def _load_optional_backends() -> None:
     "Register `cpu` (dnallm_nb.fastscan) and `cuda` (mamba_ssm) once, if they can be imported."
     global _OPTIONAL_BACKENDS_LOADED
@@ -215,7 +215,7 @@ def available_scan_backends(device: torch.device | str | None = None) -> list[st
         names = [n for n in names if _BACKENDS[n].is_available(torch.device(device))]
     return names
 
-
+# %% ../nbs/03_scan.ipynb #760bd721
 def resolve_scan_backend(name: str | ScanBackend = "auto", device: torch.device | str = "cpu") -> ScanBackend:
     """The backend to use for tensors on `device`: `name` itself, or for "auto" the first of cuda, cpu, reference
     that can run there."""
@@ -245,7 +245,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     return impl.selective_scan(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
                                reverse=reverse)
 
-
+# %% ../nbs/03_scan.ipynb #5cdee6e1
 def ssd_scan(x, dt, A, B, C, D=None, dt_bias=None, dt_softplus=False, chunk_size=256,
              backend: str | ScanBackend | None = None, reverse: bool = False) -> torch.Tensor:
     "Mamba-2 SSD scan (see `ssd_scan_ref` for shapes) on the chosen backend."

@@ -44,7 +44,7 @@ def _texts(batch) -> Iterator[str]:
     elif batch is not None:
         raise TypeError(f"tokenizer input must be str or a list of str, got {type(batch).__name__}.")
 
-
+# %% ../nbs/02_tokenization.ipynb #4350b7e6
 class DNATokenizer(PreTrainedTokenizerFast):
     "Base of the character-level DNA tokenizers: strict DNA checking, `input_ids` + `attention_mask`, left padding by default, complement map."
     model_input_names = ["input_ids", "attention_mask"]
@@ -87,7 +87,7 @@ class DNATokenizer(PreTrainedTokenizerFast):
 # %% ../nbs/02_tokenization.ipynb #e02aa061
 CADUCEUS_SPECIAL_TOKENS = ["[CLS]", "[SEP]", "[BOS]", "[MASK]", "[PAD]", "[RESERVED]", "[UNK]"]
 
-
+# %% ../nbs/02_tokenization.ipynb #966e8457
 class CaduceusTokenizer(DNATokenizer):
     "Caduceus tokenizer: `[CLS]`=0 `[SEP]`=1 `[BOS]`=2 `[MASK]`=3 `[PAD]`=4 `[RESERVED]`=5 `[UNK]`=6, then A C G T N from 7."
     def __init__(
@@ -110,7 +110,7 @@ class CaduceusTokenizer(DNATokenizer):
 # %% ../nbs/02_tokenization.ipynb #ff7e880e
 PLANT_VOCAB = ["[PAD]", "[MASK]", "[UNK]", "a", "c", "g", "t"]
 
-
+# %% ../nbs/02_tokenization.ipynb #f2ff9cc2
 class PlantTokenizer(DNATokenizer):
     "PlantCaduceus / PlantCAD2 tokenizer: `[PAD]`=0 `[MASK]`=1 `[UNK]`=2 a=3 c=4 g=5 t=6; any case in, no special tokens added."
     def __init__(self, model_max_length: int = 512, strict: bool = True, **kwargs):

