@@ -798,31 +798,7 @@ class LayerProbeResult:
         """Layer curve of `metric` (default: primary) with fold-sd error bars — model (solid), random-init model
         (dashed), shuffled labels (grey) — bands (mean ± sd) for the best k-mer and the GC baseline, and the
         chance line. Returns the Figure."""
-        import matplotlib.pyplot as plt
-        metric = self._metric(metric)
-        fig, ax = plt.subplots(figsize=(8, 4))
-        styles = {"model": dict(color="C0", ls="-", marker="o", label="model"),  # x offsets keep the error bars apart
-                  "random_init": dict(color="C1", ls="--", marker="s", label="random-init model", dx=0.04),
-                  "shuffled": dict(color="0.55", ls="-", marker=".", label="shuffled labels", dx=-0.04)}
-        for kind, style in styles.items():
-            if per_layer := self.by_layer(kind):
-                values = pd.DataFrame({layer: r.fold_metrics[metric] for layer, r in per_layer.items()})  # (folds, layers)
-                dx = style.pop("dx", 0)
-                ax.errorbar(np.asarray(values.columns) + dx, values.mean(), yerr=values.std(), capsize=3, lw=1.5, ms=5, **style)
-        for name, colour in ((self.best_baseline(metric, kmers_only=True), "C2"), ("GC content", "C3")):
-            if name in self.results:
-                m = self.results[name].fold_metrics[metric]
-                ax.axhspan(m.mean() - m.std(), m.mean() + m.std(), color=colour, alpha=0.15, lw=0)
-                ax.axhline(m.mean(), color=colour, lw=1, label=f"{name} (mean ± sd)")
-        first = self.results[_probe_name("model", self.layers[0])]
-        if (chance := _chance(metric, first.y_true, first.classes)) is not None:
-            ax.axhline(chance, color="k", ls=":", lw=1, label="chance")
-        ax.set(xticks=self.layers, xlabel="layer (hidden_states entry; 0 = token embeddings)",
-               ylabel=f"{metric} (mean ± sd over {len(self.folds)} folds)",
-               title=f"{self.task} probe ({first.estimator}), n={len(first.y_true)}")
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
-        fig.tight_layout()
-        return fig
+        return _plot_layer_curve(self, metric=metric)
 
     def __repr__(self) -> str:
         metric, best = self.primary_metric, self.best_layer
@@ -837,6 +813,35 @@ class LayerProbeResult:
         n = len(self.results[_probe_name("model", best)].y_true)
         return (f"LayerProbeResult({self.task}, n={n}, layers={self.layers}, folds={len(self.folds)}, "
                 f"{len(self.results)} probes; " + "; ".join(parts) + ")")
+
+# %% ../nbs/09_probing.ipynb #3e04899f
+def _plot_layer_curve(result: LayerProbeResult, metric: str | None = None):
+    "The figure of `LayerProbeResult.plot`."
+    import matplotlib.pyplot as plt
+    metric = result._metric(metric)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    styles = {"model": dict(color="C0", ls="-", marker="o", label="model"),  # x offsets keep the error bars apart
+              "random_init": dict(color="C1", ls="--", marker="s", label="random-init model", dx=0.04),
+              "shuffled": dict(color="0.55", ls="-", marker=".", label="shuffled labels", dx=-0.04)}
+    for kind, style in styles.items():
+        if per_layer := result.by_layer(kind):
+            values = pd.DataFrame({layer: r.fold_metrics[metric] for layer, r in per_layer.items()})  # (folds, layers)
+            dx = style.pop("dx", 0)
+            ax.errorbar(np.asarray(values.columns) + dx, values.mean(), yerr=values.std(), capsize=3, lw=1.5, ms=5, **style)
+    for name, colour in ((result.best_baseline(metric, kmers_only=True), "C2"), ("GC content", "C3")):
+        if name in result.results:
+            m = result.results[name].fold_metrics[metric]
+            ax.axhspan(m.mean() - m.std(), m.mean() + m.std(), color=colour, alpha=0.15, lw=0)
+            ax.axhline(m.mean(), color=colour, lw=1, label=f"{name} (mean ± sd)")
+    first = result.results[_probe_name("model", result.layers[0])]
+    if (chance := _chance(metric, first.y_true, first.classes)) is not None:
+        ax.axhline(chance, color="k", ls=":", lw=1, label="chance")
+    ax.set(xticks=result.layers, xlabel="layer (hidden_states entry; 0 = token embeddings)",
+           ylabel=f"{metric} (mean ± sd over {len(result.folds)} folds)",
+           title=f"{result.task} probe ({first.estimator}), n={len(first.y_true)}")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
+    fig.tight_layout()
+    return fig
 
 # %% ../nbs/09_probing.ipynb #8f0f019f
 def probe_layers(model, tokenizer, sequences: Iterable[str], y, *, layers: int | Sequence[int] | str = "all",

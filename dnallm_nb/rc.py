@@ -282,48 +282,54 @@ class RCReport:
         the first view's worst layer), the largest |Δ| over the sequences at each position. In the green band (|Δ| ≤
         `atol`) x and rc(x) count as equal; exact zeros sit at `floor`. The title is the headline, then `sample` (what the
         sequences are, e.g. "ath_tis: 8 windows of 512 bp") when given."""
-        import matplotlib.pyplot as plt
-        from matplotlib.patches import Patch
-        view = view or self.errors.view.iloc[0]
-        rows = self.errors[self.errors.view == view]
-        if rows.empty:
-            raise ValueError(f"no view {view!r} in this report; choose one of {list(self.errors.view.unique())}.")
-        layer = layer or rows.layer.iloc[int(rows.max_abs.argmax())]
-        if (view, layer) not in self.position_errors:
-            raise ValueError(f"view {view!r} has no layer {layer!r}; choose one of {list(rows.layer)}.")
-        order = self.layers + [head for head in HEADS if (self.errors.layer == head).any()]
-        views = list(self.errors.view.unique())
-        fig, (by_layer, by_position) = plt.subplots(1, 2, figsize=(11, 4.4))
-        for ax in (by_layer, by_position):
-            ax.set_yscale("log")
-            ax.axhspan(floor / 10, self.atol, color="C2", alpha=0.15, lw=0)
-            ax.set_ylim(floor / 10, 30 * max(self.atol, float(self.errors.max_abs.max())))
-        step = 0.5 / len(views)  # views side by side within a layer, so that equal values do not hide each other
-        for i, name in enumerate(views):
-            view_rows = self.errors[self.errors.view == name]
-            x = np.array([order.index(name) for name in view_rows.layer]) + (i - (len(views) - 1) / 2) * step
-            by_layer.plot(x, view_rows.max_abs.clip(lower=floor), marker="os^Dv"[i % 5], ms=6, lw=1, color=f"C{i}",
-                          label=f"{name}: {'equal' if self.passed_views[name] else 'differs'}")
-        by_layer.set_xticks(range(len(order)), order, rotation=30, ha="right")
-        by_layer.set(title="largest |Δ| per layer", ylabel=f"max |Δ| (exact 0 drawn at {floor:g})")
-        per_sequence = self.position_errors[view, layer]
-        stacked = np.full((len(per_sequence), max(map(len, per_sequence))), np.nan)  # (sequences, positions)
-        for row, errors in enumerate(per_sequence):
-            stacked[row, :len(errors)] = errors
-        worst = np.nanmax(stacked, axis=0)
-        by_position.plot(np.clip(worst, floor, None), lw=1, color=f"C{views.index(view)}",
-                         label=f"{view}, {layer}: largest over {len(per_sequence)} sequence(s)")
-        if worst.max() <= floor:
-            by_position.text(0.5, 0.5, "|Δ| = 0 at every position", transform=by_position.transAxes, ha="center")
-        by_position.set(title=f"per position: {view}, {layer}", xlabel="position (token)", ylabel="max |Δ| over channels")
-        handles = by_layer.get_legend_handles_labels()[0] + by_position.get_legend_handles_labels()[0]
-        handles.append(Patch(color="C2", alpha=0.15, label=f"|Δ| ≤ atol {self.atol:g}: equal"))
-        fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 3), fontsize="small",
-                   title="view (output for x vs the aligned output for rc(x))", title_fontsize="small")
-        fig.suptitle(self.headline + (f"\n{sample}" if sample else ""), fontsize="medium")
-        fig.tight_layout(rect=(0, 0.06 + 0.045 * -(-len(handles) // 3), 1, 1))
-        plt.close(fig)  # shown once, by the notebook's display of the returned Figure
-        return fig
+        return _plot_rc_report(self, view=view, layer=layer, floor=floor, sample=sample)
+
+# %% ../nbs/07_rc.ipynb #230a5858
+def _plot_rc_report(report: RCReport, view: str | None = None, layer: str | None = None, floor: float = 1e-12,
+                    sample: str | None = None):
+    "The figure of `RCReport.plot`."
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+    view = view or report.errors.view.iloc[0]
+    rows = report.errors[report.errors.view == view]
+    if rows.empty:
+        raise ValueError(f"no view {view!r} in this report; choose one of {list(report.errors.view.unique())}.")
+    layer = layer or rows.layer.iloc[int(rows.max_abs.argmax())]
+    if (view, layer) not in report.position_errors:
+        raise ValueError(f"view {view!r} has no layer {layer!r}; choose one of {list(rows.layer)}.")
+    order = report.layers + [head for head in HEADS if (report.errors.layer == head).any()]
+    views = list(report.errors.view.unique())
+    fig, (by_layer, by_position) = plt.subplots(1, 2, figsize=(11, 4.4))
+    for ax in (by_layer, by_position):
+        ax.set_yscale("log")
+        ax.axhspan(floor / 10, report.atol, color="C2", alpha=0.15, lw=0)
+        ax.set_ylim(floor / 10, 30 * max(report.atol, float(report.errors.max_abs.max())))
+    step = 0.5 / len(views)  # views side by side within a layer, so that equal values do not hide each other
+    for i, name in enumerate(views):
+        view_rows = report.errors[report.errors.view == name]
+        x = np.array([order.index(name) for name in view_rows.layer]) + (i - (len(views) - 1) / 2) * step
+        by_layer.plot(x, view_rows.max_abs.clip(lower=floor), marker="os^Dv"[i % 5], ms=6, lw=1, color=f"C{i}",
+                      label=f"{name}: {'equal' if report.passed_views[name] else 'differs'}")
+    by_layer.set_xticks(range(len(order)), order, rotation=30, ha="right")
+    by_layer.set(title="largest |Δ| per layer", ylabel=f"max |Δ| (exact 0 drawn at {floor:g})")
+    per_sequence = report.position_errors[view, layer]
+    stacked = np.full((len(per_sequence), max(map(len, per_sequence))), np.nan)  # (sequences, positions)
+    for row, errors in enumerate(per_sequence):
+        stacked[row, :len(errors)] = errors
+    worst = np.nanmax(stacked, axis=0)
+    by_position.plot(np.clip(worst, floor, None), lw=1, color=f"C{views.index(view)}",
+                     label=f"{view}, {layer}: largest over {len(per_sequence)} sequence(s)")
+    if worst.max() <= floor:
+        by_position.text(0.5, 0.5, "|Δ| = 0 at every position", transform=by_position.transAxes, ha="center")
+    by_position.set(title=f"per position: {view}, {layer}", xlabel="position (token)", ylabel="max |Δ| over channels")
+    handles = by_layer.get_legend_handles_labels()[0] + by_position.get_legend_handles_labels()[0]
+    handles.append(Patch(color="C2", alpha=0.15, label=f"|Δ| ≤ atol {report.atol:g}: equal"))
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 3), fontsize="small",
+               title="view (output for x vs the aligned output for rc(x))", title_fontsize="small")
+    fig.suptitle(report.headline + (f"\n{sample}" if sample else ""), fontsize="medium")
+    fig.tight_layout(rect=(0, 0.06 + 0.045 * -(-len(handles) // 3), 1, 1))
+    plt.close(fig)  # shown once, by the notebook's display of the returned Figure
+    return fig
 
 # %% ../nbs/07_rc.ipynb #742e85fc
 def _forward(model: torch.nn.Module, input_ids: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
