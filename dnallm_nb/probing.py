@@ -772,27 +772,7 @@ class LayerProbeResult:
         """One row per layer: mean and sd of `metric` (default: primary); the random-init and shuffled-label means;
         selectivity vs shuffled labels and vs the best baseline (mean and sd of per-fold differences); then the
         other metrics (mean, sd). The baseline's name is in `.attrs['baseline']`."""
-        metric = self._metric(metric)
-        baseline = self.best_baseline(metric)
-        random_init, shuffled = self.by_layer("random_init"), self.by_layer("shuffled")
-        rows = {}
-        for layer, r in self.by_layer("model").items():
-            m = r.fold_metrics
-            row = {metric: m[metric].mean(), f"{metric}_sd": m[metric].std()}
-            if layer in random_init:
-                row["random_init"] = random_init[layer].fold_metrics[metric].mean()
-            if layer in shuffled:
-                row["shuffled"] = shuffled[layer].fold_metrics[metric].mean()
-            for column, control in (("sel_shuffled", shuffled.get(layer)), ("sel_baseline", self.results.get(baseline))):
-                if control is not None:
-                    paired = compare_probes({"layer": r, "control": control}, baseline="control", metric=metric)
-                    row[column], row[f"{column}_sd"] = paired.loc["layer", ["selectivity", "selectivity_sd"]]
-            for other in m.columns.drop(metric):
-                row[other], row[f"{other}_sd"] = m[other].mean(), m[other].std()
-            rows[layer] = row
-        table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("layer")
-        table.attrs["baseline"] = baseline
-        return table
+        return _layer_summary(self, metric=metric)
 
     def plot(self, metric: str | None = None):
         """Layer curve of `metric` (default: primary) with fold-sd error bars — model (solid), random-init model
@@ -813,6 +793,31 @@ class LayerProbeResult:
         n = len(self.results[_probe_name("model", best)].y_true)
         return (f"LayerProbeResult({self.task}, n={n}, layers={self.layers}, folds={len(self.folds)}, "
                 f"{len(self.results)} probes; " + "; ".join(parts) + ")")
+
+# %% ../nbs/09_probing.ipynb #5ebdedb1
+def _layer_summary(result: LayerProbeResult, metric: str | None = None) -> pd.DataFrame:
+    "What `LayerProbeResult.summary` returns."
+    metric = result._metric(metric)
+    baseline = result.best_baseline(metric)
+    random_init, shuffled = result.by_layer("random_init"), result.by_layer("shuffled")
+    rows = {}
+    for layer, r in result.by_layer("model").items():
+        m = r.fold_metrics
+        row = {metric: m[metric].mean(), f"{metric}_sd": m[metric].std()}
+        if layer in random_init:
+            row["random_init"] = random_init[layer].fold_metrics[metric].mean()
+        if layer in shuffled:
+            row["shuffled"] = shuffled[layer].fold_metrics[metric].mean()
+        for column, control in (("sel_shuffled", shuffled.get(layer)), ("sel_baseline", result.results.get(baseline))):
+            if control is not None:
+                paired = compare_probes({"layer": r, "control": control}, baseline="control", metric=metric)
+                row[column], row[f"{column}_sd"] = paired.loc["layer", ["selectivity", "selectivity_sd"]]
+        for other in m.columns.drop(metric):
+            row[other], row[f"{other}_sd"] = m[other].mean(), m[other].std()
+        rows[layer] = row
+    table = pd.DataFrame.from_dict(rows, orient="index").rename_axis("layer")
+    table.attrs["baseline"] = baseline
+    return table
 
 # %% ../nbs/09_probing.ipynb #3e04899f
 def _plot_layer_curve(result: LayerProbeResult, metric: str | None = None):
