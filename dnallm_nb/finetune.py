@@ -471,7 +471,6 @@ class FinetuneRegressor(RegressorMixin, _Finetuner):
         "Predicted value of each sequence (n,), in the targets' units."
         return self._logits(X)[:, 0].double().numpy() * self.y_scale_ + self.y_mean_
 
-
 ESTIMATOR_CLASSES = {"FinetuneClassifier": FinetuneClassifier, "FinetuneRegressor": FinetuneRegressor}
 
 # %% ../nbs/16_finetune.ipynb #c41a1cee

@@ -49,7 +49,6 @@ class ModelInfo:
     n_params: int  # parameters, tied weights counted once
     package_folder: str | None = None  # checkpoint folder inside the dnallm_nb package (bundled models)
 
-
 TOKENIZER_FLAVOURS: dict[str, type[DNATokenizer]] = {"caduceus": CaduceusTokenizer, "plant": PlantTokenizer}
 "Tokenizer class of each flavour named in the registry."
 
@@ -98,7 +97,6 @@ register_model(ModelInfo(DEMO_MODEL_NAME, "PlantCaduceus", "PS", "mamba1", 128, 
 # %% ../nbs/05_load.ipynb #a8f7b9a0
 class CheckpointNotFoundError(FileNotFoundError):
     "The checkpoint's files could not be found locally, in the bundled models, in the cache, or on the hub."
-
 
 SOURCES = ("auto", "local", "huggingface")
 CHECKPOINT_FILES = ["*.json", "*.safetensors", "*.bin", "*.txt"]  # what snapshot_download fetches: no remote code

@@ -372,7 +372,6 @@ class GlobalScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         "Centred features divided by the shared scale, float64 (n, n_features)."
         return (np.asarray(X, dtype=np.float64) - self.mean_) / self.scale_
 
-
 SCALERS = {"standard": StandardScaler, "global": GlobalScaler, None: None}
 
 # %% ../nbs/09_probing.ipynb #e06faae5
@@ -456,7 +455,6 @@ def prediction_metrics(y: np.ndarray, pred: np.ndarray, score: np.ndarray, task:
     return common | {"f1_macro": f1_score(y, pred, average="macro"),
                      "auroc_macro": roc_auc_score(onehot, score, average="macro"),
                      "auprc_macro": average_precision_score(onehot, score, average="macro")}
-
 
 PRIMARY_METRIC = {"binary": "auroc", "multiclass": "auroc_macro", "regression": "r2"}
 
