@@ -11,6 +11,7 @@ import math
 import os
 import re
 import shutil
+import warnings
 from collections.abc import Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -32,10 +33,10 @@ from .io import (Genome, add_info_field, as_genome, atomic_write, output_format,
 from .rc import model_complement_map, reverse_complement_ids
 
 # %% auto #0
-__all__ = ['VARIANT_COLUMNS', 'BASES', 'SCORE_COLUMNS', 'REF_MISMATCH_CHOICES', 'RC_CHOICES', 'LOGO_COLOURS', 'PARTS_FORMAT',
-           'VCF_FORMATS', 'LLR_DESCRIPTION', 'variants_table', 'close_chromosome_names', 'variant_window',
-           'check_masked_lm', 'resolve_window', 'resolve_batch_size', 'score_variants', 'mutagenesis',
-           'plot_mutagenesis', 'parts_folder', 'annotate_vcf', 'score_variants_to']
+__all__ = ['VARIANT_COLUMNS', 'BASES', 'SCORE_COLUMNS', 'REF_MISMATCH_CHOICES', 'STRICT_FIX', 'RC_CHOICES', 'SCORE_CHOICES',
+           'LOGO_COLOURS', 'PARTS_FORMAT', 'VCF_FORMATS', 'variants_table', 'close_chromosome_names', 'variant_window',
+           'trim_alleles', 'variant_kind', 'check_masked_lm', 'resolve_window', 'resolve_batch_size', 'score_variants',
+           'mutagenesis', 'plot_mutagenesis', 'parts_folder', 'score_choice', 'annotate_vcf', 'score_variants_to']
 
 # %% ../nbs/14_variants.ipynb #5ee9b439
 VARIANT_COLUMNS: tuple[str, ...] = ("chrom", "pos", "ref", "alt")
@@ -44,18 +45,19 @@ BASES = "ACGT"
 "The four bases whose probabilities are read, in the order of the `mutagenesis` columns."
 
 # %% ../nbs/14_variants.ipynb #d65a4f4a
-SCORE_COLUMNS: tuple[str, ...] = ("llr", "p_ref", "p_alt", "ref_matches_genome", "llr_forward", "llr_reverse",
-                                  "genome_base", "window_start", "mask_index")
+SCORE_COLUMNS: tuple[str, ...] = ("llr", "p_ref", "p_alt", "entropy", "status", "kind", "ref_matches_genome", "llr_forward",
+                                  "llr_reverse", "genome_base", "window_start", "mask_index")
 "Columns `score_variants` adds (llr_forward and llr_reverse only with rc='average')."
 
 
 def variants_table(
     variants: pd.DataFrame | Sequence[tuple] | str | Path,  # DataFrame (chrom, pos, ref, alt, ...), (chrom, pos, ref, alt) tuples, or a VCF path
-    split_multiallelic: bool = False,  # one row per ALT allele of multi-allelic rows (see `split_alt_alleles`)
 ) -> pd.DataFrame:
-    "The variants as a DataFrame with at least chrom, pos, ref and alt: a DataFrame is copied (its other columns kept), tuples and VCF records become rows."
+    """The variants as a DataFrame with at least chrom, pos, ref and alt, one row per ALT allele: a DataFrame is copied
+    (its other columns kept), tuples and VCF records become rows, and a multi-allelic row is split in place, its ALT
+    alleles in order (see `split_alt_alleles`; the index is then renumbered)."""
     if isinstance(variants, (str, os.PathLike)):
-        table = read_vcf(variants)
+        table = read_vcf(variants, split_multiallelic=True)
     elif isinstance(variants, pd.DataFrame):
         missing = [c for c in VARIANT_COLUMNS if c not in variants.columns]
         if missing:
@@ -74,7 +76,7 @@ def variants_table(
     if clash := [c for c in SCORE_COLUMNS if c in table.columns]:
         raise ValueError(f"the variant table already has column(s) {clash}, which score_variants writes; drop them first "
                          f"(table.drop(columns={clash})).")
-    return split_alt_alleles(table) if split_multiallelic else table
+    return split_alt_alleles(table) if table["alt"].astype(str).str.contains(",").any() else table
 
 # %% ../nbs/14_variants.ipynb #16b09678
 def close_chromosome_names(name: str, names: Sequence[str], n: int = 3) -> list[str]:
@@ -107,21 +109,49 @@ def _position(value) -> int | None:
     return int(number) if number.is_integer() else None
 
 
-def _allele_problem(ref: str, alt: str) -> str | None:
-    "Why (ref, alt) is not a scorable single-base substitution, or None."
-    if "," in alt:
-        return (f"has several ALT alleles ({alt}); split it into one row per ALT: read_vcf(path, split_multiallelic=True), "
-                "split_alt_alleles(table), --split-multiallelic on the command line, or `bcftools norm -m -` on the file")
-    if alt in (".", "*", "") or alt.startswith("<") or "[" in alt or "]" in alt:
-        return (f"has the symbolic ALT {alt!r} (a structural variant, a spanning deletion or a missing allele); only "
-                "single-base substitutions can be scored: drop it, e.g. with `bcftools view -v snps`")
-    if len(ref) != 1 or len(alt) != 1:
-        return (f"is not a single-base substitution (REF {ref!r}, ALT {alt!r}: an indel or a multi-base allele); keep SNVs "
-                "only (`bcftools view -v snps`; `bcftools norm -a` splits multi-base substitutions into single bases)")
-    if ref not in BASES or alt not in BASES:
-        return f"has an allele that is not A, C, G or T (REF {ref!r}, ALT {alt!r}); the model scores those four bases only"
+def _positive(name: str, value) -> int:
+    "`value` as a positive int, else a ValueError naming `name`."
+    n = None if isinstance(value, bool) else _position(value)
+    if n is None or n < 1:
+        raise ValueError(f"{name}={value!r} must be a positive whole number.")
+    return n
+
+
+def trim_alleles(pos: int, ref: str, alt: str) -> tuple[int, str, str]:  # (1-based position of the first changed base, ref part, alt part)
+    "The change (pos, ref, alt) makes, without the bases REF and ALT share: the common suffix first, then the common prefix (moving pos past it)."
+    while ref and alt and ref[-1] == alt[-1]:
+        ref, alt = ref[:-1], alt[:-1]
+    while ref and alt and ref[0] == alt[0]:
+        ref, alt, pos = ref[1:], alt[1:], pos + 1
+    return pos, ref, alt
+
+
+def variant_kind(ref: str, alt: str) -> str:
+    "'snv', 'mnp', 'insertion', 'deletion' or 'complex' for the trimmed alleles of `trim_alleles`."
+    if len(ref) == len(alt):
+        return "snv" if len(ref) == 1 else "mnp"
+    return "insertion" if not ref else "deletion" if not alt else "complex"
+
+
+def _allele_problem(ref: str, alt: str, max_length: int) -> tuple[str, str] | None:
+    "(status, why) when (ref, alt) cannot be scored, or None; the alleles' bases in upper case, a symbolic ALT as written."
+    if alt in (".", ""):
+        return "missing_allele", f"has no ALT allele ({alt!r})"
+    if alt == "*":
+        return "spanning_deletion", "has the ALT '*' (the allele is deleted by an overlapping deletion, given in another record)"
+    if "[" in alt or "]" in alt or (len(alt) > 1 and "." in (alt[0], alt[-1])):
+        return "breakend", f"has the breakend ALT {alt!r} (a rearrangement joining distant sequence)"
+    if alt.startswith("<"):
+        return "symbolic", f"has the symbolic ALT {alt!r} (a structural variant without its sequence)"
+    alt = alt.upper()
+    if set(ref + alt) - set(BASES):
+        return "not_acgt", f"has an allele that is not made of A, C, G and T (REF {ref!r}, ALT {alt!r}); the model scores those four bases only"
     if ref == alt:
-        return f"has REF equal to ALT ({ref!r}): nothing is substituted; drop the row"
+        return "ref_equals_alt", f"has REF equal to ALT ({ref!r}): nothing is changed"
+    _, r, a = trim_alleles(0, ref, alt)
+    if max(len(r), len(a)) > max_length:
+        return "too_long", (f"changes {max(len(r), len(a))} bases (REF {len(ref)}, ALT {len(alt)} long), more than "
+                            f"max_length={max_length}; pass a larger max_length (--max-length)")
     return None
 
 
@@ -142,15 +172,17 @@ def _report(problems: list[str], what: str, fix: str = "") -> None:
 # %% ../nbs/14_variants.ipynb #ace37236
 @dataclass
 class _Sites:
-    "Where each variant is read: chromosome, window, index of the masked base, and its alleles as columns of A, C, G, T."
+    "Where each variant is read: its status, the change it makes (trimmed alleles) and its window."
     chrom: list[str]
-    start: np.ndarray  # (N,) 0-based window starts
+    status: list[str]  # "ok", or why the row is not scored
+    kind: list[str]  # variant_kind of the trimmed alleles ("" when unknown)
+    ref: list[str]  # trimmed REF part (upper case)
+    alt: list[str]  # trimmed ALT part
+    start: np.ndarray  # (N,) 0-based window starts (-1: not placed)
     width: np.ndarray  # (N,) window lengths
-    mask_index: np.ndarray  # (N,) index of the variant in its window
-    ref: np.ndarray  # (N,) column of REF in A, C, G, T
-    alt: np.ndarray  # (N,) column of ALT
-    genome_base: list[str]  # the genome's base at each variant
-    ref_matches: np.ndarray  # (N,) bool
+    mask_index: np.ndarray  # (N,) index of the first changed base in the window
+    genome_base: list[str]  # the genome's bases under REF ("" when not read)
+    ref_matches: list  # True, False, or None when not read
 
     def __len__(self) -> int:
         return len(self.chrom)
@@ -160,46 +192,68 @@ class _Sites:
 
 
 REF_MISMATCH_CHOICES: tuple[str, ...] = ("error", "flag")
+STRICT_FIX = (" Pass strict=False (the default; drop --strict) to get such variants as rows with llr NaN and a status "
+              "column saying why, or drop them from the input.")
 
 
-def _locate(table: pd.DataFrame, genome: Genome, window: int, ref_mismatch: str) -> _Sites:
-    "Check every variant of `table` against the genome and place its window; one error lists every problem."
+def _locate(table: pd.DataFrame, genome: Genome, window: int, ref_mismatch: str, strict: bool = False,
+            max_length: int = 50) -> _Sites:
+    "Check every variant of `table` against the genome and place its window; under `strict` one error lists every problem."
     if ref_mismatch not in REF_MISMATCH_CHOICES:
         raise ValueError(f"unknown ref_mismatch={ref_mismatch!r}; use 'error' (the default) or 'flag'.")
+    max_length = _positive("max_length", max_length)
     problems: list[str] = []
+    mismatches: list[str] = []
     unknown: dict[str, list[int]] = {}
-    kept: list[tuple] = []
+    rows: list[tuple] = []
     for i, (chrom, pos, ref, alt) in enumerate(zip(*(table[c] for c in VARIANT_COLUMNS))):
-        chrom, ref, alt, p = str(chrom), str(ref).upper(), str(alt).upper(), _position(pos)
-        reason = _allele_problem(ref, alt) or (None if p is not None else f"has position {pos!r}, not a whole number")
-        if reason is None and chrom not in genome:
+        chrom, ref, p = str(chrom), str(ref).upper(), _position(pos)
+        problem = _allele_problem(ref, str(alt), max_length) or (None if p is not None else ("bad_position", f"has position {pos!r}, not a whole number"))
+        if problem is None and chrom not in genome:
             unknown.setdefault(chrom, []).append(i)
+            problem = ("unknown_chromosome", "")
+        elif problem is None and not (1 <= p and p - 1 + len(ref) <= genome.length(chrom)):
+            problem = ("outside_chromosome", f"lies outside {chrom} (positions 1..{genome.length(chrom):,}; VCF positions are 1-based)")
+        if problem is not None:
+            if problem[1]:
+                problems.append(f"{_describe(table, i)} {problem[1]}")
+            rows.append((chrom, problem[0], "", "", "", -1, 0, -1, "", None))
             continue
-        if reason is None and not 1 <= p <= genome.length(chrom):
-            reason = f"lies outside {chrom} (positions 1..{genome.length(chrom):,}; VCF positions are 1-based)"
-        if reason is not None:
-            problems.append(f"{_describe(table, i)} {reason}")
-            continue
-        start, index = variant_window(p, genome.length(chrom), window)
-        kept.append((chrom, start, min(window, genome.length(chrom)), index, BASES.index(ref), BASES.index(alt),
-                     genome.fetch(chrom, p - 1, p).upper()))
-    for chrom, rows in unknown.items():
+        q, r, a = trim_alleles(p, ref, str(alt).upper())
+        kind, length = variant_kind(r, a), genome.length(chrom)
+        start, index = variant_window(q, length, window)  # an insertion after the last base: index = width
+        width = min(window, length)
+        bases = genome.fetch(chrom, p - 1, p - 1 + len(ref)).upper()
+        status = "ok"
+        if index + max(len(r), len(a)) > width:  # the change must lie inside its window
+            status = "longer_than_window"
+            problems.append(f"{_describe(table, i)} does not fit in its {width}-base window; pass a larger window")
+        elif bases != ref and not (kind == "snv" and ref_mismatch == "flag"):
+            status = "ref_mismatch"
+            mismatches.append(f"{_describe(table, i)}: the genome has {bases!r}")
+        rows.append((chrom, status, kind, r, a, start, width, index, bases, bases == ref))
+    for chrom, where in unknown.items():
         close = close_chromosome_names(chrom, genome.names)
         hint = f"closest names there: {close}" if close else f"it has e.g. {genome.names[:5]}"
-        more = f" and {len(rows) - 1} more rows are" if len(rows) > 1 else " is"
-        problems.append(f"{_describe(table, rows[0])}{more} on "
+        more = f" and {len(where) - 1} more rows are" if len(where) > 1 else " is"
+        problems.append(f"{_describe(table, where[0])}{more} on "
                         f"chromosome {chrom!r}, which the genome does not have ({hint}); the variants and the FASTA must "
                         "name chromosomes alike (e.g. `bcftools annotate --rename-chrs`)")
-    _report(problems, "cannot be scored")
-    chroms, starts, widths, index, ref, alt, bases = zip(*kept)
-    matches = np.array([BASES[r] == b for r, b in zip(ref, bases)])
-    if ref_mismatch == "error":
-        _report([f"{_describe(table, i)}: the genome has {bases[i]!r}" for i in np.flatnonzero(~matches)],
-                "have a REF that is not the genome's base",
+    chrom, status, kind, r, a, start, width, index, bases, matches = (list(c) for c in zip(*rows))
+    nothing = all(s != "ok" for s in status)
+    if strict or nothing:
+        fix = STRICT_FIX if strict else " No variant can be scored."
+        _report(problems, "cannot be scored", fix)
+        _report(mismatches, "have a REF that is not the genome's base",
                 " Check that the variants and the genome are the same assembly and that positions are 1-based; pass "
-                "ref_mismatch='flag' (--ref-mismatch flag) to score them anyway, with ref_matches_genome False.")
-    return _Sites(list(chroms), np.array(starts), np.array(widths), np.array(index), np.array(ref), np.array(alt),
-                  list(bases), matches)
+                "ref_mismatch='flag' (--ref-mismatch flag) to score single-base substitutions anyway, with "
+                "ref_matches_genome False." + fix)
+    elif not all(s == "ok" for s in status):
+        counts = pd.Series([s for s in status if s != "ok"]).value_counts()
+        warnings.warn(f"{counts.sum()} of {len(status)} variant(s) are not scored (llr NaN; status "
+                      f"{', '.join(f'{k}: {v}' for k, v in counts.items())}); strict=True (--strict) makes this an error.",
+                      stacklevel=3)
+    return _Sites(chrom, status, kind, r, a, np.array(start), np.array(width), np.array(index), bases, matches)
 
 # %% ../nbs/14_variants.ipynb #8ae86a7b
 RC_CHOICES: tuple[str, ...] = ("average", "none")
@@ -273,54 +327,113 @@ class _Scorer:
         return forward, reverse
 
 # %% ../nbs/14_variants.ipynb #9d0e25ed
+SCORE_CHOICES: dict[str, tuple[str, str]] = {
+    "llr": ("LLR", "Zero-shot effect under the masked language model: log p(ALT) - log p(REF) of the masked base for a "
+                   "substitution, sum over its bases for an MNP, mean change of the flanking bases' log-probabilities for "
+                   "an indel (dnallm-nb score-variants)"),
+    "p_ref": ("P_REF", "Probability of the reference base at the masked site under the masked language model, over A, C, "
+                       "G, T (single-base substitutions; dnallm-nb score-variants)"),
+    "entropy": ("ENTROPY", "Entropy in nats of the masked language model's A, C, G, T probabilities at the masked site "
+                           "(single-base substitutions; dnallm-nb score-variants)"),
+}
+"Score column -> (VCF INFO field, its header description) of the scores a VCF output can carry."
+
+
 def _strand_scores(forward: np.ndarray, reverse: np.ndarray | None, ref: np.ndarray, alt: np.ndarray) -> dict[str, np.ndarray]:
-    "llr, p_ref, p_alt (and llr_forward, llr_reverse) of each row from the strands' (N, 4) log-probabilities."
+    "p_ref, p_alt and entropy of each row from the strands' (N, 4) log-probabilities at its masked site."
     rows = np.arange(len(ref))
-    llr_forward = forward[rows, alt] - forward[rows, ref]
-    if reverse is None:
-        p = softmax(forward, axis=1)  # (N, 4): forward is already normalised; this is exp(forward)
-        return {"llr": llr_forward, "p_ref": p[rows, ref], "p_alt": p[rows, alt]}
-    llr_reverse = reverse[rows, alt] - reverse[rows, ref]
-    p = softmax((forward + reverse) / 2, axis=1)  # normalised geometric mean of the strands: log p_alt - log p_ref = llr
-    return {"llr": (llr_forward + llr_reverse) / 2, "p_ref": p[rows, ref], "p_alt": p[rows, alt],
-            "llr_forward": llr_forward, "llr_reverse": llr_reverse}
+    mean = forward if reverse is None else (forward + reverse) / 2  # normalised geometric mean of the strands
+    p = softmax(mean, axis=1)  # (N, 4): log p_alt - log p_ref = the mean of the strands' LLRs
+    return {"p_ref": p[rows, ref], "p_alt": p[rows, alt], "entropy": -(p * np.log(p)).sum(1)}
 
 
 _TO_N = str.maketrans({c: "N" for c in IUPAC_COMPLEMENT if c not in "ACGTN"})  # ambiguity codes are read as N
 
 
-def _score_sites(scorer: _Scorer, tokenizer, genome: Genome, sites: _Sites, batch_size: int, bar) -> pd.DataFrame:
-    "The score columns of `sites`, windows batched by length; `bar` advances per variant."
+def _read(genome: Genome, chrom: str, start: int, end: int) -> str:
+    "Bases [start, end) of `chrom`, upper case, ambiguity codes as N."
+    text = genome.fetch(chrom, start, end).upper().translate(_TO_N)
+    return validate_dna(text, name=f"genome window {chrom}:{start + 1}-{end}") if text else text
+
+
+def _plan(genome: Genome, sites: _Sites, flank: int) -> tuple[list[str], list[tuple[int, int]], list[tuple[int, int, int, float]], np.ndarray]:
+    """The masked forwards that score `sites`: windows (haplotypes), forwards (window, masked index), reads (variant,
+    forward, base column, weight; a variant's score is the weighted sum of its reads' log-probabilities), and each
+    SNV's forward (-1 for other rows)."""
+    texts: list[str] = []
+    forwards: list[tuple[int, int]] = []
+    reads: list[tuple[int, int, int, float]] = []
+    snv_forward = np.full(len(sites), -1)
+    for j in range(len(sites)):
+        if sites.status[j] != "ok":
+            continue
+        start, width, index, r, a = int(sites.start[j]), int(sites.width[j]), int(sites.mask_index[j]), sites.ref[j], sites.alt[j]
+        texts.append(_read(genome, sites.chrom[j], start, start + width))
+        ref_text, t_ref = texts[-1], len(texts) - 1
+        if len(r) == len(a):  # SNV, MNP: at each changed base, log p(alt base) - log p(ref base), summed
+            for k, (rb, ab) in enumerate(zip(r, a)):
+                forwards.append((t_ref, index + k))
+                reads += [(j, len(forwards) - 1, BASES.index(ab), 1.0), (j, len(forwards) - 1, BASES.index(rb), -1.0)]
+            snv_forward[j] = len(forwards) - 1 if len(r) == 1 else -1
+            continue
+        # indel: the alt haplotype in a window of the same start, then the flank bases, read in both
+        after = start + index + len(r)  # genome index of the first base after REF
+        right = _read(genome, sites.chrom[j], after, min(after + max(0, width - index - len(a)), genome.length(sites.chrom[j])))
+        texts.append((ref_text[:index] + a + right)[:width])
+        alt_text, t_alt = texts[-1], len(texts) - 1
+        n_right = max(0, min(flank, width - index - len(r), len(alt_text) - index - len(a)))
+        pairs = [(i, i) for i in range(max(0, index - flank), index)] + [(index + len(r) + k, index + len(a) + k) for k in range(n_right)]
+        pairs = [(i, i_alt) for i, i_alt in pairs if ref_text[i] in BASES]
+        for i, i_alt in pairs:  # mean over the flank bases of log p(base | alt haplotype) - log p(base | ref haplotype)
+            base = BASES.index(ref_text[i])
+            forwards += [(t_ref, i), (t_alt, i_alt)]
+            reads += [(j, len(forwards) - 2, base, -1 / len(pairs)), (j, len(forwards) - 1, base, 1 / len(pairs))]
+    return texts, forwards, reads, snv_forward
+
+
+def _score_sites(scorer: _Scorer, tokenizer, genome: Genome, sites: _Sites, batch_size: int, bar, flank: int = 16) -> pd.DataFrame:
+    "The score columns of `sites`, masked forwards batched by window length; `bar` advances per variant."
     n = len(sites)
-    forward = np.empty((n, 4))
-    reverse = np.empty((n, 4)) if scorer.complement is not None else None
-    for batch in equal_width_batches(sorted((int(w), j, 0) for j, w in enumerate(sites.width)), batch_size):  # equal widths, in order
-        js = [j for _, j, _ in batch]
-        windows = []
-        for j in js:
-            start, end = int(sites.start[j]), int(sites.start[j] + sites.width[j])
-            text = genome.fetch(sites.chrom[j], start, end).upper().translate(_TO_N)
-            windows.append(validate_dna(text, name=f"genome window {sites.chrom[j]}:{start + 1}-{end}"))
-        ids = torch.as_tensor(np.stack(tokenize_bases(tokenizer, windows)))  # (B, W)
-        f, r = scorer.log_probs(ids, torch.as_tensor(sites.mask_index[js]))
-        forward[js] = f.double().numpy()
-        if reverse is not None:
-            reverse[js] = r.double().numpy()
-        bar.update(len(js))
-    scores = _strand_scores(forward, reverse, sites.ref, sites.alt)
-    columns = {"llr": scores["llr"], "p_ref": scores["p_ref"], "p_alt": scores["p_alt"], "ref_matches_genome": sites.ref_matches}
-    if reverse is not None:
-        columns |= {"llr_forward": scores["llr_forward"], "llr_reverse": scores["llr_reverse"]}
-    columns |= {"genome_base": sites.genome_base, "window_start": sites.start, "mask_index": sites.mask_index}
-    return pd.DataFrame(columns)
-
-
-def _positive(name: str, value) -> int:
-    "`value` as a positive int, else a ValueError naming `name`."
-    n = None if isinstance(value, bool) else _position(value)
-    if n is None or n < 1:
-        raise ValueError(f"{name}={value!r} must be a positive whole number.")
-    return n
+    texts, forwards, reads, snv_forward = _plan(genome, sites, flank)
+    tokens = tokenize_bases(tokenizer, texts)
+    two = scorer.complement is not None
+    lp = np.full((2 if two else 1, len(forwards), 4), np.nan)  # [strand, forward, base]
+    owner = np.zeros(len(forwards), dtype=np.int64)
+    for j, f, _, _ in reads:
+        owner[f] = j
+    left = np.bincount(owner, minlength=n)  # forwards still to run, per variant
+    bar.update(int(np.sum(left == 0)))  # rows that are not scored
+    for batch in equal_width_batches(sorted((len(texts[t]), f, 0) for f, (t, _) in enumerate(forwards)), batch_size):
+        fs = [f for _, f, _ in batch]
+        ids = torch.as_tensor(np.stack([tokens[forwards[f][0]] for f in fs]))  # (B, W)
+        out = scorer.log_probs(ids, torch.as_tensor([forwards[f][1] for f in fs]))
+        for s in range(lp.shape[0]):
+            lp[s, fs] = out[s].double().numpy()
+        done = np.bincount(owner[fs], minlength=n)
+        bar.update(int(np.sum((left > 0) & (left == done))))
+        left -= done
+    v, f, b, w = (np.array(c) for c in zip(*reads)) if reads else (np.zeros(0, int),) * 3 + (np.zeros(0),)
+    strands = np.zeros((lp.shape[0], n))
+    for s in range(lp.shape[0]):
+        np.add.at(strands[s], v, w * lp[s, f, b])
+    scored = np.array([s == "ok" for s in sites.status])
+    strands[:, ~scored] = np.nan
+    snv = snv_forward >= 0
+    subs = {"p_ref": np.full(n, np.nan), "p_alt": np.full(n, np.nan), "entropy": np.full(n, np.nan)}
+    if snv.any():
+        ref = np.array([BASES.index(sites.ref[j]) for j in np.flatnonzero(snv)])
+        alt = np.array([BASES.index(sites.alt[j]) for j in np.flatnonzero(snv)])
+        for name, values in _strand_scores(lp[0, snv_forward[snv]], lp[1, snv_forward[snv]] if two else None, ref, alt).items():
+            subs[name][snv] = values
+    columns = {"llr": strands.mean(0), **subs, "status": sites.status, "kind": sites.kind, "ref_matches_genome": sites.ref_matches}
+    if two:
+        columns |= {"llr_forward": strands[0], "llr_reverse": strands[1]}
+    placed = sites.start >= 0
+    columns |= {"genome_base": sites.genome_base, "window_start": pd.array(np.where(placed, sites.start, 0), dtype="Int64"),
+                "mask_index": pd.array(np.where(placed, sites.mask_index, 0), dtype="Int64")}
+    frame = pd.DataFrame(columns)
+    frame.loc[~placed, ["window_start", "mask_index"]] = pd.NA
+    return frame
 
 
 def resolve_window(model: torch.nn.Module, tokenizer, window: int | None) -> int:
@@ -346,24 +459,26 @@ def score_variants(
     variants: pd.DataFrame | Sequence[tuple] | str | Path,  # DataFrame (chrom, pos, ref, alt, ...), tuples, or a VCF path
     genome: str | Path | Genome | Mapping[str, str] | None = None,  # FASTA path (plain, gzip or bgzip), Genome, pyfaidx.Fasta or dict
     window: int | None = None,  # bases per window; default: the checkpoint's trained context
-    rc: str = "average",  # "average": both strands, LLRs averaged; "none": forward strand only
-    batch_size: int | None = None,  # windows per forward pass (rc="average" adds as many reverse-complement rows); default: 1 on CPU, 32 on GPU
+    rc: str = "average",  # "average": both strands, scores averaged; "none": forward strand only
+    batch_size: int | None = None,  # masked windows per forward pass (rc="average" adds as many reverse-complement rows); default: 1 on CPU, 32 on GPU
     progress: bool = True,  # tqdm bar with variants/s
-    ref_mismatch: str = "error",  # REF that is not the genome's base: "error", or "flag" (scored, ref_matches_genome False)
-    split_multiallelic: bool = False,  # score every ALT of multi-allelic rows as its own row
-) -> pd.DataFrame:  # the input rows plus llr, p_ref, p_alt, ref_matches_genome, [llr_forward, llr_reverse,] genome_base, window_start, mask_index
-    "Zero-shot effect of single-base substitutions: log p(alt) − log p(ref) at the masked variant, read from a masked LM and averaged over both strands."
+    ref_mismatch: str = "error",  # REF that is not the genome's: "error" (not scored: a status row, or the error under strict), or "flag" (SNVs scored, ref_matches_genome False)
+    strict: bool = False,  # raise on any variant that cannot be scored, instead of returning it with llr NaN and its status
+    flank: int = 16,  # bases on each side of an indel whose log-probabilities make its score
+    max_length: int = 50,  # longest change scored (bases of the trimmed REF or ALT); longer ones get status 'too_long'
+) -> pd.DataFrame:  # the input rows (one per ALT allele) plus llr, p_ref, p_alt, entropy, status, kind, ref_matches_genome, [llr_forward, llr_reverse,] genome_base, window_start, mask_index
+    "Zero-shot variant effects read from a masked LM, averaged over both strands: SNVs, MNPs and indels scored, every other row returned with its status."
     require_one_process("call score_variants_to(out, ...) (or dnallm-nb score-variants) so the processes share the work "
                         "and write one file; in memory, every process would score everything.")
-    batch_size = resolve_batch_size(model, batch_size)
-    table = variants_table(variants, split_multiallelic)
+    batch_size, flank = resolve_batch_size(model, batch_size), _positive("flank", flank)
+    table = variants_table(variants)
     scorer = _Scorer.make(model, tokenizer, rc)
     genome = as_genome(genome)
-    sites = _locate(table, genome, resolve_window(model, tokenizer, window), ref_mismatch)
+    sites = _locate(table, genome, resolve_window(model, tokenizer, window), ref_mismatch, strict, max_length)
     bar = tqdm(total=len(table), unit="variant", desc="scoring", disable=not progress)
     try:
         with _inference(model):
-            scores = _score_sites(scorer, tokenizer, genome, sites, batch_size, bar)
+            scores = _score_sites(scorer, tokenizer, genome, sites, batch_size, bar, flank)
     finally:
         bar.close()
     return pd.concat([table, scores.set_axis(table.index)], axis=1)
@@ -464,7 +579,7 @@ def plot_mutagenesis(
 # %% ../nbs/14_variants.ipynb #3b1304f5
 PARTS_FORMAT = "dnallm_nb.variants/1"
 VCF_FORMATS: tuple[str, ...] = ("vcf", "vcf.gz", "bcf")
-"Output formats that copy the input VCF with INFO/LLR added (see `dnallm_nb.io.OUTPUT_SUFFIXES`)."
+"Output formats that copy the input VCF with the score's INFO field added (see `dnallm_nb.io.OUTPUT_SUFFIXES`)."
 
 
 def parts_folder(out: str | Path) -> Path:
@@ -497,36 +612,42 @@ class _Parts(ShardFolder):
                 stream.close()
         atomic_write(out, write)
 
-    def llr(self, n_chunks: int) -> np.ndarray:
-        "The llr column of every chunk, in order."
-        return np.concatenate([pd.read_csv(self.marker(k), sep="\t", usecols=["llr"], float_precision="round_trip")["llr"]
-                               .to_numpy() for k in range(n_chunks)])
+    def values(self, n_chunks: int, column: str) -> np.ndarray:
+        "Score `column` of every chunk in order, less the rows of records without an ALT allele (a VCF holds no value for those)."
+        table = pd.concat([pd.read_csv(self.marker(k), sep="\t", usecols=["alt", column], keep_default_na=False, na_values=[""],
+                                       float_precision="round_trip") for k in range(n_chunks)])
+        return table.loc[table["alt"].astype(str) != ".", column].to_numpy(dtype=float)
 
-    def finish(self, n_chunks: int, out: Path, fmt: str, vcf_outputs: list[Path], variants, note: str, run: dict) -> Path:
+    def finish(self, n_chunks: int, out: Path, fmt: str, vcf_outputs: list[Path], variants, note: str, run: dict,
+               score: str = "llr") -> Path:
         "Rank 0, once every chunk is finished: write `out` (in format `fmt`) and the VCF outputs from the parts, then the final manifest."
         if fmt not in VCF_FORMATS:
             self.write_tsv(n_chunks, out, fmt)
         if vcf_outputs:
-            llr = self.llr(n_chunks)
+            values = self.values(n_chunks, score)
             for path in vcf_outputs:
-                annotate_vcf(variants, llr, path, note)
+                annotate_vcf(variants, values, path, note, score)
         self.write_manifest(n_chunks=n_chunks, distributed=run)
         return out
 
 # %% ../nbs/14_variants.ipynb #c203914c
-LLR_DESCRIPTION = ("Zero-shot log-likelihood ratio log p(ALT) - log p(REF) of the masked base under the masked language "
-                   "model (dnallm-nb score-variants)")
-"The header's description of the INFO field LLR."
+def score_choice(score: str) -> tuple[str, str]:
+    "The VCF INFO field and its description for `score` (a key of `SCORE_CHOICES`), else a ValueError naming the choices."
+    if score not in SCORE_CHOICES:
+        raise ValueError(f"unknown score={score!r}; use one of {list(SCORE_CHOICES)}.")
+    return SCORE_CHOICES[score]
 
 
 def annotate_vcf(
     source: str | Path,  # the VCF the variants were read from
-    llr: Sequence[float],  # one score per ALT allele of every record, in file order (as read_vcf(..., split_multiallelic=True) lists them)
+    values: Sequence[float],  # one score per ALT allele of every record, in file order (as read_vcf(..., split_multiallelic=True) lists them); NaN is written '.'
     out: str | Path,  # .vcf, .vcf.gz / .vcf.bgz (bgzip + tabix index) or .bcf
     note: str = "",  # a header line's text recording how the scores were made
+    score: str = "llr",  # which score the values are: its INFO field is LLR, P_REF or ENTROPY (see `SCORE_CHOICES`)
 ) -> Path:
-    "Copy the VCF `source` to `out` with the INFO field LLR set on every record (written atomically)."
-    return add_info_field(source, out, "LLR", llr, LLR_DESCRIPTION, [f"##dnallm_nb_score_variants={note}"] if note else [])
+    "Copy the VCF `source` to `out` with the INFO field of `score` set on every record (written atomically)."
+    field, description = score_choice(score)
+    return add_info_field(source, out, field, values, description, [f"##dnallm_nb_score_variants={note}"] if note else [])
 
 # %% ../nbs/14_variants.ipynb #c92ba7e5
 def score_variants_to(
@@ -541,9 +662,12 @@ def score_variants_to(
     batch_size: int | None = None,  # default: 1 on CPU, 32 on GPU
     chunk_size: int = 10_000,  # variants per chunk (per part file)
     ref_mismatch: str = "error",
-    split_multiallelic: bool = False,
+    strict: bool = False,
+    flank: int = 16,
+    max_length: int = 50,
+    score: str = "llr",  # the score a VCF output carries: "llr" (INFO/LLR), "p_ref" (INFO/P_REF) or "entropy" (INFO/ENTROPY)
     progress: bool = True,
-    out_vcf: str | Path | None = None,  # also write the input VCF with INFO/LLR here (.vcf, .vcf.gz, .vcf.bgz, .bcf)
+    out_vcf: str | Path | None = None,  # also write the input VCF with the score's INFO field here (.vcf, .vcf.gz, .vcf.bgz, .bcf)
 ) -> Path:  # `out`
     """`score_variants` to a file, in resumable chunks: each finished chunk is a part file next to `out`, which a rerun
     skips. Under torchrun the processes share the chunks and write the output one process would."""
@@ -551,17 +675,18 @@ def score_variants_to(
     vcf_outputs = [Path(p) for p in (out if fmt in VCF_FORMATS else None, out_vcf) if p is not None]
     if out_vcf is not None:
         output_format(out_vcf, VCF_FORMATS)
-    batch_size, _ = resolve_batch_size(model, batch_size), _positive("chunk_size", chunk_size)
+    batch_size, _, flank = resolve_batch_size(model, batch_size), _positive("chunk_size", chunk_size), _positive("flank", flank)
+    score_choice(score)
     if vcf_outputs and not isinstance(variants, (str, os.PathLike)):
-        raise ValueError("a VCF output copies the input VCF with INFO/LLR added: pass the variants as a VCF path, or write a .tsv.")
-    table = variants_table(variants, split_multiallelic)
+        raise ValueError("a VCF output copies the input VCF with the score's INFO field added: pass the variants as a VCF path, or write a .tsv.")
+    table = variants_table(variants)
     scorer = _Scorer.make(model, tokenizer, rc)
     genome = as_genome(genome)
     window = resolve_window(model, tokenizer, window)
-    sites = _locate(table, genome, window, ref_mismatch)
+    sites = _locate(table, genome, window, ref_mismatch, strict, max_length)
     digest = hashlib.sha256(table.to_csv(sep="\t", index=False).encode()).hexdigest()
     params = {**model_identity(model, tokenizer), "window": window, "rc": rc, "ref_mismatch": ref_mismatch,
-              "chunk_size": chunk_size, "input": {"variants_sha256": digest, "n_variants": len(table), "genome": genome.identity}}
+              "strict": strict, "flank": flank, "max_length": max_length, "score": score, "chunk_size": chunk_size, "input": {"variants_sha256": digest, "n_variants": len(table), "genome": genome.identity}}
     parts = _Parts(out, params)
     job = ShardedJob(init_distributed(next(model.parameters()).device), prepare=parts.prepare, check=parts.check)
     dist = job.dist
@@ -573,11 +698,11 @@ def score_variants_to(
             for k in range(math.ceil(len(table) / chunk_size)):
                 rows = slice(k * chunk_size, min((k + 1) * chunk_size, len(table)))
                 if job.take(k, rows.stop - rows.start):  # unfinished, and this rank's
-                    scores = _score_sites(scorer, tokenizer, genome, sites[rows], batch_size, bar)
+                    scores = _score_sites(scorer, tokenizer, genome, sites[rows], batch_size, bar, flank)
                     parts.write(k, pd.concat([table.iloc[rows].reset_index(drop=True), scores], axis=1))
                 elif k in job.finished:
                     bar.update(rows.stop - rows.start)
     finally:
         bar.close()
-    note = f'model="{getattr(model, "name_or_path", "")}",window={window},rc={rc}'
-    return job.finish(lambda n_chunks: parts.finish(n_chunks, out, fmt, vcf_outputs, variants, note, job.summary))
+    note = f'model="{getattr(model, "name_or_path", "")}",window={window},rc={rc},flank={flank},score={score}'
+    return job.finish(lambda n_chunks: parts.finish(n_chunks, out, fmt, vcf_outputs, variants, note, job.summary, score))
