@@ -522,6 +522,65 @@ def test_output_format_follows_the_suffix_and_reads_back_with_pysam(models, geno
         assert not parts_folder(out).exists()
 
 
+def mixed_vcf(path: Path, genome: dict) -> Path:
+    "A VCF of everything real files hold: SNV, MNP, insertion, deletion, a multi-allelic record, <DEL>, '*', a breakend, <*>."
+    s = genome["chr1"]
+    c = lambda p, n=1: s[p - 1 : p - 1 + n]
+    records = [(60, "snv", c(60), NEXT[c(60)]), (80, "mnp", c(80, 2), NEXT[c(80)] + NEXT[c(81)]), (100, "ins", c(100), c(100) + "TTA"),
+               (120, "del", c(120, 4), c(120)), (140, "multi", c(140), f"{NEXT[c(140)]},<DEL>,{c(140)}G"), (160, "sv", c(160), "<DEL>"),
+               (180, "span", c(180), "*"), (200, "bnd", c(200), f"{c(200)}]chr2:10]"), (220, "gvcf", c(220), f"{NEXT[c(220)]},<*>"),
+               (240, "noalt", c(240), ".")]
+    path.write_text(VCF_HEADER.replace("#CHROM", "##contig=<ID=chr2>\n#CHROM") + "".join(
+        f"chr1\t{p}\t{i}\t{r}\t{a}\t.\t.\t.\n" for p, i, r, a in records))
+    return path
+
+
+def test_a_mixed_vcf_scores_in_one_call_and_its_vcf_output_keeps_every_record(models, genome, tmp_path):
+    import pysam
+    model, tok = models["caduceus-ps-tiny"]
+    vcf = mixed_vcf(tmp_path / "mixed.vcf", genome)
+    with pytest.warns(UserWarning, match="6 of 13 variant\\(s\\) are not scored"):
+        got = score_variants(model, tok, vcf, genome, window=64, progress=False)
+    assert got.id.tolist() == ["snv", "mnp", "ins", "del", "multi", "multi", "multi", "sv", "span", "bnd", "gvcf", "gvcf", "noalt"]
+    assert got.alt.tolist()[4:7] == [NEXT[genome["chr1"][139]], "<DEL>", genome["chr1"][139] + "G"]  # the record's ALT order
+    assert got.kind.tolist() == ["snv", "mnp", "insertion", "deletion", "snv", "", "insertion", "", "", "", "snv", "", ""]
+    assert got.status.tolist() == ["ok"] * 5 + ["symbolic", "ok", "symbolic", "spanning_deletion", "breakend", "ok", "symbolic", "missing_allele"]
+    assert got.llr.isna().tolist() == [s != "ok" for s in got.status]
+    message = error(score_variants, model, tok, vcf, genome, window=64, strict=True, progress=False)
+    assert message.startswith("6 variant(s) cannot be scored: row 5 (chr1:140 ") and "'<DEL>'" in message and "strict=False" in message
+    # the same scores on disk; the VCF output keeps all 10 records, '.' for each allele not scored
+    for score, field in [("llr", "LLR"), ("p_ref", "P_REF"), ("entropy", "ENTROPY")]:
+        with pytest.warns(UserWarning):
+            out = score_variants_to(tmp_path / f"{score}.vcf.gz", model, tok, vcf, genome, window=64, score=score, progress=False)
+        with pysam.VariantFile(str(out)) as back:
+            assert back.header.info[field].number == "A" and SCORE_CHOICES[score][1] == back.header.info[field].description
+            records = list(back)
+        assert [r.id for r in records] == ["snv", "mnp", "ins", "del", "multi", "sv", "span", "bnd", "gvcf", "noalt"]
+        values = [v for r in records if r.alts for v in r.info[field]]  # (dnallm_nb.io writes LLR=nan on a record without ALT)
+        expected = got[score].tolist()[:-1]  # a record without ALT alleles holds no value
+        assert [v is None for v in values] == [np.isnan(e) for e in expected], score
+        np.testing.assert_allclose([v for v in values if v is not None], [e for e in expected if not np.isnan(e)], rtol=1e-5, atol=1e-6)
+    with pytest.warns(UserWarning):
+        tsv = pd.read_csv(score_variants_to(tmp_path / "mixed.tsv", model, tok, vcf, genome, window=64, progress=False), sep="\t",
+                          keep_default_na=False, na_values=[""])
+    assert tsv.status.tolist() == got.status.tolist() and np.allclose(tsv.llr, got.llr, equal_nan=True, atol=1e-6)
+    assert "unknown score='logit'" in error(score_variants_to, tmp_path / "x.tsv", model, tok, vcf, genome, window=64, score="logit")
+
+
+def test_cli_strict_and_score_options(genome, tmp_path, capsys):
+    fasta, vcf = write_genome(tmp_path / "g.fa", genome), mixed_vcf(tmp_path / "mixed.vcf", genome)
+    command = ["score-variants", "--model", str(GOLDEN / "caduceus-ps-tiny"), "--genome", str(fasta), "--vcf", str(vcf),
+               "--window", "64", "--no-progress"]
+    assert cli_main([*command, "--out", str(tmp_path / "strict.tsv"), "--strict"]) == 2
+    assert "6 variant(s) cannot be scored" in capsys.readouterr().err
+    with pytest.warns(UserWarning):
+        assert cli_main([*command, "--out", str(tmp_path / "s.vcf"), "--score", "p_ref", "--flank", "4", "--max-length", "2"]) == 0
+    text = (tmp_path / "s.vcf").read_text()
+    assert "##INFO=<ID=P_REF,Number=A" in text and "flank=4,score=p_ref" in text
+    statuses = pd.read_csv(parts_folder(tmp_path / "s.vcf") / "00000.tsv", sep="\t").status.tolist()
+    assert statuses[2] == "too_long" and statuses[3] == "too_long"  # TTA inserted, 3 bases deleted: longer than 2
+
+
 def test_genome_fasta_read_as_samtools_reads_it(models, genome, tmp_path):
     model, tok = models["caduceus-ps-tiny"]
     table = substitutions(genome, SITES)
