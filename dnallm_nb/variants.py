@@ -395,7 +395,7 @@ def _score_sites(scorer: _Scorer, tokenizer, genome: Genome, sites: _Sites, batc
     "The score columns of `sites`, masked forwards batched by window length; `bar` advances per variant."
     n = len(sites)
     texts, forwards, reads, snv_forward = _plan(genome, sites, flank)
-    tokens = tokenize_bases(tokenizer, texts)
+    tokens = tokenize_bases(tokenizer, texts) if texts else []  # a chunk may hold no scorable row
     two = scorer.complement is not None
     lp = np.full((2 if two else 1, len(forwards), 4), np.nan)  # [strand, forward, base]
     owner = np.zeros(len(forwards), dtype=np.int64)
