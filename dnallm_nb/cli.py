@@ -192,13 +192,13 @@ def run_embed(args: argparse.Namespace) -> int:
 def add_score_variants(p: argparse.ArgumentParser) -> None:
     "Arguments of `dnallm-nb score-variants`."
     from dnallm_nb.io import OUTPUT_SUFFIXES
-    from dnallm_nb.variants import RC_CHOICES, REF_MISMATCH_CHOICES
+    from dnallm_nb.variants import RC_CHOICES, REF_MISMATCH_CHOICES, SCORE_CHOICES
     add_model(p)
     option(p, "--genome", required=True, help="genome FASTA (plain, gzip or bgzip) the VCF positions refer to (required)")
     option(p, "--vcf", required=True, help="variants: VCF or BCF, plain, gzip or bgzip, any name (required)")
     option(p, "--out", required=True, help=f"output, its format from the suffix ({', '.join(OUTPUT_SUFFIXES)}: a VCF "
-           "output is the input with INFO/LLR); finished chunks are kept in OUT.parts/, so rerunning resumes (required)")
-    option(p, "--out-vcf", help="also write the input VCF with INFO/LLR here: .vcf, .vcf.gz, .vcf.bgz or .bcf "
+           "output is the input with the INFO field of --score); finished chunks are kept in OUT.parts/, so rerunning resumes (required)")
+    option(p, "--out-vcf", help="also write the input VCF with the INFO field of --score here: .vcf, .vcf.gz, .vcf.bgz or .bcf "
            "(default: none)")
     option(p, "--window", type=positive_int, help="bases per window (default: the checkpoint's trained context)")
     option(p, "--rc", choices=RC_CHOICES, default="average", help="average both strands' LLRs, or forward strand only")
@@ -206,9 +206,16 @@ def add_score_variants(p: argparse.ArgumentParser) -> None:
     option(p, "--chunk-size", type=positive_int, default=10_000, help="variants per part file (the unit of resuming, "
            "and of sharing among torchrun processes)")
     option(p, "--ref-mismatch", choices=REF_MISMATCH_CHOICES, default="error",
-           help="a REF that is not the genome's base: stop, or score it and flag it")
-    option(p, "--split-multiallelic", action="store_true", help="score every ALT of multi-allelic records "
-           "(default: refuse them)")
+           help="a REF that is not the genome's: leave it unscored (status ref_mismatch; an error with --strict), or "
+           "score single-base substitutions anyway and flag them")
+    option(p, "--strict", action="store_true", help="stop on any variant that cannot be scored (symbolic, breakend, "
+           "'*', too long, REF mismatch, ...) instead of writing it with llr NaN and its status")
+    option(p, "--score", choices=list(SCORE_CHOICES), default="llr", help="the score a VCF output carries: llr (INFO/LLR), "
+           "p_ref (INFO/P_REF, P(reference base) at the masked site) or entropy (INFO/ENTROPY)")
+    option(p, "--flank", type=positive_int, default=16, help="bases on each side of an indel whose masked "
+           "log-probabilities make its score")
+    option(p, "--max-length", type=positive_int, default=50, help="longest change scored, in bases of the trimmed REF "
+           "or ALT (longer ones: status too_long)")
     add_runtime(p)
 
 # %% ../nbs/90_cli.ipynb #d12c9698
@@ -228,7 +235,7 @@ def run_score_variants(args: argparse.Namespace) -> int:
     model, tokenizer = load_model_and_tokenizer(args.model, task="mask", device=device, dtype=args.dtype)
     out = score_variants_to(args.out, model, tokenizer, args.vcf, args.genome, window=args.window, rc=args.rc,
                             batch_size=args.batch_size, chunk_size=args.chunk_size, ref_mismatch=args.ref_mismatch,
-                            split_multiallelic=args.split_multiallelic, progress=not args.no_progress, out_vcf=args.out_vcf)
+                            strict=args.strict, flank=args.flank, max_length=args.max_length, score=args.score, progress=not args.no_progress, out_vcf=args.out_vcf)
     if env.is_main:
         params = json.loads((parts_folder(out) / "manifest.json").read_text())["params"]
         also = f" and {args.out_vcf}" if args.out_vcf else ""
@@ -329,7 +336,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "demo": ("the main job: RC check, layer probes and LoRA fine-tuning against controls on a real task; writes a report",
              add_demo, run_demo),
     "embed": ("embed sequences (FASTA, or BED + genome) to .npy shards; resumable", add_embed, run_embed),
-    "score-variants": ("zero-shot variant-effect scores (RC-averaged masked-LM LLR) of a VCF's SNVs; resumable",
+    "score-variants": ("zero-shot variant-effect scores (RC-averaged masked-LM LLR) of a VCF's SNVs, MNPs and indels; resumable",
                        add_score_variants, run_score_variants),
     "bench": ("benchmark the scan backends: tokens/s, peak RSS, ratio to the reference", add_bench, run_bench),
     "bench-distributed": ("records/s of embedding with 1 vs N torchrun processes, CPUs shared fairly",

@@ -76,6 +76,10 @@ def test_console_script_score_variants_writes_scores_and_names_bad_rows(tmp_path
     (tmp_path / "bad.vcf").write_text(header + "chr1\t3\tv1\tG\tA\t.\t.\t.\nchr1\t10\tv2\tG\t<DEL>\t.\t.\t.\n")
     result = subprocess.run(command[:-3] + [str(tmp_path / "bad.tsv"), "--no-progress", "--vcf", str(tmp_path / "bad.vcf")],
                             capture_output=True, text=True, env=env)
+    assert result.returncode == 0 and "1 of 2 variant(s) are not scored" in result.stderr  # by default: a status row
+    assert [line.split("\t")[4:7] for line in (tmp_path / "bad.tsv").read_text().splitlines()[1:]][1] == ["<DEL>", "", ""]
+    result = subprocess.run(command[:-3] + [str(tmp_path / "strict.tsv"), "--no-progress", "--strict", "--vcf", str(tmp_path / "bad.vcf")],
+                            capture_output=True, text=True, env=env)
     assert result.returncode == 2
     assert "row 1 (chr1:10 G><DEL>, id v2) has the symbolic ALT '<DEL>'" in result.stderr
 

@@ -18,8 +18,8 @@ from dnallm_nb.dna import reverse_complement
 from dnallm_nb.load import DEMO_MODEL_NAME, load_model_and_tokenizer
 from dnallm_nb.cli import main as cli_main
 from dnallm_nb.io import read_vcf
-from dnallm_nb.variants import (mutagenesis, parts_folder, resolve_batch_size, score_variants,
-                                score_variants_to, variant_window)
+from dnallm_nb.variants import (SCORE_CHOICES, mutagenesis, parts_folder, resolve_batch_size, score_variants,
+                                score_variants_to, trim_alleles, variant_window)
 
 GOLDEN = golden_path()
 MODELS = ["caduceus-ps-tiny", "caduceus-ph-tiny", "plantcaduceus-tiny"]
@@ -103,6 +103,94 @@ def test_llr_equals_hand_computation_from_logits(models, genome, name, window):
     assert "llr_forward" not in one and "llr_reverse" not in one
 
 
+def base_log_probs(model, tok, text: str, index: int) -> np.ndarray:
+    "log p(A, C, G, T) renormalised over the four, at `index` of `text` masked there, from the model's logits."
+    ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    ids[0, index] = tok.mask_token_id
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, index]
+    base_ids = [tok.convert_tokens_to_ids(b if b in tok.get_vocab() else b.lower()) for b in "ACGT"]
+    return torch.log_softmax(logits[base_ids].double(), -1).numpy()
+
+
+def hand_flank_effect(model, tok, seq: str, pos: int, ref: str, alt: str, window: int, flank: int) -> tuple[float, float]:
+    "(forward, reverse) flank effect of an indel: mean over flank bases of log p(base | alt haplotype) - log p(base | ref haplotype)."
+    q, r, a = trim_alleles(pos, ref, alt)
+    start, index = variant_window(q, len(seq), window)
+    ref_text = seq[start : start + window]
+    alt_text = (seq[start : q - 1] + a + seq[q - 1 + len(r) :])[:window]
+    n_right = min(flank, window - index - len(r), len(alt_text) - index - len(a))
+    pairs = [(i, i) for i in range(max(0, index - flank), index)] + [(index + len(r) + k, index + len(a) + k) for k in range(n_right)]
+    col = {b: i for i, b in enumerate("ACGT")}
+    fwd = np.mean([base_log_probs(model, tok, alt_text, j)[col[ref_text[i]]] - base_log_probs(model, tok, ref_text, i)[col[ref_text[i]]]
+                   for i, j in pairs])
+    rev = np.mean([base_log_probs(model, tok, reverse_complement(alt_text), len(alt_text) - 1 - j)[col[COMPLEMENT[ref_text[i]]]]
+                   - base_log_probs(model, tok, reverse_complement(ref_text), len(ref_text) - 1 - i)[col[COMPLEMENT[ref_text[i]]]]
+                   for i, j in pairs])
+    return float(fwd), float(rev)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_indel_scores_equal_hand_computation_from_logits(models, genome, name):
+    model, tok = models[name]
+    s = genome["chr1"]
+    indels = [("chr1", 200, s[199:203], s[199]),  # deletion of 3 bases after the anchor
+              ("chr1", 200, s[199], s[199] + "GAT"),  # insertion of 3 bases
+              ("chr1", 6, s[5:8], s[5]),  # a deletion near the start: fewer left flank bases
+              ("chr1", 200, s[199:202], NEXT[s[199]] + "A")]  # complex: 3 bases replaced by 2
+    got = score_variants(model, tok, indels, genome, window=48, flank=5, progress=False)
+    assert got.kind.tolist() == ["deletion", "insertion", "deletion", "complex"] and (got.status == "ok").all()
+    assert got.p_ref.isna().all() and got.entropy.isna().all()
+    for row in got.itertuples():
+        fwd, rev = hand_flank_effect(model, tok, s, row.pos, row.ref, row.alt, 48, 5)
+        assert row.llr_forward == pytest.approx(fwd, abs=1e-5) and row.llr_reverse == pytest.approx(rev, abs=1e-5)
+        assert row.llr == pytest.approx((fwd + rev) / 2, abs=1e-5)
+    one = score_variants(model, tok, indels, genome, window=48, flank=5, rc="none", progress=False)
+    np.testing.assert_allclose(one.llr, got.llr_forward, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["caduceus-ps-tiny", "caduceus-ph-tiny"])
+def test_mnp_is_the_sum_of_its_per_base_llrs(models, genome, name):
+    model, tok = models[name]
+    s = genome["chr1"]
+    mnp = score_variants(model, tok, [("chr1", 150, s[149:152], NEXT[s[149]] + s[150] + NEXT[s[151]])], genome, window=40, progress=False)
+    assert mnp.kind.tolist() == ["mnp"] and mnp.mask_index.tolist() == [19]  # trimmed to CxT: still one MNP, from pos 150
+    start = 150 - 1 - 19
+    scan = mutagenesis(model, tok, s[start : start + 40], positions=[19, 21])
+    assert mnp.llr[0] == pytest.approx(scan.loc[19, NEXT[s[149]]] + scan.loc[21, NEXT[s[151]]], abs=1e-5)
+    snv = score_variants(model, tok, [("chr1", 150, s[149:151], s[149] + NEXT[s[150]])], genome, window=40, progress=False)
+    assert snv.kind.tolist() == ["snv"] and snv.pos.tolist() == [150] and snv.window_start.tolist() == [150 - 19]  # trimmed to pos 151
+
+
+@pytest.mark.parametrize("name", ["caduceus-ps-tiny", "plantcaduceus-tiny"])
+def test_rcps_strands_agree_for_indels_and_mnps(models, genome, name):
+    model, tok = models[name]
+    s = genome["chr1"]
+    variants = [("chr1", p, s[p - 1 : p + 3], s[p - 1]) for p in (3, 100, 390)] + [("chr1", p, s[p - 1], s[p - 1] + "TTG") for p in (1, 250, 396)]
+    variants += [("chr1", 300, s[299:301], NEXT[s[299]] + NEXT[s[300]])]
+    got = score_variants(model, tok, variants, genome, window=64, progress=False)
+    assert (got.status == "ok").all() and np.abs(got.llr_forward - got.llr_reverse).max() <= 1e-5
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_p_ref_and_entropy_equal_hand_computation_from_logits(models, genome, name):
+    model, tok = models[name]
+    table = substitutions(genome, SITES)
+    for rc in ("none", "average"):
+        got = score_variants(model, tok, table, genome, window=64, rc=rc, progress=False)
+        for row in got.itertuples():
+            start, index = variant_window(row.pos, len(genome[row.chrom]), 64)
+            text = genome[row.chrom][start : start + 64]
+            lp = base_log_probs(model, tok, text, index)
+            if rc == "average":  # the strands' normalised geometric mean; the reverse strand's columns are the complements
+                lp = (lp + base_log_probs(model, tok, reverse_complement(text), len(text) - 1 - index)[::-1]) / 2
+            p = np.exp(lp) / np.exp(lp).sum()
+            assert row.p_ref == pytest.approx(p["ACGT".index(row.ref)], abs=1e-6)
+            assert row.entropy == pytest.approx(-(p * np.log(p)).sum(), abs=1e-6)
+            assert row.llr == pytest.approx(np.log(p["ACGT".index(row.alt)] / p["ACGT".index(row.ref)]), abs=1e-5)
+        assert (got.entropy > 0).all() and (got.entropy <= np.log(4)).all()
+
+
 def test_default_window_is_the_trained_context(models, genome):
     model, tok = models["plantcaduceus-tiny"]  # no tokenizer files: PlantTokenizer, model_max_length 512
     long_genome = {"chr1": (genome["chr1"] * 3)[:1200]}
@@ -183,49 +271,67 @@ def test_fill_mask_pipeline_gives_the_same_probabilities(models, genome, name):
 
 # ---- bad input ----------------------------------------------------------------------------------------------------
 
-def test_every_bad_variant_is_named_with_its_fix(models, genome):
+def test_every_bad_variant_is_named_with_its_fix_under_strict(models, genome):
     model, tok = models["caduceus-ps-tiny"]
     ref5 = genome["chr1"][4]
     cases = [
-        (("chr1", 5, ref5, "C,G"), "row 0 (chr1:5 " + ref5 + ">C,G) has several ALT alleles", "split_multiallelic=True"),
-        (("chr1", 5, ref5, "<DEL>"), "has the symbolic ALT '<DEL>'", "bcftools view -v snps"),
-        (("chr1", 5, ref5, "."), "has the symbolic ALT '.'", "drop it"),
-        (("chr1", 5, ref5, "*"), "has the symbolic ALT '*'", "drop it"),
-        (("chr1", 5, ref5 + "A", "A"), "is not a single-base substitution", "bcftools"),
-        (("chr1", 5, ref5, "AC"), "is not a single-base substitution", "SNVs"),
-        (("chr1", 5, ref5, "N"), "not A, C, G or T", "those four bases"),
-        (("chr1", 5, ref5, ref5), "has REF equal to ALT", "drop the row"),
-        (("chr1", 0, "A", "G"), "row 0 (chr1:0 A>G) lies outside chr1 (positions 1..400", "1-based"),
-        (("chr1", 401, "A", "G"), "lies outside chr1", "1-based"),
-        (("chr1", 7.5, "A", "G"), "has position 7.5, not a whole number", "not a whole number"),
-        (("1", 5, "A", "G"), "is on chromosome '1', which the genome does not have (closest names there: ['chr1'])", "rename-chrs"),
-        (("scaffold_9", 5, "A", "G"), "is on chromosome 'scaffold_9'", "it has e.g. ['chr1', 'chr2']"),
+        (("chr1", 5, ref5, "<DEL>"), "symbolic", "has the symbolic ALT '<DEL>'"),
+        (("chr1", 5, ref5, "<*>"), "symbolic", "has the symbolic ALT '<*>'"),
+        (("chr1", 5, ref5, "."), "missing_allele", "has no ALT allele ('.')"),
+        (("chr1", 5, ref5, "*"), "spanning_deletion", "has the ALT '*'"),
+        (("chr1", 5, ref5, ref5 + "[chr2:3["), "breakend", "has the breakend ALT"),
+        (("chr1", 5, ref5, "." + ref5), "breakend", "has the breakend ALT"),
+        (("chr1", 5, ref5, "N"), "not_acgt", "not made of A, C, G and T"),
+        (("chr1", 5, ref5, ref5), "ref_equals_alt", "has REF equal to ALT"),
+        (("chr1", 5, ref5, ref5 + "A" * 51), "too_long", "changes 51 bases (REF 1, ALT 52 long), more than max_length=50"),
+        (("chr1", 5, genome["chr1"][4:60], ref5), "too_long", "changes 55 bases"),
+        (("chr1", 0, "A", "G"), "outside_chromosome", "row 0 (chr1:0 A>G) lies outside chr1 (positions 1..400"),
+        (("chr1", 401, "A", "G"), "outside_chromosome", "lies outside chr1"),
+        (("chr1", 399, genome["chr1"][398:400] + "A", "A"), "outside_chromosome", "lies outside chr1"),  # REF runs past the end
+        (("chr1", 7.5, "A", "G"), "bad_position", "has position 7.5, not a whole number"),
+        (("1", 5, "A", "G"), "unknown_chromosome", "is on chromosome '1', which the genome does not have (closest names there: ['chr1'])"),
+        (("scaffold_9", 5, "A", "G"), "unknown_chromosome", "it has e.g. ['chr1', 'chr2']"),
     ]
-    for variant, what, fix in cases:
-        message = error(score_variants, model, tok, [variant], genome, window=32, progress=False)
-        assert what in message and fix in message, (variant, message)
+    fine = ("chr1", 100, genome["chr1"][99], NEXT[genome["chr1"][99]])
+    for variant, status, what in cases:
+        message = error(score_variants, model, tok, [variant], genome, window=32, strict=True, progress=False)
+        assert what in message and "strict=False" in message, (variant, message)
+        assert what in error(score_variants, model, tok, [variant], genome, window=32, progress=False)  # nothing to score
+        with pytest.warns(UserWarning, match=f"1 of 2 variant\\(s\\) are not scored \\(llr NaN; status {status}: 1\\)"):
+            got = score_variants(model, tok, [variant, fine], genome, window=32, progress=False)
+        assert got.status.tolist() == [status, "ok"] and np.isnan(got.llr[0]) and np.isfinite(got.llr[1]), variant
+        assert pd.isna(got.window_start[0]) and got.ref_matches_genome[0] is None
     mixed = [("chr1", 5, ref5, "<DEL>"), ("chr1", 6, genome["chr1"][5], NEXT[genome["chr1"][5]]), ("chrZ", 5, "A", "G"),
              ("chrZ", 9, "A", "G")]
-    message = error(score_variants, model, tok, mixed, genome, window=32, progress=False)
+    message = error(score_variants, model, tok, mixed, genome, window=32, strict=True, progress=False)
     assert message.startswith("2 variant(s) cannot be scored: row 0") and "row 2 (chrZ:5 A>G) and 1 more rows are on chromosome 'chrZ'" in message
+    assert "too_long" not in score_variants(model, tok, [cases[8][0]], genome, window=128, max_length=51, progress=False).status.tolist()
 
 
-def test_ref_mismatch_is_an_error_or_a_flag(models, genome):
+def test_ref_mismatch_is_a_status_row_an_error_or_a_flag(models, genome):
     model, tok = models["caduceus-ps-tiny"]
     table = substitutions(genome, SITES[:4])
     wrong = table.copy()
     wrong.loc[2, "ref"] = NEXT[NEXT[table.ref[2]]]  # neither the genome's base nor the alt
-    message = error(score_variants, model, tok, wrong, genome, window=32, progress=False)
+    message = error(score_variants, model, tok, wrong, genome, window=32, strict=True, progress=False)
     assert f"1 variant(s) have a REF that is not the genome's base: row 2 (chr1:100 {wrong.ref[2]}>{wrong.alt[2]}): the genome has {table.ref[2]!r}" in message
     assert "same assembly" in message and "ref_mismatch='flag'" in message
+    with pytest.warns(UserWarning, match="ref_mismatch: 1"):
+        skipped = score_variants(model, tok, wrong, genome, window=32, progress=False)
+    assert skipped.status.tolist() == ["ok", "ok", "ref_mismatch", "ok"] and skipped.llr.isna().tolist() == [False, False, True, False]
     flagged = score_variants(model, tok, wrong, genome, window=32, ref_mismatch="flag", progress=False)
-    assert flagged.ref_matches_genome.tolist() == [True, True, False, True]
+    assert flagged.ref_matches_genome.tolist() == [True, True, False, True] and (flagged.status == "ok").all()
     assert flagged.genome_base.tolist() == table.ref.tolist()
     # the masked site never enters the model: the flagged score is log p(alt) - log p(given ref) at that site
     right = score_variants(model, tok, table, genome, window=32, progress=False)
     fwd = mutagenesis(model, tok, genome["chr1"][100 - 1 - 15 : 100 - 1 - 15 + 32], rc="average", positions=[15])
     assert flagged.llr[2] == pytest.approx(fwd.loc[15, wrong.alt[2]] - fwd.loc[15, wrong.ref[2]], abs=1e-5)
     assert right.llr[2] == pytest.approx(fwd.loc[15, table.alt[2]], abs=1e-5)
+    # an indel whose REF is not the genome's is never scored: its haplotypes come from the genome
+    deletion = ("chr1", 100, NEXT[table.ref[2]] + genome["chr1"][100:102], NEXT[table.ref[2]])
+    with pytest.warns(UserWarning, match="ref_mismatch: 1"):
+        indel = score_variants(model, tok, [deletion, tuple(table.iloc[0])], genome, window=32, ref_mismatch="flag", progress=False)
+    assert indel.status.tolist() == ["ref_mismatch", "ok"] and indel.genome_base[0] == genome["chr1"][99:102]
 
 
 def test_tables_files_and_models_that_cannot_be_scored(models, genome, tmp_path):
@@ -281,15 +387,15 @@ def test_vcf_parsing_plain_gzip_bgzip_headers_and_multiallelic(tmp_path):
     assert "is a FASTA file, not a VCF file" in error(read_vcf, tmp_path / "g.fa")
 
 
-def test_lower_case_alleles_and_split_multiallelic_score(models, genome, tmp_path):
+def test_lower_case_alleles_and_multiallelic_records_score_in_one_call(models, genome, tmp_path):
     model, tok = models["caduceus-ps-tiny"]
     ref = genome["chr1"][99]
     others = [b for b in "ACGT" if b != ref]
-    (tmp_path / "m.vcf").write_text(VCF_HEADER + f"chr1\t100\t.\t{ref.lower()}\t{others[0]},{others[1].lower()}\t.\t.\t.\n")
-    assert "split_multiallelic=True" in error(score_variants, model, tok, tmp_path / "m.vcf", genome, window=32, progress=False)
-    got = score_variants(model, tok, tmp_path / "m.vcf", genome, window=32, split_multiallelic=True, progress=False)
+    (tmp_path / "m.vcf").write_text(VCF_HEADER + f"chr1\t100\tm1\t{ref.lower()}\t{others[0]},{others[1].lower()}\t.\t.\t.\n")
+    got = score_variants(model, tok, tmp_path / "m.vcf", genome, window=32, progress=False)
     scan = mutagenesis(model, tok, genome["chr1"][99 - 15 : 99 - 15 + 32], positions=[15])
     np.testing.assert_allclose(got.llr, [scan.loc[15, others[0]], scan.loc[15, others[1]]], atol=1e-5)
+    assert got.id.tolist() == ["m1", "m1"] and got.alt.tolist() == [others[0], others[1].lower()]
 
 
 # ---- mutagenesis --------------------------------------------------------------------------------------------------
@@ -414,6 +520,65 @@ def test_output_format_follows_the_suffix_and_reads_back_with_pysam(models, geno
     for out, out_vcf in [(tmp_path / "s.csv", None), (tmp_path / "t.tsv", tmp_path / "t.txt")]:  # refused before any work
         assert "from its suffix" in error(score_variants_to, out, model, tok, tmp_path / "v.vcf", fasta, window=64, out_vcf=out_vcf)
         assert not parts_folder(out).exists()
+
+
+def mixed_vcf(path: Path, genome: dict) -> Path:
+    "A VCF of everything real files hold: SNV, MNP, insertion, deletion, a multi-allelic record, <DEL>, '*', a breakend, <*>."
+    s = genome["chr1"]
+    c = lambda p, n=1: s[p - 1 : p - 1 + n]
+    records = [(60, "snv", c(60), NEXT[c(60)]), (80, "mnp", c(80, 2), NEXT[c(80)] + NEXT[c(81)]), (100, "ins", c(100), c(100) + "TTA"),
+               (120, "del", c(120, 4), c(120)), (140, "multi", c(140), f"{NEXT[c(140)]},<DEL>,{c(140)}G"), (160, "sv", c(160), "<DEL>"),
+               (180, "span", c(180), "*"), (200, "bnd", c(200), f"{c(200)}]chr2:10]"), (220, "gvcf", c(220), f"{NEXT[c(220)]},<*>"),
+               (240, "noalt", c(240), ".")]
+    path.write_text(VCF_HEADER.replace("#CHROM", "##contig=<ID=chr2>\n#CHROM") + "".join(
+        f"chr1\t{p}\t{i}\t{r}\t{a}\t.\t.\t.\n" for p, i, r, a in records))
+    return path
+
+
+def test_a_mixed_vcf_scores_in_one_call_and_its_vcf_output_keeps_every_record(models, genome, tmp_path):
+    import pysam
+    model, tok = models["caduceus-ps-tiny"]
+    vcf = mixed_vcf(tmp_path / "mixed.vcf", genome)
+    with pytest.warns(UserWarning, match="6 of 13 variant\\(s\\) are not scored"):
+        got = score_variants(model, tok, vcf, genome, window=64, progress=False)
+    assert got.id.tolist() == ["snv", "mnp", "ins", "del", "multi", "multi", "multi", "sv", "span", "bnd", "gvcf", "gvcf", "noalt"]
+    assert got.alt.tolist()[4:7] == [NEXT[genome["chr1"][139]], "<DEL>", genome["chr1"][139] + "G"]  # the record's ALT order
+    assert got.kind.tolist() == ["snv", "mnp", "insertion", "deletion", "snv", "", "insertion", "", "", "", "snv", "", ""]
+    assert got.status.tolist() == ["ok"] * 5 + ["symbolic", "ok", "symbolic", "spanning_deletion", "breakend", "ok", "symbolic", "missing_allele"]
+    assert got.llr.isna().tolist() == [s != "ok" for s in got.status]
+    message = error(score_variants, model, tok, vcf, genome, window=64, strict=True, progress=False)
+    assert message.startswith("6 variant(s) cannot be scored: row 5 (chr1:140 ") and "'<DEL>'" in message and "strict=False" in message
+    # the same scores on disk; the VCF output keeps all 10 records, '.' for each allele not scored
+    for score, field in [("llr", "LLR"), ("p_ref", "P_REF"), ("entropy", "ENTROPY")]:
+        with pytest.warns(UserWarning):
+            out = score_variants_to(tmp_path / f"{score}.vcf.gz", model, tok, vcf, genome, window=64, score=score, progress=False)
+        with pysam.VariantFile(str(out)) as back:
+            assert back.header.info[field].number == "A" and SCORE_CHOICES[score][1] == back.header.info[field].description
+            records = list(back)
+        assert [r.id for r in records] == ["snv", "mnp", "ins", "del", "multi", "sv", "span", "bnd", "gvcf", "noalt"]
+        values = [v for r in records if r.alts for v in r.info[field]]  # (dnallm_nb.io writes LLR=nan on a record without ALT)
+        expected = got[score].tolist()[:-1]  # a record without ALT alleles holds no value
+        assert [v is None for v in values] == [np.isnan(e) for e in expected], score
+        np.testing.assert_allclose([v for v in values if v is not None], [e for e in expected if not np.isnan(e)], rtol=1e-5, atol=1e-6)
+    with pytest.warns(UserWarning):
+        tsv = pd.read_csv(score_variants_to(tmp_path / "mixed.tsv", model, tok, vcf, genome, window=64, chunk_size=2, progress=False), sep="\t",
+                          keep_default_na=False, na_values=[""])
+    assert tsv.status.tolist() == got.status.tolist() and np.allclose(tsv.llr, got.llr, equal_nan=True, atol=1e-6)  # chunk 4: nothing scorable
+    assert "unknown score='logit'" in error(score_variants_to, tmp_path / "x.tsv", model, tok, vcf, genome, window=64, score="logit")
+
+
+def test_cli_strict_and_score_options(genome, tmp_path, capsys):
+    fasta, vcf = write_genome(tmp_path / "g.fa", genome), mixed_vcf(tmp_path / "mixed.vcf", genome)
+    command = ["score-variants", "--model", str(GOLDEN / "caduceus-ps-tiny"), "--genome", str(fasta), "--vcf", str(vcf),
+               "--window", "64", "--no-progress"]
+    assert cli_main([*command, "--out", str(tmp_path / "strict.tsv"), "--strict"]) == 2
+    assert "6 variant(s) cannot be scored" in capsys.readouterr().err
+    with pytest.warns(UserWarning):
+        assert cli_main([*command, "--out", str(tmp_path / "s.vcf"), "--score", "p_ref", "--flank", "4", "--max-length", "2"]) == 0
+    text = (tmp_path / "s.vcf").read_text()
+    assert "##INFO=<ID=P_REF,Number=A" in text and "flank=4,score=p_ref" in text
+    statuses = pd.read_csv(parts_folder(tmp_path / "s.vcf") / "00000.tsv", sep="\t").status.tolist()
+    assert statuses[2] == "too_long" and statuses[3] == "too_long"  # TTA inserted, 3 bases deleted: longer than 2
 
 
 def test_genome_fasta_read_as_samtools_reads_it(models, genome, tmp_path):
