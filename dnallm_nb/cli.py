@@ -202,7 +202,7 @@ def add_score_variants(p: argparse.ArgumentParser) -> None:
            "(default: none)")
     option(p, "--window", type=positive_int, help="bases per window (default: the checkpoint's trained context)")
     option(p, "--rc", choices=RC_CHOICES, default="average", help="average both strands' LLRs, or forward strand only")
-    option(p, "--batch-size", type=positive_int, help="windows per forward pass (default: 1 on CPU, 32 on GPU)")
+    option(p, "--batch-size", type=positive_int, help="windows per forward pass (default: on CPU as many as fit in 16,384 tokens, e.g. 32 of 512 bp; 32 on GPU)")
     option(p, "--chunk-size", type=positive_int, default=10_000, help="variants per part file (the unit of resuming, "
            "and of sharing among torchrun processes)")
     option(p, "--ref-mismatch", choices=REF_MISMATCH_CHOICES, default="error",

@@ -12,11 +12,10 @@ import os
 import re
 import shutil
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -34,9 +33,10 @@ from .rc import model_complement_map, reverse_complement_ids
 
 # %% auto #0
 __all__ = ['VARIANT_COLUMNS', 'BASES', 'SCORE_COLUMNS', 'REF_MISMATCH_CHOICES', 'STRICT_FIX', 'RC_CHOICES', 'SCORE_CHOICES',
-           'LOGO_COLOURS', 'PARTS_FORMAT', 'VCF_FORMATS', 'variants_table', 'close_chromosome_names', 'variant_window',
-           'trim_alleles', 'variant_kind', 'check_masked_lm', 'resolve_window', 'resolve_batch_size', 'score_variants',
-           'mutagenesis', 'plot_mutagenesis', 'parts_folder', 'score_choice', 'annotate_vcf', 'score_variants_to']
+           'CPU_BATCH_TOKENS', 'LOGO_COLOURS', 'PARTS_FORMAT', 'VCF_FORMATS', 'variants_table',
+           'close_chromosome_names', 'variant_window', 'trim_alleles', 'variant_kind', 'check_masked_lm',
+           'resolve_window', 'resolve_batch_size', 'score_variants', 'mutagenesis', 'plot_mutagenesis', 'parts_folder',
+           'score_choice', 'annotate_vcf', 'score_variants_to']
 
 # %% ../nbs/14_variants.ipynb #5ee9b439
 VARIANT_COLUMNS: tuple[str, ...] = ("chrom", "pos", "ref", "alt")
@@ -49,7 +49,7 @@ SCORE_COLUMNS: tuple[str, ...] = ("llr", "p_ref", "p_alt", "entropy", "status", 
                                   "llr_reverse", "genome_base", "window_start", "mask_index")
 "Columns `score_variants` adds (llr_forward and llr_reverse only with rc='average')."
 
-
+# %% ../nbs/14_variants.ipynb #ee3edc47
 def variants_table(
     variants: pd.DataFrame | Sequence[tuple] | str | Path,  # DataFrame (chrom, pos, ref, alt, ...), (chrom, pos, ref, alt) tuples, or a VCF path
 ) -> pd.DataFrame:
@@ -108,7 +108,7 @@ def _position(value) -> int | None:
         return None
     return int(number) if number.is_integer() else None
 
-
+# %% ../nbs/14_variants.ipynb #6ab893e9
 def _positive(name: str, value) -> int:
     "`value` as a positive int, else a ValueError naming `name`."
     n = None if isinstance(value, bool) else _position(value)
@@ -116,7 +116,7 @@ def _positive(name: str, value) -> int:
         raise ValueError(f"{name}={value!r} must be a positive whole number.")
     return n
 
-
+# %% ../nbs/14_variants.ipynb #8fb5ad29
 def trim_alleles(pos: int, ref: str, alt: str) -> tuple[int, str, str]:  # (1-based position of the first changed base, ref part, alt part)
     "The change (pos, ref, alt) makes, without the bases REF and ALT share: the common suffix first, then the common prefix (moving pos past it)."
     while ref and alt and ref[-1] == alt[-1]:
@@ -125,14 +125,14 @@ def trim_alleles(pos: int, ref: str, alt: str) -> tuple[int, str, str]:  # (1-ba
         ref, alt, pos = ref[1:], alt[1:], pos + 1
     return pos, ref, alt
 
-
+# %% ../nbs/14_variants.ipynb #99583e20
 def variant_kind(ref: str, alt: str) -> str:
     "'snv', 'mnp', 'insertion', 'deletion' or 'complex' for the trimmed alleles of `trim_alleles`."
     if len(ref) == len(alt):
         return "snv" if len(ref) == 1 else "mnp"
     return "insertion" if not ref else "deletion" if not alt else "complex"
 
-
+# %% ../nbs/14_variants.ipynb #c12aa71a
 def _allele_problem(ref: str, alt: str, max_length: int) -> tuple[str, str] | None:
     "(status, why) when (ref, alt) cannot be scored, or None; the alleles' bases in upper case, a symbolic ALT as written."
     if alt in (".", ""):
@@ -154,7 +154,7 @@ def _allele_problem(ref: str, alt: str, max_length: int) -> tuple[str, str] | No
                             f"max_length={max_length}; pass a larger max_length (--max-length)")
     return None
 
-
+# %% ../nbs/14_variants.ipynb #858c7ae6
 def _describe(table: pd.DataFrame, i: int) -> str:
     "How messages name row i: its number, the variant, and its id when it has one."
     row = table.iloc[i]
@@ -162,7 +162,7 @@ def _describe(table: pd.DataFrame, i: int) -> str:
     named = f", id {vid}" if isinstance(vid, str) and vid not in ("", ".") else ""
     return f"row {i} ({row['chrom']}:{row['pos']} {row['ref']}>{row['alt']}{named})"
 
-
+# %% ../nbs/14_variants.ipynb #e0dcf968
 def _report(problems: list[str], what: str, fix: str = "") -> None:
     "Raise one ValueError listing the first problems, if there are any."
     if problems:
@@ -195,7 +195,7 @@ REF_MISMATCH_CHOICES: tuple[str, ...] = ("error", "flag")
 STRICT_FIX = (" Pass strict=False (the default; drop --strict) to get such variants as rows with llr NaN and a status "
               "column saying why, or drop them from the input.")
 
-
+# %% ../nbs/14_variants.ipynb #5479c23a
 def _locate(table: pd.DataFrame, genome: Genome, window: int, ref_mismatch: str, strict: bool = False,
             max_length: int = 50) -> _Sites:
     "Check every variant of `table` against the genome and place its window; under `strict` one error lists every problem."
@@ -258,7 +258,7 @@ def _locate(table: pd.DataFrame, genome: Genome, window: int, ref_mismatch: str,
 # %% ../nbs/14_variants.ipynb #8ae86a7b
 RC_CHOICES: tuple[str, ...] = ("average", "none")
 
-
+# %% ../nbs/14_variants.ipynb #d8bf276a
 def check_masked_lm(model: torch.nn.Module) -> None:
     "Raise unless `model` has a masked-LM head (output embeddings), which scoring reads base probabilities from."
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
@@ -267,7 +267,7 @@ def check_masked_lm(model: torch.nn.Module) -> None:
                         "load the checkpoint with its head: load_model_and_tokenizer(name, task='mask') (a CaduceusForMaskedLM; "
                         "dnallm-nb score-variants does this).")
 
-
+# %% ../nbs/14_variants.ipynb #481a1bda
 @contextmanager
 def _inference(model: torch.nn.Module):
     "Eval mode and no autograd inside; the model's training flag restored afterwards."
@@ -279,7 +279,7 @@ def _inference(model: torch.nn.Module):
     finally:
         model.train(was_training)
 
-
+# %% ../nbs/14_variants.ipynb #357ba33a
 @dataclass
 class _Scorer:
     "Log-probabilities of A, C, G, T at masked positions, from one forward per window (and its reverse complement)."
@@ -338,7 +338,7 @@ SCORE_CHOICES: dict[str, tuple[str, str]] = {
 }
 "Score column -> (VCF INFO field, its header description) of the scores a VCF output can carry."
 
-
+# %% ../nbs/14_variants.ipynb #ea7854f1
 def _strand_scores(forward: np.ndarray, reverse: np.ndarray | None, ref: np.ndarray, alt: np.ndarray) -> dict[str, np.ndarray]:
     "p_ref, p_alt and entropy of each row from the strands' (N, 4) log-probabilities at its masked site."
     rows = np.arange(len(ref))
@@ -349,13 +349,13 @@ def _strand_scores(forward: np.ndarray, reverse: np.ndarray | None, ref: np.ndar
 
 _TO_N = str.maketrans({c: "N" for c in IUPAC_COMPLEMENT if c not in "ACGTN"})  # ambiguity codes are read as N
 
-
+# %% ../nbs/14_variants.ipynb #29451c4c
 def _read(genome: Genome, chrom: str, start: int, end: int) -> str:
     "Bases [start, end) of `chrom`, upper case, ambiguity codes as N."
     text = genome.fetch(chrom, start, end).upper().translate(_TO_N)
     return validate_dna(text, name=f"genome window {chrom}:{start + 1}-{end}") if text else text
 
-
+# %% ../nbs/14_variants.ipynb #44d788ad
 def _plan(genome: Genome, sites: _Sites, flank: int) -> tuple[list[str], list[tuple[int, int]], list[tuple[int, int, int, float]], np.ndarray]:
     """The masked forwards that score `sites`: windows (haplotypes), forwards (window, masked index), reads (variant,
     forward, base column, weight; a variant's score is the weighted sum of its reads' log-probabilities), and each
@@ -390,7 +390,7 @@ def _plan(genome: Genome, sites: _Sites, flank: int) -> tuple[list[str], list[tu
             reads += [(j, len(forwards) - 2, base, -1 / len(pairs)), (j, len(forwards) - 1, base, 1 / len(pairs))]
     return texts, forwards, reads, snv_forward
 
-
+# %% ../nbs/14_variants.ipynb #9ccd771e
 def _score_sites(scorer: _Scorer, tokenizer, genome: Genome, sites: _Sites, batch_size: int, bar, flank: int = 16) -> pd.DataFrame:
     "The score columns of `sites`, masked forwards batched by window length; `bar` advances per variant."
     n = len(sites)
@@ -435,7 +435,7 @@ def _score_sites(scorer: _Scorer, tokenizer, genome: Genome, sites: _Sites, batc
     frame.loc[~placed, ["window_start", "mask_index"]] = pd.NA
     return frame
 
-
+# %% ../nbs/14_variants.ipynb #b6ca563c
 def resolve_window(model: torch.nn.Module, tokenizer, window: int | None) -> int:
     "`window`, or by default the checkpoint's trained context (`dnallm_nb.embeddings.trained_context`)."
     if window is None:
@@ -446,13 +446,19 @@ def resolve_window(model: torch.nn.Module, tokenizer, window: int | None) -> int
     return _positive("window", window)
 
 
-def resolve_batch_size(model: torch.nn.Module, batch_size: int | None) -> int:
-    "`batch_size`, else one window per forward pass on a CPU (faster there than batches: `dnallm-nb bench --variants`) and 32 on a GPU."
+CPU_BATCH_TOKENS = 16_384
+"Tokens per forward pass on a CPU when `batch_size` is not given: 32 windows of 512 bases, 4 of 4,096."
+
+# %% ../nbs/14_variants.ipynb #0c260856
+def resolve_batch_size(model: torch.nn.Module, batch_size: int | None, window: int) -> int:
+    """`batch_size`, else on a CPU as many windows as fit in `CPU_BATCH_TOKENS` (at least one; batches of 32 × 512
+    scored 1.25-5.8x as many variants/s as one window at a time in `dnallm-nb bench --variants`, while 32 × 4,096
+    needed 8 GB), and 32 on a GPU."""
     if batch_size is None:
-        return 1 if next(model.parameters()).device.type == "cpu" else 32
+        return max(1, CPU_BATCH_TOKENS // window) if next(model.parameters()).device.type == "cpu" else 32
     return _positive("batch_size", batch_size)
 
-
+# %% ../nbs/14_variants.ipynb #28f68d98
 def score_variants(
     model: torch.nn.Module,  # a Caduceus-family masked LM, e.g. load_model_and_tokenizer(name, task="mask")
     tokenizer,  # its tokenizer
@@ -460,7 +466,7 @@ def score_variants(
     genome: str | Path | Genome | Mapping[str, str] | None = None,  # FASTA path (plain, gzip or bgzip), Genome, pyfaidx.Fasta or dict
     window: int | None = None,  # bases per window; default: the checkpoint's trained context
     rc: str = "average",  # "average": both strands, scores averaged; "none": forward strand only
-    batch_size: int | None = None,  # masked windows per forward pass (rc="average" adds as many reverse-complement rows); default: 1 on CPU, 32 on GPU
+    batch_size: int | None = None,  # masked windows per forward pass (rc="average" adds as many reverse-complement rows); default: CPU_BATCH_TOKENS // window on CPU, 32 on GPU
     progress: bool = True,  # tqdm bar with variants/s
     ref_mismatch: str = "error",  # REF that is not the genome's: "error" (not scored: a status row, or the error under strict), or "flag" (SNVs scored, ref_matches_genome False)
     strict: bool = False,  # raise on any variant that cannot be scored, instead of returning it with llr NaN and its status
@@ -470,11 +476,12 @@ def score_variants(
     "Zero-shot variant effects read from a masked LM, averaged over both strands: SNVs, MNPs and indels scored, every other row returned with its status."
     require_one_process("call score_variants_to(out, ...) (or dnallm-nb score-variants) so the processes share the work "
                         "and write one file; in memory, every process would score everything.")
-    batch_size, flank = resolve_batch_size(model, batch_size), _positive("flank", flank)
+    window = resolve_window(model, tokenizer, window)
+    batch_size, flank = resolve_batch_size(model, batch_size, window), _positive("flank", flank)
     table = variants_table(variants)
     scorer = _Scorer.make(model, tokenizer, rc)
     genome = as_genome(genome)
-    sites = _locate(table, genome, resolve_window(model, tokenizer, window), ref_mismatch, strict, max_length)
+    sites = _locate(table, genome, window, ref_mismatch, strict, max_length)
     bar = tqdm(total=len(table), unit="variant", desc="scoring", disable=not progress)
     try:
         with _inference(model):
@@ -526,7 +533,7 @@ def mutagenesis(
 LOGO_COLOURS: dict[str, str] = {"A": "#109648", "C": "#255C99", "G": "#F7B32B", "T": "#D62839", "N": "#999999"}
 "The usual sequence-logo colours of the four bases (N grey)."
 
-
+# %% ../nbs/14_variants.ipynb #77dca065
 def plot_mutagenesis(
     llr: pd.DataFrame,  # a `mutagenesis` table: rows = positions, columns A, C, G, T
     sequence: str | None = None,  # the scanned sequence (default: the one `mutagenesis` recorded)
@@ -573,7 +580,7 @@ def plot_mutagenesis(
     for ax in (top, heat):
         ax.set_xlim(-0.5, n - 0.5)
     fig.colorbar(image, ax=[top, heat], label="LLR", shrink=0.6, anchor=(0, 0))
-    top.set_title(title or f"in-silico mutagenesis of {n} positions", loc="left")
+    fig.suptitle(title or f"in-silico mutagenesis of {n} positions", x=0.01, ha="left")  # above the legend, never under it
     return fig
 
 # %% ../nbs/14_variants.ipynb #3b1304f5
@@ -581,12 +588,12 @@ PARTS_FORMAT = "dnallm_nb.variants/1"
 VCF_FORMATS: tuple[str, ...] = ("vcf", "vcf.gz", "bcf")
 "Output formats that copy the input VCF with the score's INFO field added (see `dnallm_nb.io.OUTPUT_SUFFIXES`)."
 
-
+# %% ../nbs/14_variants.ipynb #0a351a7f
 def parts_folder(out: str | Path) -> Path:
     "The folder of finished chunks of `score_variants_to(out, ...)`: OUT.parts next to the output."
     return Path(f"{out}.parts")
 
-
+# %% ../nbs/14_variants.ipynb #ccdbdee4
 class _Parts(ShardFolder):
     "The parts folder of one `score_variants_to` call: manifest and one TSV per finished chunk, each written atomically."
     format, holds, marker_suffix = PARTS_FORMAT, "variant scores", ".tsv"
@@ -614,8 +621,8 @@ class _Parts(ShardFolder):
 
     def values(self, n_chunks: int, column: str) -> np.ndarray:
         "Score `column` of every chunk in order, less the rows of records without an ALT allele (a VCF holds no value for those)."
-        table = pd.concat([pd.read_csv(self.marker(k), sep="\t", usecols=["alt", column], keep_default_na=False, na_values=[""],
-                                       float_precision="round_trip") for k in range(n_chunks)])
+        table = pd.concat([pd.read_csv(self.marker(k), sep="\t", usecols=["alt", column], keep_default_na=False, na_values=[""])
+                           for k in range(n_chunks)])
         return table.loc[table["alt"].astype(str) != ".", column].to_numpy(dtype=float)
 
     def finish(self, n_chunks: int, out: Path, fmt: str, vcf_outputs: list[Path], variants, note: str, run: dict,
@@ -637,7 +644,7 @@ def score_choice(score: str) -> tuple[str, str]:
         raise ValueError(f"unknown score={score!r}; use one of {list(SCORE_CHOICES)}.")
     return SCORE_CHOICES[score]
 
-
+# %% ../nbs/14_variants.ipynb #80d6a151
 def annotate_vcf(
     source: str | Path,  # the VCF the variants were read from
     values: Sequence[float],  # one score per ALT allele of every record, in file order (as read_vcf(..., split_multiallelic=True) lists them); NaN is written '.'
@@ -659,7 +666,7 @@ def score_variants_to(
     *,
     window: int | None = None,
     rc: str = "average",
-    batch_size: int | None = None,  # default: 1 on CPU, 32 on GPU
+    batch_size: int | None = None,  # default: CPU_BATCH_TOKENS // window on CPU, 32 on GPU
     chunk_size: int = 10_000,  # variants per chunk (per part file)
     ref_mismatch: str = "error",
     strict: bool = False,
@@ -675,14 +682,14 @@ def score_variants_to(
     vcf_outputs = [Path(p) for p in (out if fmt in VCF_FORMATS else None, out_vcf) if p is not None]
     if out_vcf is not None:
         output_format(out_vcf, VCF_FORMATS)
-    batch_size, _, flank = resolve_batch_size(model, batch_size), _positive("chunk_size", chunk_size), _positive("flank", flank)
+    window = resolve_window(model, tokenizer, window)
+    batch_size, _, flank = resolve_batch_size(model, batch_size, window), _positive("chunk_size", chunk_size), _positive("flank", flank)
     score_choice(score)
     if vcf_outputs and not isinstance(variants, (str, os.PathLike)):
         raise ValueError("a VCF output copies the input VCF with the score's INFO field added: pass the variants as a VCF path, or write a .tsv.")
     table = variants_table(variants)
     scorer = _Scorer.make(model, tokenizer, rc)
     genome = as_genome(genome)
-    window = resolve_window(model, tokenizer, window)
     sites = _locate(table, genome, window, ref_mismatch, strict, max_length)
     digest = hashlib.sha256(table.to_csv(sep="\t", index=False).encode()).hexdigest()
     params = {**model_identity(model, tokenizer), "window": window, "rc": rc, "ref_mismatch": ref_mismatch,

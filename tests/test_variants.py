@@ -494,8 +494,9 @@ def test_outputs_need_a_vcf_input_and_batch_size_defaults_to_the_device(models, 
     model, tok = models["caduceus-ps-tiny"]
     table = substitutions(genome, SITES)
     assert "pass the variants as a VCF path" in error(score_variants_to, tmp_path / "x.vcf", model, tok, table, genome, window=64)
-    assert resolve_batch_size(model, None) == 1 and resolve_batch_size(model, 8) == 8  # CPU: one window per forward
-    assert "batch_size=0 must be a positive whole number" in error(resolve_batch_size, model, 0)
+    assert [resolve_batch_size(model, None, w) for w in (512, 4096, 100_000)] == [32, 4, 1]  # CPU: 16,384 tokens a pass
+    assert resolve_batch_size(model, 8, 512) == 8
+    assert "batch_size=0 must be a positive whole number" in error(resolve_batch_size, model, 0, 512)
 
 
 def test_output_format_follows_the_suffix_and_reads_back_with_pysam(models, genome, tmp_path):
