@@ -28,7 +28,7 @@ from .modeling import (
     prepare_lora_merge, sequence_classification_loss)
 from .probing import (
     LayerProbeResult, ProbeResult, combine_groups, compare_probes, make_folds, rc_groups)
-from .probing import prediction_metrics as _metrics, sequence_list as _sequence_list
+from .probing import prediction_metrics, sequence_list
 
 # %% auto #0
 __all__ = ['LORA_TARGET_MODULES', 'NOT_LORA_TARGETS', 'METHODS', 'DEFAULT_LEARNING_RATES', 'FINETUNE_FORMAT', 'ESTIMATOR_CLASSES',
@@ -270,7 +270,7 @@ def train_classifier(net: torch.nn.Module, ids: list[np.ndarray], target: torch.
 # %% ../nbs/16_finetune.ipynb #d0e4944a
 def _sequences(X) -> list[str]:
     "X as a validated list of DNA strings."
-    return [validate_dna(s, name=str(i)) for i, s in enumerate(_sequence_list(X))]
+    return [validate_dna(s, name=str(i)) for i, s in enumerate(sequence_list(X))]
 
 # %% ../nbs/16_finetune.ipynb #19870cd6
 def _labels(y, n: int) -> np.ndarray:
@@ -549,7 +549,7 @@ def cross_validate_finetune(estimator: FinetuneClassifier | FinetuneRegressor, s
             proba = fitted.predict_proba(test_seqs)  # (n_test, C), columns = classes (every class is in every fold)
             predictions[test] = proba.argmax(1)
             scores[test] = proba[:, 1] if task == "binary" else proba
-        rows.append(_metrics(target[test], predictions[test], scores[test], task, n_classes))
+        rows.append(prediction_metrics(target[test], predictions[test], scores[test], task, n_classes))
     decode = (lambda v: v) if classes is None else (lambda v: classes[v])
     return ProbeResult(task=task, estimator=name, fold_metrics=pd.DataFrame(rows).rename_axis("fold"), y_true=decode(target),
                        predictions=decode(predictions), scores=scores, folds=folds, classes=classes,
