@@ -209,7 +209,7 @@ def add_score_variants(p: argparse.ArgumentParser) -> None:
            help="a REF that is not the genome's: leave it unscored (status ref_mismatch; an error with --strict), or "
            "score single-base substitutions anyway and flag them")
     option(p, "--strict", action="store_true", help="stop on any variant that cannot be scored (symbolic, breakend, "
-           "'*', too long, REF mismatch, ...) instead of writing it with llr NaN and its status")
+           "'*', too long, REF mismatch, ...) (default: write it with llr NaN and its status)")
     option(p, "--score", choices=list(SCORE_CHOICES), default="llr", help="the score a VCF output carries: llr (INFO/LLR), "
            "p_ref (INFO/P_REF, P(reference base) at the masked site) or entropy (INFO/ENTROPY)")
     option(p, "--flank", type=positive_int, default=16, help="bases on each side of an indel whose masked "
