@@ -69,14 +69,19 @@ def error(f, *args, **kwargs) -> str:
 
 # ---- exact values -------------------------------------------------------------------------------------------------
 
-def hand_strand_llr(model, tok, text: str, index: int, ref: str, alt: str) -> float:
-    "log p(alt) - log p(ref) among A, C, G, T at `index` of `text`, masked there, straight from the model's logits."
+def base_log_probs(model, tok, text: str, index: int) -> np.ndarray:
+    "log p(A, C, G, T) renormalised over the four, at `index` of `text` masked there, from the model's logits."
     ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
     ids[0, index] = tok.mask_token_id
     with torch.no_grad():
         logits = model(input_ids=ids).logits[0, index]
     base_ids = [tok.convert_tokens_to_ids(b if b in tok.get_vocab() else b.lower()) for b in "ACGT"]
-    lp = torch.log_softmax(logits[base_ids].double(), -1)
+    return torch.log_softmax(logits[base_ids].double(), -1).numpy()
+
+
+def hand_strand_llr(model, tok, text: str, index: int, ref: str, alt: str) -> float:
+    "log p(alt) - log p(ref) among A, C, G, T at `index` of `text`, masked there, straight from the model's logits."
+    lp = base_log_probs(model, tok, text, index)
     return float(lp["ACGT".index(alt)] - lp["ACGT".index(ref)])
 
 
@@ -103,14 +108,6 @@ def test_llr_equals_hand_computation_from_logits(models, genome, name, window):
     assert "llr_forward" not in one and "llr_reverse" not in one
 
 
-def base_log_probs(model, tok, text: str, index: int) -> np.ndarray:
-    "log p(A, C, G, T) renormalised over the four, at `index` of `text` masked there, from the model's logits."
-    ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    ids[0, index] = tok.mask_token_id
-    with torch.no_grad():
-        logits = model(input_ids=ids).logits[0, index]
-    base_ids = [tok.convert_tokens_to_ids(b if b in tok.get_vocab() else b.lower()) for b in "ACGT"]
-    return torch.log_softmax(logits[base_ids].double(), -1).numpy()
 
 
 def hand_flank_effect(model, tok, seq: str, pos: int, ref: str, alt: str, window: int, flank: int) -> tuple[float, float]:
