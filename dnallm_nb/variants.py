@@ -35,8 +35,8 @@ from .rc import model_complement_map, reverse_complement_ids
 __all__ = ['VARIANT_COLUMNS', 'BASES', 'SCORE_COLUMNS', 'REF_MISMATCH_CHOICES', 'STRICT_FIX', 'RC_CHOICES', 'SCORE_CHOICES',
            'CPU_BATCH_TOKENS', 'LOGO_COLOURS', 'PARTS_FORMAT', 'VCF_FORMATS', 'variants_table',
            'close_chromosome_names', 'variant_window', 'trim_alleles', 'variant_kind', 'check_masked_lm',
-           'resolve_window', 'resolve_batch_size', 'score_variants', 'mutagenesis', 'plot_mutagenesis', 'parts_folder',
-           'score_choice', 'annotate_vcf', 'score_variants_to']
+           'eval_inference', 'MaskedBaseScorer', 'read_bases', 'resolve_window', 'resolve_batch_size', 'score_variants',
+           'mutagenesis', 'plot_mutagenesis', 'parts_folder', 'score_choice', 'annotate_vcf', 'score_variants_to']
 
 # %% ../nbs/14_variants.ipynb #5ee9b439
 VARIANT_COLUMNS: tuple[str, ...] = ("chrom", "pos", "ref", "alt")
@@ -269,8 +269,8 @@ def check_masked_lm(model: torch.nn.Module) -> None:
 
 # %% ../nbs/14_variants.ipynb #481a1bda
 @contextmanager
-def _inference(model: torch.nn.Module):
-    "Eval mode and no autograd inside; the model's training flag restored afterwards."
+def eval_inference(model: torch.nn.Module):
+    "Eval mode and no autograd inside; the model's training flag restored afterwards (scoring and `dnallm_nb.tracks` run under it)."
     was_training = model.training
     model.eval()
     try:
@@ -279,10 +279,14 @@ def _inference(model: torch.nn.Module):
     finally:
         model.train(was_training)
 
+
+_inference = eval_inference  # the name the cells below use
+
 # %% ../nbs/14_variants.ipynb #357ba33a
 @dataclass
-class _Scorer:
-    "Log-probabilities of A, C, G, T at masked positions, from one forward per window (and its reverse complement)."
+class MaskedBaseScorer:
+    """Log-probabilities of A, C, G, T at masked positions, from one forward per window (and its reverse complement):
+    what `score_variants`, `mutagenesis` and `dnallm_nb.tracks` read. Build it with `MaskedBaseScorer.make`."""
     model: torch.nn.Module
     base_ids: torch.Tensor  # (4,) token ids of A, C, G, T
     rc_base_ids: torch.Tensor | None  # (4,) ids of their complements T, G, C, A; None: rc="none"
@@ -291,7 +295,8 @@ class _Scorer:
     device: torch.device
 
     @classmethod
-    def make(cls, model: torch.nn.Module, tokenizer, rc: str) -> _Scorer:
+    def make(cls, model: torch.nn.Module, tokenizer, rc: str) -> MaskedBaseScorer:
+        "The scorer of `model` (a masked LM) and its tokenizer; rc='average' also reads the reverse-complement strand, 'none' does not."
         if rc not in RC_CHOICES:
             raise ValueError(f"unknown rc={rc!r}; use 'average' (both strands, LLRs averaged) or 'none' (forward strand only).")
         check_masked_lm(model)
@@ -326,6 +331,9 @@ class _Scorer:
         reverse = logits[n + rows, width - 1 - at][:, self.rc_base_ids.to(self.device)].float().log_softmax(-1).cpu()
         return forward, reverse
 
+
+_Scorer = MaskedBaseScorer  # the name the cells below use
+
 # %% ../nbs/14_variants.ipynb #9d0e25ed
 SCORE_CHOICES: dict[str, tuple[str, str]] = {
     "llr": ("LLR", "Zero-shot effect under the masked language model: log p(ALT) - log p(REF) of the masked base for a "
@@ -350,10 +358,13 @@ def _strand_scores(forward: np.ndarray, reverse: np.ndarray | None, ref: np.ndar
 _TO_N = str.maketrans({c: "N" for c in IUPAC_COMPLEMENT if c not in "ACGTN"})  # ambiguity codes are read as N
 
 # %% ../nbs/14_variants.ipynb #29451c4c
-def _read(genome: Genome, chrom: str, start: int, end: int) -> str:
-    "Bases [start, end) of `chrom`, upper case, ambiguity codes as N."
+def read_bases(genome: Genome, chrom: str, start: int, end: int) -> str:
+    "Bases [start, end) of `chrom`, upper case, ambiguity codes as N: what the model reads there."
     text = genome.fetch(chrom, start, end).upper().translate(_TO_N)
     return validate_dna(text, name=f"genome window {chrom}:{start + 1}-{end}") if text else text
+
+
+_read = read_bases  # the name the cells below use
 
 # %% ../nbs/14_variants.ipynb #44d788ad
 def _plan(genome: Genome, sites: _Sites, flank: int) -> tuple[list[str], list[tuple[int, int]], list[tuple[int, int, int, float]], np.ndarray]:
