@@ -15,8 +15,9 @@ import dnallm_nb
 # %% auto #0
 __all__ = ['DTYPES', 'USER_ERRORS', 'COMMANDS', 'option', 'positive_int', 'add_model', 'add_runtime', 'one_line', 'run_command',
            'named', 'add_demo', 'run_demo', 'parse_layers', 'add_embed', 'run_embed', 'add_score_variants',
-           'run_score_variants', 'comma_list', 'add_bench', 'run_bench', 'add_bench_distributed',
-           'run_bench_distributed', 'add_build_kernels', 'run_build_kernels', 'build_parser', 'main']
+           'run_score_variants', 'add_track', 'run_track', 'comma_list', 'add_bench', 'run_bench',
+           'add_bench_distributed', 'run_bench_distributed', 'add_build_kernels', 'run_build_kernels', 'build_parser',
+           'main']
 
 # %% ../nbs/90_cli.ipynb #4bff03eb
 def option(parser: argparse.ArgumentParser, *flags: str, help: str, **kwargs) -> argparse.Action:
@@ -244,6 +245,55 @@ def run_score_variants(args: argparse.Namespace) -> int:
               f"{params['rc']}{processes})")
     return 0
 
+# %% ../nbs/90_cli.ipynb #ce6a3084
+def add_track(p: argparse.ArgumentParser) -> None:
+    "Arguments of `dnallm-nb track`."
+    from dnallm_nb.tracks import TRACK_FORMATS, TRACK_VALUES
+    from dnallm_nb.variants import RC_CHOICES
+    add_model(p)
+    option(p, "--genome", required=True, help="genome FASTA (plain, gzip or bgzip) (required)")
+    where = p.add_mutually_exclusive_group(required=True)
+    option(where, "--region", action="append", help="a region chrom:start-end, 1-based with both ends included, e.g. "
+           "chr1:1001-2000; repeat for more (this or --bed is required)")
+    option(where, "--bed", help="BED file of the regions (0-based, half-open; overlaps are merged) (this or --region is required)")
+    option(p, "--out", required=True, help=f"output name, its format from the suffix ({', '.join(TRACK_FORMATS)}: bigWig or "
+           "bedGraph); one file per value, the value before the suffix (x.bw -> x.p_ref.bw, x.llr_min.bw, x.llr_mean.bw); "
+           "finished chunks are kept in OUT.parts/, so rerunning resumes (required)")
+    option(p, "--values", type=comma_list(), default=",".join(TRACK_VALUES), help="comma-separated values to write, from "
+           f"{', '.join(TRACK_VALUES)}")
+    option(p, "--window", type=positive_int, help="bases per window, centred on each base (default: the checkpoint's trained context)")
+    option(p, "--rc", choices=RC_CHOICES, default="average", help="average both strands, or forward strand only")
+    option(p, "--batch-size", type=positive_int, help="windows per forward pass (default: on CPU as many as fit in 16,384 "
+           "tokens, e.g. 32 of 512 bp; 32 on GPU)")
+    option(p, "--chunk-size", type=positive_int, default=100_000, help="bases per part file (the unit of resuming, and of "
+           "sharing among torchrun processes)")
+    add_runtime(p)
+
+# %% ../nbs/90_cli.ipynb #94fa2a15
+def run_track(args: argparse.Namespace) -> int:
+    "`dnallm-nb track`: check the inputs and outputs, load the model, compute the track in chunks; rank 0 prints a line."
+    import json
+    from dnallm_nb.distributed import command_setup
+    from dnallm_nb.io import check_input
+    from dnallm_nb.load import load_model_and_tokenizer
+    from dnallm_nb.tracks import track_outputs, track_to
+    from dnallm_nb.variants import parts_folder
+    check_input(args.genome, "fasta", "--genome")
+    if args.bed is not None and not Path(args.bed).is_file():
+        raise FileNotFoundError(f"--bed {args.bed!r} does not exist (or is not a file); check the path.")
+    named("--out", track_outputs, args.out, args.values)
+    env, device = command_setup(args.threads, args.device)
+    model, tokenizer = load_model_and_tokenizer(args.model, task="mask", device=device, dtype=args.dtype)
+    outputs = track_to(args.out, model, tokenizer, args.genome, regions=args.region, bed=args.bed, window=args.window,
+                       rc=args.rc, batch_size=args.batch_size, chunk_size=args.chunk_size, values=args.values,
+                       progress=not args.no_progress)
+    if env.is_main:
+        params = json.loads((parts_folder(args.out) / "manifest.json").read_text())["params"]
+        processes = f", {env.world_size} processes" if env.world_size > 1 else ""
+        print(f"track of {params['input']['n_bases']:,} bases in {params['input']['n_regions']} region(s) written to "
+              f"{', '.join(map(str, outputs.values()))} (window {params['window']}, rc {params['rc']}{processes})")
+    return 0
+
 # %% ../nbs/90_cli.ipynb #6f08d38a
 def comma_list(kind: type = str) -> Callable[[str], list]:
     "An argparse type: comma-separated values of `kind`."
@@ -338,6 +388,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "embed": ("embed sequences (FASTA, or BED + genome) to .npy shards; resumable", add_embed, run_embed),
     "score-variants": ("zero-shot variant-effect scores (RC-averaged masked-LM LLR) of a VCF's SNVs, MNPs and indels; resumable",
                        add_score_variants, run_score_variants),
+    "track": ("per-base track of P(ref) and the min / mean masked-LM LLR over the three alternatives, to bigWig or bedGraph; resumable",
+              add_track, run_track),
     "bench": ("benchmark the scan backends: tokens/s, peak RSS, ratio to the reference", add_bench, run_bench),
     "bench-distributed": ("records/s of embedding with 1 vs N torchrun processes, CPUs shared fairly",
                           add_bench_distributed, run_bench_distributed),
