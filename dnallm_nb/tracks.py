@@ -57,7 +57,7 @@ def _check_interval(genome: Genome, chrom: str, start: int, end: int, what: str)
         raise ValueError(f"{what} runs past the end of {chrom}, which has {length:,} bases (1-based positions 1..{length:,}); "
                          "end the region there.")
 
-# %% ../nbs/14a_tracks.ipynb #1d833215
+# %% ../nbs/14a_tracks.ipynb #24209b91
 def track_regions(
     genome: Genome | str | Path | Mapping[str, str],  # FASTA path, Genome or dict {chrom: sequence}
     regions: str | Sequence[str | tuple[str, int, int]] | None = None,  # 'chrom:start-end' texts (1-based, inclusive), or (chrom, 0-based start, end) tuples
@@ -76,7 +76,7 @@ def track_regions(
             except ValueError:
                 raise ValueError(f"{where}, interval {i + 1}: start and end must be whole numbers, not "
                                  f"{row['start']!r}, {row['end']!r}.") from None
-            _check_interval(genome, chrom, start, end, f"{where}, interval {i + 1} ({chrom}\t{start}\t{end})")
+            _check_interval(genome, chrom, start, end, f"{where}, interval {i + 1} ({chrom} {start} {end})")
             intervals.append((chrom, start, end))
         if not intervals:
             raise ValueError(f"{where} holds no intervals; give at least one chrom<TAB>start<TAB>end line (0-based, half-open).")
