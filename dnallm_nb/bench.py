@@ -228,16 +228,22 @@ def random_variants(n: int, window: int, seed: int = 0) -> tuple[dict[str, str],
 
 # %% ../nbs/12_bench.ipynb #c834e43b
 def measure_variant_scoring(case: str, window: int, n_variants: int = 32, batch_size: int = 32, seed: int = 0) -> dict:
-    "Seconds of `score_variants` (RC-averaged) on `n_variants` random substitutions in `window`-base windows, batched and one window per forward, in this process."
+    """Seconds of `score_variants` (RC-averaged) on `n_variants` random substitutions in `window`-base windows, batched and
+    one window per forward, in this process; and of `dnallm_nb.tracks.base_track` over `n_variants` bases (the track row)."""
+    from dnallm_nb.tracks import base_track
     model, tokenizer = variant_case(case)
     genome, variants = random_variants(n_variants, window, seed)
     run = lambda table, batch: score_variants(model, tokenizer, table, genome=genome, window=window, batch_size=batch, progress=False)
     run(variants.head(2), 2)  # warm-up
     batched = _seconds(lambda: run(variants, batch_size))
     one_at_a_time = _seconds(lambda: run(variants, 1))
+    track = lambda batch: base_track(model, tokenizer, genome, f"bench:{window + 1}-{window + n_variants}", window=window,
+                                     batch_size=batch, progress=False)  # one masked forward per base, serving its 3 SNVs
+    track_batched, track_one = _seconds(lambda: track(batch_size)), _seconds(lambda: track(1))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
     return dict(case=case, window=window, n_variants=n_variants, batch_size=batch_size, batched_s=batched,
-                one_at_a_time_s=one_at_a_time, peak_rss_mb=rss)
+                one_at_a_time_s=one_at_a_time, track_bases=n_variants, track_batched_s=track_batched,
+                track_one_at_a_time_s=track_one, peak_rss_mb=rss)
 
 # %% ../nbs/12_bench.ipynb #1d08fe45
 def run_variant_bench(
@@ -249,7 +255,8 @@ def run_variant_bench(
     malloc_cache: bool = False,  # run the measurements with `MALLOC_CACHE_ENV`
     json_path: str | Path | None = None,  # also write the measurements here
 ) -> list[dict]:
-    "`dnallm-nb bench --variants N`: time `score_variants` batched and one window per forward; one row per case and window."
+    """`dnallm-nb bench --variants N`: time `score_variants` batched and one window per forward; one row per case and
+    window, then a track row: bases/s of `dnallm_nb.tracks.base_track` over N bases."""
     cases = list(cases or ("demo", "ps"))
     unknown = [c for c in cases if c not in VARIANT_CASES]
     if unknown:
@@ -268,6 +275,9 @@ def run_variant_bench(
             print(f"{VARIANT_CASES[case]:<34} {window:>6,} {r['n_variants']:>8} {batch:>5} {r['n_variants'] / r['batched_s']:>13.3g} "
                   f"{r['n_variants'] / r['one_at_a_time_s']:>12.3g} {r['one_at_a_time_s'] / r['batched_s']:>7.2f}x "
                   f"{r['peak_rss_mb']:>8,.0f}", flush=True)
+            print(f"{'  track (bases, bases/s)':<34} {window:>6,} {r['track_bases']:>8} {batch:>5} "
+                  f"{r['track_bases'] / r['track_batched_s']:>13.3g} {r['track_bases'] / r['track_one_at_a_time_s']:>12.3g} "
+                  f"{r['track_one_at_a_time_s'] / r['track_batched_s']:>7.2f}x", flush=True)
             results.append(r)
     if json_path:
         Path(json_path).write_text(json.dumps(results, indent=1))
