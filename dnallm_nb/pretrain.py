@@ -299,13 +299,14 @@ def pretrain(model, tokenizer, genome: Genome | str | Path, out_dir: str | Path,
         scheduler.step()
         step += 1
         tokens += inputs.numel()
-        record = {"step": step, "train_loss": float(loss), "lr": scheduler.get_last_lr()[0],
+        loss_value = loss.item()  # a plain number: float(loss) would warn that loss requires grad
+        record = {"step": step, "train_loss": loss_value, "lr": scheduler.get_last_lr()[0],
                   "elapsed_s": elapsed_before + time.time() - start}  # training wall time, across resumes
         if held is not None and (step % cfg.eval_every == 0 or step == cfg.max_steps):
             metrics = masked_accuracy(model, held)
             record.update(held_out_loss=metrics["loss"], held_out_accuracy=metrics["accuracy"])
         history.append(record)
-        bar.set_postfix(loss=f"{float(loss):.3f}", tok_s=f"{tokens / (time.time() - start):.0f}")
+        bar.set_postfix(loss=f"{loss_value:.3f}", tok_s=f"{tokens / (time.time() - start):.0f}")
         bar.update()
         if step % cfg.checkpoint_every == 0 or step == last_step:
             _save_checkpoint(model, optimizer, scheduler, step, history, cfg, checkpoint)
