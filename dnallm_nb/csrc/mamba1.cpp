@@ -319,35 +319,39 @@ void mamba1_backward_block(const Mamba1Args& g, const View3& gv, int64_t b, int6
     }
     load_states(g.B, b, N, t0, tn, Bt.data());
   };
-  for (int64_t k = 0; k < tiles; ++k) {  // pass 1: the state entering every tile
-    const int64_t t0 = k * T;
+  // reverse: the recurrence runs from the last position to the first; step j of a tile is position t = tn - 1 - j
+  const bool rev = g.reverse;
+  for (int64_t kk = 0; kk < tiles; ++kk) {  // pass 1: the state entering every tile
+    const int64_t k = rev ? tiles - 1 - kk : kk, t0 = k * T;
     const int tn = (int)std::min<int64_t>(T, g.L - t0);
     std::copy(s.begin(), s.end(), ck.begin() + k * N * DC);
     load_steps(t0, tn);
     for (int64_t n = 0; n < N; ++n)
-      for (int t = 0; t < tn; ++t) {
+      for (int j = 0; j < tn; ++j) {
+        const int t = rev ? tn - 1 - j : j;
         const float bv = Bt[n * T + t];
 #pragma omp simd
         for (int c = 0; c < DC; ++c) s[n * DC + c] = fexp(dt[t][c] * a[n * DC + c]) * s[n * DC + c] + du[t][c] * bv;
       }
   }
-  for (int64_t k = tiles - 1; k >= 0; --k) {  // pass 2: backwards over tiles
-    const int64_t t0 = k * T;
+  for (int64_t kk = tiles - 1; kk >= 0; --kk) {  // pass 2: backwards over tiles
+    const int64_t k = rev ? tiles - 1 - kk : kk, t0 = k * T;
     const int tn = (int)std::min<int64_t>(T, g.L - t0);
     load_steps(t0, tn);
     load_states(g.C, b, N, t0, tn, Ct.data());
     load_tile(gv, b, c0, cn, t0, tn, gt);
     if (g.has_z) load_tile(g.z, b, c0, cn, t0, tn, zt);
-    std::copy(ck.begin() + k * N * DC, ck.begin() + (k + 1) * N * DC, S.begin());  // S[t + 1] = state after step t
+    std::copy(ck.begin() + k * N * DC, ck.begin() + (k + 1) * N * DC, S.begin());  // S[j + 1] = state after step j
     float y0[T][DC];
     for (int t = 0; t < tn; ++t)
 #pragma omp simd
       for (int c = 0; c < DC; ++c) y0[t][c] = Dv[c] * ut[t][c];
-    for (int t = 0; t < tn; ++t)
+    for (int j = 0; j < tn; ++j)
       for (int64_t n = 0; n < N; ++n) {
+        const int t = rev ? tn - 1 - j : j;
         const float bv = Bt[n * T + t], cv = Ct[n * T + t];
-        const float* prev = &S[(t * N + n) * DC];
-        float* next = &S[((t + 1) * N + n) * DC];
+        const float* prev = &S[(j * N + n) * DC];
+        float* next = &S[((j + 1) * N + n) * DC];
 #pragma omp simd
         for (int c = 0; c < DC; ++c) {
           next[c] = fexp(dt[t][c] * a[n * DC + c]) * prev[c] + du[t][c] * bv;
@@ -370,11 +374,12 @@ void mamba1_backward_block(const Mamba1Args& g, const View3& gv, int64_t b, int6
         gd[t][c] = 0.f;
       }
     }
-    for (int t = tn - 1; t >= 0; --t) {
+    for (int j = tn - 1; j >= 0; --j) {
+      const int t = rev ? tn - 1 - j : j;
       for (int64_t n = 0; n < N; ++n) {
         const float bv = Bt[n * T + t], cv = Ct[n * T + t];
-        const float* prev = &S[(t * N + n) * DC];
-        const float* cur = &S[((t + 1) * N + n) * DC];
+        const float* prev = &S[(j * N + n) * DC];
+        const float* cur = &S[((j + 1) * N + n) * DC];
         float* dhn = &dh[n * DC];
         float* dAn = &dAc[n * DC];
         const float* an = &a[n * DC];
@@ -436,12 +441,12 @@ at::Tensor mamba1_scan(at::Tensor u, at::Tensor delta, at::Tensor A, at::Tensor 
   return y;
 }
 
-// Gradients of mamba1_scan (same inputs, plus grad: (batch, d_inner, L) any strides). Returns du, ddelta, dz as
+// Gradients of mamba1_scan (same inputs, plus grad: (batch, d_inner, L) any strides; reverse as mamba1_scan's). Returns du, ddelta, dz as
 // (batch, L, d_inner), dA (d_inner, N), dB_parts, dC_parts (batch, blocks, L, N) — partial sums over blocks of 32
 // channels, for the caller to add up — and dD, ddelta_bias (d_inner,).
 std::vector<at::Tensor> mamba1_scan_backward(at::Tensor u, at::Tensor delta, at::Tensor A, at::Tensor B, at::Tensor C,
                                              at::Tensor D, at::Tensor z, at::Tensor delta_bias, bool delta_softplus,
-                                             at::Tensor grad) {
+                                             at::Tensor grad, bool reverse) {
   constexpr int DC = 32;
   const int64_t batch = u.size(0), d_inner = u.size(1), L = u.size(2), N = A.size(1);
   const int64_t blocks = (d_inner + DC - 1) / DC;
@@ -451,7 +456,7 @@ std::vector<at::Tensor> mamba1_scan_backward(at::Tensor u, at::Tensor delta, at:
   auto dz = has_z ? at::empty({batch, L, d_inner}, f32) : at::zeros({batch, L, d_inner}, f32);
   auto dA = at::zeros({d_inner, N}, f32), dD = at::zeros({d_inner}, f32), dbias = at::zeros({d_inner}, f32);
   auto dB = at::zeros({batch, blocks, L, N}, f32), dC = at::zeros({batch, blocks, L, N}, f32);
-  const Mamba1Args g = mamba1_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus, nullptr, false);
+  const Mamba1Args g = mamba1_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus, nullptr, reverse);
   const View3 gv = view3(grad);
   at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
     FlushDenormals ftz;
