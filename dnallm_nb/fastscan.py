@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .scan import causal_conv1d_ref, register_scan_backend, ssd_scan_ref, time_reversible
+from .scan import register_scan_backend, ssd_scan_ref, time_reversible
 
 logger = logging.getLogger(__name__)
 
@@ -222,8 +222,7 @@ def _mamba1_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, revers
     du, ddelta, dz, dA, dB, dC, dD, dbias = load_kernels().mamba1_scan_backward(
         u.float(), delta.float(), A.float(), B.float(), C.float(), _optional_f32(D), _optional_f32(z),
         _optional_f32(delta_bias), bool(delta_softplus), grad.float(), bool(reverse))
-    per_channel_group = lambda g: g.sum(1).transpose(1, 2)  # (batch, groups, L, N) -> (batch, N, L)
-    return (du.transpose(1, 2), ddelta.transpose(1, 2), dA, per_channel_group(dB), per_channel_group(dC), dD,
+    return (du.transpose(1, 2), ddelta.transpose(1, 2), dA, dB.transpose(1, 2), dC.transpose(1, 2), dD,  # (b, N, L)
             dz.transpose(1, 2), dbias)
 
 # %% ../nbs/06_fastscan.ipynb #41608a7a

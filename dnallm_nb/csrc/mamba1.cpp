@@ -284,23 +284,39 @@ void run_mamba1(const Mamba1Args& g, int64_t batch) {
   });
 }
 
+// e[c] = exp(dt[c] · a[c]) = 2^(dt[c] · a2[c]) for c < DC, with a2 = a·log2(e): the decays, as the forward scan
+// computes them (pow2_x16 on AVX-512).
+template <int DC>
+inline void decay_row(const float* __restrict dt, const float* __restrict a2, float* __restrict e) {
+#if DNALLM_AVX512
+  static_assert(DC % 16 == 0, "whole vectors");
+  for (int c = 0; c < DC; c += 16)
+    _mm512_storeu_ps(e + c, pow2_x16(_mm512_mul_ps(_mm512_loadu_ps(dt + c), _mm512_loadu_ps(a2 + c))));
+#else
+#pragma omp simd
+  for (int c = 0; c < DC; ++c) e[c] = fexp2(dt[c] * a2[c]);
+#endif
+}
+
 // Backward pass of mamba1_scan for channels [c0, c0 + DC) of sequence b. Pass 1 runs the scan keeping only the state
 // entering each time tile; pass 2 walks the tiles backwards, recomputes a tile's states from its checkpoint and
 // carries the adjoint state dh backwards in time. Channels are the SIMD axis, as in the forward kernel. dB and dC
-// sum over channels: this block's sums go to dBg, dCg (L x N).
+// sum over channels: this block's sums go to dBg, dCg (L x N), every element written once. The decays of a tile are
+// kept from its recomputation for the adjoint pass (each is computed twice: in pass 1 and in pass 2).
 template <int DC>
 void mamba1_backward_block(const Mamba1Args& g, const View3& gv, int64_t b, int64_t c0, float* du_out, float* ddelta_out,
                            float* dz_out, float* dA, float* dD, float* dbias, float* dBg, float* dCg) {
   const int cn = (int)std::min<int64_t>(DC, g.d_inner - c0);
   const int64_t N = g.N, tiles = (g.L + T - 1) / T;
   std::vector<float> a(N * DC, 0.f), s(N * DC, 0.f), dh(N * DC, 0.f), dAc(N * DC, 0.f), ck(tiles * N * DC);
-  std::vector<float> S((T + 1) * N * DC), Bt(N * T), Ct(N * T);
+  std::vector<float> S((T + 1) * N * DC), E(T * N * DC), a2(N * DC), Bt(N * T), Ct(N * T);
   float Dv[DC] = {0}, bias[DC] = {0}, dDc[DC] = {0}, dbc[DC] = {0};
   for (int c = 0; c < cn; ++c) {
     for (int64_t n = 0; n < N; ++n) a[n * DC + c] = g.A[(c0 + c) * g.sA0 + n * g.sA1];
     if (g.D) Dv[c] = g.D[(c0 + c) * g.sD];
     if (g.bias) bias[c] = g.bias[(c0 + c) * g.sbias];
   }
+  for (int64_t i = 0; i < N * DC; ++i) a2[i] = a[i] * kLog2e;
   alignas(64) float ut[T][DC], dt[T][DC], sg[T][DC], du[T][DC], zt[T][DC], gt[T][DC], gy[T][DC], gu[T][DC], gd[T][DC];
   // dt = softplus(delta + bias) (or delta + bias), sg = d dt / d delta, du = dt * u; padded channels stay zero
   auto load_steps = [&](int64_t t0, int tn) {
@@ -326,12 +342,14 @@ void mamba1_backward_block(const Mamba1Args& g, const View3& gv, int64_t b, int6
     const int tn = (int)std::min<int64_t>(T, g.L - t0);
     std::copy(s.begin(), s.end(), ck.begin() + k * N * DC);
     load_steps(t0, tn);
+    alignas(64) float e[DC];
     for (int64_t n = 0; n < N; ++n)
       for (int j = 0; j < tn; ++j) {
         const int t = rev ? tn - 1 - j : j;
         const float bv = Bt[n * T + t];
+        decay_row<DC>(dt[t], &a2[n * DC], e);
 #pragma omp simd
-        for (int c = 0; c < DC; ++c) s[n * DC + c] = fexp(dt[t][c] * a[n * DC + c]) * s[n * DC + c] + du[t][c] * bv;
+        for (int c = 0; c < DC; ++c) s[n * DC + c] = e[c] * s[n * DC + c] + du[t][c] * bv;
       }
   }
   for (int64_t kk = tiles - 1; kk >= 0; --kk) {  // pass 2: backwards over tiles
@@ -352,9 +370,11 @@ void mamba1_backward_block(const Mamba1Args& g, const View3& gv, int64_t b, int6
         const float bv = Bt[n * T + t], cv = Ct[n * T + t];
         const float* prev = &S[(j * N + n) * DC];
         float* next = &S[((j + 1) * N + n) * DC];
+        float* e = &E[(j * N + n) * DC];
+        decay_row<DC>(dt[t], &a2[n * DC], e);
 #pragma omp simd
         for (int c = 0; c < DC; ++c) {
-          next[c] = fexp(dt[t][c] * a[n * DC + c]) * prev[c] + du[t][c] * bv;
+          next[c] = e[c] * prev[c] + du[t][c] * bv;
           y0[t][c] += next[c] * cv;
         }
       }
@@ -383,10 +403,11 @@ void mamba1_backward_block(const Mamba1Args& g, const View3& gv, int64_t b, int6
         float* dhn = &dh[n * DC];
         float* dAn = &dAc[n * DC];
         const float* an = &a[n * DC];
+        const float* ej = &E[(j * N + n) * DC];
         float dc = 0.f, db = 0.f;
 #pragma omp simd reduction(+ : dc, db)
         for (int c = 0; c < DC; ++c) {
-          const float e = fexp(dt[t][c] * an[c]);
+          const float e = ej[c];
           const float adj = dhn[c] + gy[t][c] * cv;
           dc += gy[t][c] * cur[c];
           gd[t][c] += adj * (an[c] * e * prev[c] + bv * ut[t][c]);
@@ -395,8 +416,8 @@ void mamba1_backward_block(const Mamba1Args& g, const View3& gv, int64_t b, int6
           gu[t][c] += adj * dt[t][c] * bv;
           dhn[c] = adj * e;
         }
-        dCg[(t0 + t) * N + n] += dc;
-        dBg[(t0 + t) * N + n] += db;
+        dCg[(t0 + t) * N + n] = dc;
+        dBg[(t0 + t) * N + n] = db;
       }
     }
     for (int t = 0; t < tn; ++t) {
@@ -441,9 +462,8 @@ at::Tensor mamba1_scan(at::Tensor u, at::Tensor delta, at::Tensor A, at::Tensor 
   return y;
 }
 
-// Gradients of mamba1_scan (same inputs, plus grad: (batch, d_inner, L) any strides; reverse as mamba1_scan's). Returns du, ddelta, dz as
-// (batch, L, d_inner), dA (d_inner, N), dB_parts, dC_parts (batch, blocks, L, N) — partial sums over blocks of 32
-// channels, for the caller to add up — and dD, ddelta_bias (d_inner,).
+// Gradients of mamba1_scan (same inputs, plus grad: (batch, d_inner, L) any strides; reverse as mamba1_scan's).
+// Returns du, ddelta, dz as (batch, L, d_inner), dA (d_inner, N), dB, dC (batch, L, N) and dD, ddelta_bias (d_inner,).
 std::vector<at::Tensor> mamba1_scan_backward(at::Tensor u, at::Tensor delta, at::Tensor A, at::Tensor B, at::Tensor C,
                                              at::Tensor D, at::Tensor z, at::Tensor delta_bias, bool delta_softplus,
                                              at::Tensor grad, bool reverse) {
@@ -455,7 +475,7 @@ std::vector<at::Tensor> mamba1_scan_backward(at::Tensor u, at::Tensor delta, at:
   auto du = at::empty({batch, L, d_inner}, f32), ddelta = at::empty({batch, L, d_inner}, f32);
   auto dz = has_z ? at::empty({batch, L, d_inner}, f32) : at::zeros({batch, L, d_inner}, f32);
   auto dA = at::zeros({d_inner, N}, f32), dD = at::zeros({d_inner}, f32), dbias = at::zeros({d_inner}, f32);
-  auto dB = at::zeros({batch, blocks, L, N}, f32), dC = at::zeros({batch, blocks, L, N}, f32);
+  auto dBp = at::empty({batch, blocks, L, N}, f32), dCp = at::empty({batch, blocks, L, N}, f32);  // per block
   const Mamba1Args g = mamba1_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus, nullptr, reverse);
   const View3 gv = view3(grad);
   at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
@@ -464,7 +484,23 @@ std::vector<at::Tensor> mamba1_scan_backward(at::Tensor u, at::Tensor delta, at:
       const int64_t b = i / blocks, blk = i % blocks;
       mamba1_backward_block<DC>(g, gv, b, blk * DC, du.data_ptr<float>(), ddelta.data_ptr<float>(), dz.data_ptr<float>(),
                                 dA.data_ptr<float>(), dD.data_ptr<float>(), dbias.data_ptr<float>(),
-                                dB.data_ptr<float>() + i * L * N, dC.data_ptr<float>() + i * L * N);
+                                dBp.data_ptr<float>() + i * L * N, dCp.data_ptr<float>() + i * L * N);
+    }
+  });
+  auto dB = at::empty({batch, L, N}, f32), dC = at::empty({batch, L, N}, f32);
+  const int64_t rows = L * N, chunk = 4096;  // sum the blocks' parts, in block order
+  at::parallel_for(0, batch * ((rows + chunk - 1) / chunk), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t b = i / ((rows + chunk - 1) / chunk), r0 = (i % ((rows + chunk - 1) / chunk)) * chunk;
+      const int64_t r1 = std::min(rows, r0 + chunk);
+      for (auto [parts, out] : {std::pair{&dBp, &dB}, std::pair{&dCp, &dC}}) {
+        const float* src = parts->data_ptr<float>() + b * blocks * rows;
+        float* dst = out->data_ptr<float>() + b * rows;
+        std::copy(src + r0, src + r1, dst + r0);
+        for (int64_t blk = 1; blk < blocks; ++blk)
+#pragma omp simd
+          for (int64_t r = r0; r < r1; ++r) dst[r] += src[blk * rows + r];
+      }
     }
   });
   return {du, ddelta, dz, dA, dB, dC, dD, dbias};
