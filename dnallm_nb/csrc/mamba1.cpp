@@ -462,13 +462,34 @@ at::Tensor mamba1_scan(at::Tensor u, at::Tensor delta, at::Tensor A, at::Tensor 
   return y;
 }
 
+namespace {
+// The per-block pass of mamba1_scan_backward with DC-channel tasks: fills du, ddelta, dz, dA, dD, dbias and the
+// blocks' parts of dB, dC (batch, blocks, L, N).
+template <int DC>
+void run_mamba1_backward(const Mamba1Args& g, const View3& gv, int64_t batch, at::Tensor& du, at::Tensor& ddelta,
+                         at::Tensor& dz, at::Tensor& dA, at::Tensor& dD, at::Tensor& dbias, at::Tensor& dBp,
+                         at::Tensor& dCp) {
+  const int64_t blocks = (g.d_inner + DC - 1) / DC, LN = g.L * g.N;
+  at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
+    FlushDenormals ftz;
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t b = i / blocks, blk = i % blocks;
+      mamba1_backward_block<DC>(g, gv, b, blk * DC, du.data_ptr<float>(), ddelta.data_ptr<float>(), dz.data_ptr<float>(),
+                                dA.data_ptr<float>(), dD.data_ptr<float>(), dbias.data_ptr<float>(),
+                                dBp.data_ptr<float>() + i * LN, dCp.data_ptr<float>() + i * LN);
+    }
+  });
+}
+}  // namespace
+
 // Gradients of mamba1_scan (same inputs, plus grad: (batch, d_inner, L) any strides; reverse as mamba1_scan's).
 // Returns du, ddelta, dz as (batch, L, d_inner), dA (d_inner, N), dB, dC (batch, L, N) and dD, ddelta_bias (d_inner,).
 std::vector<at::Tensor> mamba1_scan_backward(at::Tensor u, at::Tensor delta, at::Tensor A, at::Tensor B, at::Tensor C,
                                              at::Tensor D, at::Tensor z, at::Tensor delta_bias, bool delta_softplus,
                                              at::Tensor grad, bool reverse) {
-  constexpr int DC = 32;
+  // 64-channel tasks (fewer sums over channels per token) when there are enough of them for the threads
   const int64_t batch = u.size(0), d_inner = u.size(1), L = u.size(2), N = A.size(1);
+  const int DC = batch * ((d_inner + 63) / 64) >= at::get_num_threads() ? 64 : 32;
   const int64_t blocks = (d_inner + DC - 1) / DC;
   const bool has_z = z.numel() > 0;
   auto f32 = u.options();
@@ -478,15 +499,11 @@ std::vector<at::Tensor> mamba1_scan_backward(at::Tensor u, at::Tensor delta, at:
   auto dBp = at::empty({batch, blocks, L, N}, f32), dCp = at::empty({batch, blocks, L, N}, f32);  // per block
   const Mamba1Args g = mamba1_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus, nullptr, reverse);
   const View3 gv = view3(grad);
-  at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
-    FlushDenormals ftz;
-    for (int64_t i = begin; i < end; ++i) {
-      const int64_t b = i / blocks, blk = i % blocks;
-      mamba1_backward_block<DC>(g, gv, b, blk * DC, du.data_ptr<float>(), ddelta.data_ptr<float>(), dz.data_ptr<float>(),
-                                dA.data_ptr<float>(), dD.data_ptr<float>(), dbias.data_ptr<float>(),
-                                dBp.data_ptr<float>() + i * L * N, dCp.data_ptr<float>() + i * L * N);
-    }
-  });
+  if (DC == 64) {
+    run_mamba1_backward<64>(g, gv, batch, du, ddelta, dz, dA, dD, dbias, dBp, dCp);
+  } else {
+    run_mamba1_backward<32>(g, gv, batch, du, ddelta, dz, dA, dD, dbias, dBp, dCp);
+  }
   auto dB = at::empty({batch, L, N}, f32), dC = at::empty({batch, L, N}, f32);
   const int64_t rows = L * N, chunk = 4096;  // sum the blocks' parts, in block order
   at::parallel_for(0, batch * ((rows + chunk - 1) / chunk), 1, [&](int64_t begin, int64_t end) {
