@@ -33,8 +33,8 @@ from .variants import score_variants
 # %% auto #0
 __all__ = ['CADUCEUS_COMPLEMENT', 'PLANT_COMPLEMENT', 'CASES', 'MALLOC_CACHE_ENV', 'VARIANT_CASES', 'case_config', 'model_flops',
            'gemm_rate', 'Measurement', 'measure', 'measure_in_subprocess', 'run_worker', 'variant_case',
-           'random_variants', 'measure_variant_scoring', 'run_variant_bench', 'run_bench', 'embed_scaling_worker',
-           'bench_embed_scaling']
+           'random_variants', 'measure_variant_scoring', 'run_variant_bench', 'measure_training', 'run_training_bench',
+           'run_bench', 'embed_scaling_worker', 'bench_embed_scaling']
 
 # %% ../nbs/12_bench.ipynb #3131e640
 CADUCEUS_COMPLEMENT = {0: 0, 1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 6, 7: 10, 8: 9, 9: 8, 10: 7, 11: 11}
@@ -282,6 +282,108 @@ def run_variant_bench(
     if json_path:
         Path(json_path).write_text(json.dumps(results, indent=1))
     return results
+
+# %% ../nbs/12_bench.ipynb #79cd854e
+def measure_training(repeats: int = 3, batch: int = 16, length: int = 512, lora_batch: int = 16, lora_window: int = 128,
+                     pretrain_batch: int | None = None, pretrain_length: int | None = None, seed: int = 0) -> dict:
+    """Best wall and CPU seconds (of `repeats` rounds after one warm-up, each round running every step once) of the
+    bundled demo model's `forward` (no grad, `batch` × `length` random bases), `mlm` step (forward + backward of the
+    masked-LM loss on the same batch), the demo's `lora` step (`lora_batch` × `lora_window`) and a `pretrain` step
+    (`demo_pretrain_config`'s batch, or `pretrain_batch` × `pretrain_length`), in this process; with `ratio` = mlm /
+    forward (wall) and `cpu_ratio`. Optimisers run with learning rate 0, so every round sees the same weights."""
+    import resource
+    import time
+
+    from dnallm_nb.finetune import sequence_classifier, trainable_model
+    from dnallm_nb.load import DEMO_MODEL_NAME, load_model_and_tokenizer
+    from dnallm_nb.pretrain import demo_pretrain_config, weighted_mlm_loss
+    from dnallm_nb.report import DEMO_FINETUNE
+
+    g = torch.Generator().manual_seed(seed)
+    model, tokenizer = load_model_and_tokenizer(DEMO_MODEL_NAME, task="mask", local_files_only=True)
+    model.train()
+    bases = torch.tensor(tokenizer("ACGT", add_special_tokens=False)["input_ids"])
+    random_ids = lambda b, n: bases[torch.randint(0, 4, (b, n), generator=g)]  # (b, n) base token ids
+    masked = lambda ids: ids.masked_fill(torch.rand(ids.shape, generator=g) > 0.15, -100)  # labels on 15%
+    ids = random_ids(batch, length)
+    labels = masked(ids)
+    cfg = demo_pretrain_config()
+    pre_ids = random_ids(pretrain_batch or cfg.batch_size, pretrain_length or cfg.window_length)
+    pre_labels, pre_weights = masked(pre_ids), torch.ones(pre_ids.shape)
+    pre_optimizer = torch.optim.AdamW(model.parameters(), lr=0.0, weight_decay=cfg.weight_decay)
+    torch.manual_seed(seed)
+    classifier, _ = sequence_classifier(DEMO_MODEL_NAME, 2, "single_label_classification",
+                                        pooling=DEMO_FINETUNE["pooling"])
+    lora = trainable_model(classifier, DEMO_FINETUNE["method"]).train()
+    lora_optimizer = torch.optim.AdamW([p for p in lora.parameters() if p.requires_grad], lr=0.0)
+    lora_ids, lora_labels = random_ids(lora_batch, lora_window), torch.randint(0, 2, (lora_batch,), generator=g)
+
+    def forward():
+        with torch.no_grad():
+            model(input_ids=ids)
+
+    def mlm():
+        model.zero_grad(set_to_none=True)
+        model(input_ids=ids, labels=labels).loss.backward()
+
+    def lora_step():
+        lora_optimizer.zero_grad(set_to_none=True)
+        lora(input_ids=lora_ids, labels=lora_labels).loss.backward()
+        lora_optimizer.step()
+
+    def pretrain_step():
+        logits = model(input_ids=pre_ids).logits
+        loss = weighted_mlm_loss(logits, pre_labels, pre_weights)
+        pre_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        pre_optimizer.step()
+
+    def timed(fn) -> tuple[float, float]:  # (wall, CPU of all threads)
+        usage = lambda: (lambda u: u.ru_utime + u.ru_stime)(resource.getrusage(resource.RUSAGE_SELF))
+        cpu, start = usage(), time.perf_counter()
+        fn()
+        return time.perf_counter() - start, usage() - cpu
+
+    steps = dict(forward=forward, mlm=mlm, lora=lora_step, pretrain=pretrain_step)
+    for fn in steps.values():
+        fn()  # warm-up
+    times = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, fn in steps.items():
+            times[name].append(timed(fn))
+    result = dict(batch=batch, length=length, lora_batch=lora_batch, lora_window=lora_window,
+                  pretrain_batch=pre_ids.shape[0], pretrain_length=pre_ids.shape[1], repeats=repeats,
+                  threads=torch.get_num_threads())
+    for name, runs in times.items():
+        result[f"{name}_s"], result[f"{name}_cpu_s"] = min(w for w, _ in runs), min(c for _, c in runs)
+    result["ratio"], result["cpu_ratio"] = result["mlm_s"] / result["forward_s"], result["mlm_cpu_s"] / result["forward_cpu_s"]
+    return result
+
+# %% ../nbs/12_bench.ipynb #5be2bd0a
+def run_training_bench(
+    repeats: int = 3,  # rounds, the best of each step kept
+    batch: int = 16,  # sequences of the forward and the masked-LM step
+    length: int = 512,  # their length
+    threads: int | None = None,  # torch threads (default: PyTorch's)
+    json_path: str | Path | None = None,  # also write the measurement here
+) -> dict:
+    "`dnallm-nb bench --training`: print the training steps' times and the ratio masked-LM step / no-grad forward."
+    if threads:
+        torch.set_num_threads(threads)
+    r = measure_training(repeats, batch, length)
+    print(f"dnallm-nb bench --training: {platform.processor() or platform.machine()}, {r['threads']} torch threads, "
+          f"torch {torch.__version__}, float32, bundled demo model, best of {repeats}")
+    print(f"{'step':<44} {'s':>7} {'cpu s':>7}")
+    for name, what in [("forward", f"no-grad forward, {batch} × {length}"),
+                       ("mlm", f"masked-LM step (fwd + bwd), {batch} × {length}"),
+                       ("lora", f"demo LoRA step, {r['lora_batch']} × {r['lora_window']}"),
+                       ("pretrain", f"pretrain step, {r['pretrain_batch']} × {r['pretrain_length']}")]:
+        print(f"{what:<44} {r[name + '_s']:>7.3f} {r[name + '_cpu_s']:>7.3f}")
+    print(f"ratio masked-LM step / forward: {r['ratio']:.2f} (wall), {r['cpu_ratio']:.2f} (CPU)", flush=True)
+    if json_path:
+        Path(json_path).write_text(json.dumps(r, indent=1))
+    return r
 
 # %% ../nbs/12_bench.ipynb #055c1f2f
 def _row(m: Measurement, ref: Measurement | None, scale: float) -> str:

@@ -316,6 +316,10 @@ def add_bench(p: argparse.ArgumentParser) -> None:
            "forward of the batched run (default: 32)")
     option(p, "--variants", type=positive_int, metavar="N", help="time score_variants on N random substitutions per "
            "case and window instead of forwards (default: time forwards)")
+    option(p, "--training", action="store_true", help="time training steps of the bundled demo model instead of "
+           "forwards: a masked-LM step (forward + backward) against a no-grad forward, and their ratio; the demo's LoRA "
+           "step; a pretrain step. --batch and the first of --lengths size the first two, --repeats rounds of all, the best "
+           "kept (default: off; with it 16 × 512)")
     option(p, "--backend", default="cpu", help="scan backend to measure")
     option(p, "--repeats", type=positive_int, default=2, help="forwards per measurement, the best kept (1 above 8,192 tokens)")
     option(p, "--reference-max-length", type=int, help="run the full-depth reference backend up to this length "
@@ -329,9 +333,11 @@ def add_bench(p: argparse.ArgumentParser) -> None:
 
 # %% ../nbs/90_cli.ipynb #a3d9d368
 def run_bench(args: argparse.Namespace) -> int:
-    "`dnallm-nb bench`: one table row per case and length (or window, with --variants)."
-    from dnallm_nb.bench import run_bench as forwards, run_variant_bench
-    if args.variants:
+    "`dnallm-nb bench`: one table row per case and length (or window, with --variants; or training step, with --training)."
+    from dnallm_nb.bench import run_bench as forwards, run_training_bench, run_variant_bench
+    if args.training:
+        run_training_bench(args.repeats, args.batch or 16, (args.lengths or [512])[0], args.threads, args.json)
+    elif args.variants:
         run_variant_bench(args.variants, cases=args.cases, windows=args.lengths, batch=args.batch or 32,
                           threads=args.threads, malloc_cache=args.malloc_cache, json_path=args.json)
     else:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from .scan import causal_conv1d_ref, register_scan_backend, ssd_scan_ref, time_reversible
+from .scan import register_scan_backend, ssd_scan_ref, time_reversible
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ KERNEL_DIR = Path(str(resources.files("dnallm_nb") / "csrc"))
 KERNEL_SOURCES = ("mamba1.cpp", "ssd.cpp", "conv.cpp", "bindings.cpp")
 "The files compiled into the extension (they include `common.h` and `kernels.h` from the same folder)."
 KERNEL_FUNCTIONS = ("mamba1_scan", "mamba1_scan_backward", "ssd_decay_mask", "ssd_chunk_states", "ssd_chunk_inputs",
-                    "ssd_combine", "causal_conv1d")
+                    "ssd_combine", "causal_conv1d", "causal_conv1d_backward")
 "What the compiled module offers (bindings.cpp)."
 
 # %% ../nbs/06_fastscan.ipynb #f25a2097
@@ -216,24 +216,18 @@ def _mamba1_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_so
                                    bool(reverse))  # (batch, L, d_inner)
     return y.transpose(1, 2).to(u.dtype)
 
-# %% ../nbs/06_fastscan.ipynb #62684480
-def _flip_time(tensors: tuple) -> tuple:
-    "Reverse the time axis of u, delta, B, C, z (positions 0, 1, 3, 4, 6 of the scan's inputs and of its gradients)."
-    return tuple(t.flip(-1) if i in (0, 1, 3, 4, 6) and t is not None else t for i, t in enumerate(tensors))
-
 # %% ../nbs/06_fastscan.ipynb #933b525b
-def _mamba1_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, grad):
+def _mamba1_backward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, grad):
     "Gradients of the Mamba-1 scan for (u, delta, A, B, C, D, z, delta_bias), in the reference layouts."
     du, ddelta, dz, dA, dB, dC, dD, dbias = load_kernels().mamba1_scan_backward(
         u.float(), delta.float(), A.float(), B.float(), C.float(), _optional_f32(D), _optional_f32(z),
-        _optional_f32(delta_bias), bool(delta_softplus), grad.float())
-    per_channel_group = lambda g: g.sum(1).transpose(1, 2)  # (batch, groups, L, N) -> (batch, N, L)
-    return (du.transpose(1, 2), ddelta.transpose(1, 2), dA, per_channel_group(dB), per_channel_group(dC), dD,
+        _optional_f32(delta_bias), bool(delta_softplus), grad.float(), bool(reverse))
+    return (du.transpose(1, 2), ddelta.transpose(1, 2), dA, dB.transpose(1, 2), dC.transpose(1, 2), dD,  # (b, N, L)
             dz.transpose(1, 2), dbias)
 
 # %% ../nbs/06_fastscan.ipynb #41608a7a
 class _Mamba1Scan(torch.autograd.Function):
-    "The Mamba-1 scan with the C++ backward kernel (a reversed scan's backward runs on flipped copies)."
+    "The Mamba-1 scan with the C++ backward kernel (which runs a reversed scan's backward in place, as the forward)."
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
         ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias)
@@ -243,10 +237,7 @@ class _Mamba1Scan(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         inputs = ctx.saved_tensors
-        if ctx.reverse:  # the reversed scan is the forward scan of the time-reversed inputs
-            grads = _flip_time(_mamba1_backward(*_flip_time(inputs), ctx.delta_softplus, grad.flip(-1)))
-        else:
-            grads = _mamba1_backward(*inputs, ctx.delta_softplus, grad)
+        grads = _mamba1_backward(*inputs, ctx.delta_softplus, ctx.reverse, grad)
         return (*[g.to(t.dtype) if t is not None and wanted else None
                   for g, t, wanted in zip(grads, inputs, ctx.needs_input_grad)], None, None)
 
@@ -348,6 +339,25 @@ def _causal_conv1d_forward(x, weight, bias=None, silu=False, reverse=False):
     y = load_kernels().causal_conv1d(x.float(), w, _optional_f32(bias), bool(silu), bool(reverse))
     return y.to(x.dtype)
 
+# %% ../nbs/06_fastscan.ipynb #74d8fd45
+class _CausalConv1d(torch.autograd.Function):
+    "The causal convolution (and SiLU) with the C++ backward kernel."
+    @staticmethod
+    def forward(ctx, x, weight, bias, silu, reverse):
+        ctx.save_for_backward(x, weight, bias)
+        ctx.silu, ctx.reverse = silu, reverse
+        return _causal_conv1d_forward(x, weight, bias, silu, reverse)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight, bias = ctx.saved_tensors
+        taps = weight.reshape(weight.shape[0], -1).float()  # (channels, K)
+        dx, dw, db = load_kernels().causal_conv1d_backward(x.float(), taps, _optional_f32(bias), bool(ctx.silu),
+                                                           bool(ctx.reverse), grad.float())  # (batch, L, ·), (·, K), (·,)
+        wanted = ctx.needs_input_grad
+        return (dx.to(x.dtype) if wanted[0] else None, dw.reshape(weight.shape).to(weight.dtype) if wanted[1] else None,
+                db.to(bias.dtype) if bias is not None and wanted[2] else None, None, None)
+
 # %% ../nbs/06_fastscan.ipynb #74d1cb81
 def causal_conv1d_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
                       silu: bool = False, reverse: bool = False) -> torch.Tensor:
@@ -358,8 +368,9 @@ def causal_conv1d_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
         raise ValueError(f"x must be (batch, L, channels) and weight (channels, 1, K); got x {tuple(x.shape)}, "
                          f"weight {tuple(weight.shape)}.")
     _check_shapes(dict(x=x, bias=bias), dict(x=tuple(x.shape), bias=(x.shape[2],)), "channels last")
-    return reference_gradient(_causal_conv1d_forward, causal_conv1d_ref, (x, weight, bias),
-                              dict(silu=silu, reverse=reverse))
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
+        return _CausalConv1d.apply(x, weight, bias, bool(silu), bool(reverse))
+    return _causal_conv1d_forward(x, weight, bias, silu, reverse)
 
 # %% ../nbs/06_fastscan.ipynb #704a7ac9
 register_scan_backend("cpu", selective_scan_cpu, ssd_scan_cpu, cpu_backend_available, causal_conv1d_cpu)

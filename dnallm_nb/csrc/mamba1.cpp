@@ -284,23 +284,39 @@ void run_mamba1(const Mamba1Args& g, int64_t batch) {
   });
 }
 
+// e[c] = exp(dt[c] · a[c]) = 2^(dt[c] · a2[c]) for c < DC, with a2 = a·log2(e): the decays, as the forward scan
+// computes them (pow2_x16 on AVX-512).
+template <int DC>
+inline void decay_row(const float* __restrict dt, const float* __restrict a2, float* __restrict e) {
+#if DNALLM_AVX512
+  static_assert(DC % 16 == 0, "whole vectors");
+  for (int c = 0; c < DC; c += 16)
+    _mm512_storeu_ps(e + c, pow2_x16(_mm512_mul_ps(_mm512_loadu_ps(dt + c), _mm512_loadu_ps(a2 + c))));
+#else
+#pragma omp simd
+  for (int c = 0; c < DC; ++c) e[c] = fexp2(dt[c] * a2[c]);
+#endif
+}
+
 // Backward pass of mamba1_scan for channels [c0, c0 + DC) of sequence b. Pass 1 runs the scan keeping only the state
 // entering each time tile; pass 2 walks the tiles backwards, recomputes a tile's states from its checkpoint and
 // carries the adjoint state dh backwards in time. Channels are the SIMD axis, as in the forward kernel. dB and dC
-// sum over channels: this block's sums go to dBg, dCg (L x N).
+// sum over channels: this block's sums go to dBg, dCg (L x N), every element written once. The decays of a tile are
+// kept from its recomputation for the adjoint pass (each is computed twice: in pass 1 and in pass 2).
 template <int DC>
 void mamba1_backward_block(const Mamba1Args& g, const View3& gv, int64_t b, int64_t c0, float* du_out, float* ddelta_out,
                            float* dz_out, float* dA, float* dD, float* dbias, float* dBg, float* dCg) {
   const int cn = (int)std::min<int64_t>(DC, g.d_inner - c0);
   const int64_t N = g.N, tiles = (g.L + T - 1) / T;
   std::vector<float> a(N * DC, 0.f), s(N * DC, 0.f), dh(N * DC, 0.f), dAc(N * DC, 0.f), ck(tiles * N * DC);
-  std::vector<float> S((T + 1) * N * DC), Bt(N * T), Ct(N * T);
+  std::vector<float> S((T + 1) * N * DC), E(T * N * DC), a2(N * DC), Bt(N * T), Ct(N * T);
   float Dv[DC] = {0}, bias[DC] = {0}, dDc[DC] = {0}, dbc[DC] = {0};
   for (int c = 0; c < cn; ++c) {
     for (int64_t n = 0; n < N; ++n) a[n * DC + c] = g.A[(c0 + c) * g.sA0 + n * g.sA1];
     if (g.D) Dv[c] = g.D[(c0 + c) * g.sD];
     if (g.bias) bias[c] = g.bias[(c0 + c) * g.sbias];
   }
+  for (int64_t i = 0; i < N * DC; ++i) a2[i] = a[i] * kLog2e;
   alignas(64) float ut[T][DC], dt[T][DC], sg[T][DC], du[T][DC], zt[T][DC], gt[T][DC], gy[T][DC], gu[T][DC], gd[T][DC];
   // dt = softplus(delta + bias) (or delta + bias), sg = d dt / d delta, du = dt * u; padded channels stay zero
   auto load_steps = [&](int64_t t0, int tn) {
@@ -319,38 +335,46 @@ void mamba1_backward_block(const Mamba1Args& g, const View3& gv, int64_t b, int6
     }
     load_states(g.B, b, N, t0, tn, Bt.data());
   };
-  for (int64_t k = 0; k < tiles; ++k) {  // pass 1: the state entering every tile
-    const int64_t t0 = k * T;
+  // reverse: the recurrence runs from the last position to the first; step j of a tile is position t = tn - 1 - j
+  const bool rev = g.reverse;
+  for (int64_t kk = 0; kk < tiles; ++kk) {  // pass 1: the state entering every tile
+    const int64_t k = rev ? tiles - 1 - kk : kk, t0 = k * T;
     const int tn = (int)std::min<int64_t>(T, g.L - t0);
     std::copy(s.begin(), s.end(), ck.begin() + k * N * DC);
     load_steps(t0, tn);
+    alignas(64) float e[DC];
     for (int64_t n = 0; n < N; ++n)
-      for (int t = 0; t < tn; ++t) {
+      for (int j = 0; j < tn; ++j) {
+        const int t = rev ? tn - 1 - j : j;
         const float bv = Bt[n * T + t];
+        decay_row<DC>(dt[t], &a2[n * DC], e);
 #pragma omp simd
-        for (int c = 0; c < DC; ++c) s[n * DC + c] = fexp(dt[t][c] * a[n * DC + c]) * s[n * DC + c] + du[t][c] * bv;
+        for (int c = 0; c < DC; ++c) s[n * DC + c] = e[c] * s[n * DC + c] + du[t][c] * bv;
       }
   }
-  for (int64_t k = tiles - 1; k >= 0; --k) {  // pass 2: backwards over tiles
-    const int64_t t0 = k * T;
+  for (int64_t kk = tiles - 1; kk >= 0; --kk) {  // pass 2: backwards over tiles
+    const int64_t k = rev ? tiles - 1 - kk : kk, t0 = k * T;
     const int tn = (int)std::min<int64_t>(T, g.L - t0);
     load_steps(t0, tn);
     load_states(g.C, b, N, t0, tn, Ct.data());
     load_tile(gv, b, c0, cn, t0, tn, gt);
     if (g.has_z) load_tile(g.z, b, c0, cn, t0, tn, zt);
-    std::copy(ck.begin() + k * N * DC, ck.begin() + (k + 1) * N * DC, S.begin());  // S[t + 1] = state after step t
+    std::copy(ck.begin() + k * N * DC, ck.begin() + (k + 1) * N * DC, S.begin());  // S[j + 1] = state after step j
     float y0[T][DC];
     for (int t = 0; t < tn; ++t)
 #pragma omp simd
       for (int c = 0; c < DC; ++c) y0[t][c] = Dv[c] * ut[t][c];
-    for (int t = 0; t < tn; ++t)
+    for (int j = 0; j < tn; ++j)
       for (int64_t n = 0; n < N; ++n) {
+        const int t = rev ? tn - 1 - j : j;
         const float bv = Bt[n * T + t], cv = Ct[n * T + t];
-        const float* prev = &S[(t * N + n) * DC];
-        float* next = &S[((t + 1) * N + n) * DC];
+        const float* prev = &S[(j * N + n) * DC];
+        float* next = &S[((j + 1) * N + n) * DC];
+        float* e = &E[(j * N + n) * DC];
+        decay_row<DC>(dt[t], &a2[n * DC], e);
 #pragma omp simd
         for (int c = 0; c < DC; ++c) {
-          next[c] = fexp(dt[t][c] * a[n * DC + c]) * prev[c] + du[t][c] * bv;
+          next[c] = e[c] * prev[c] + du[t][c] * bv;
           y0[t][c] += next[c] * cv;
         }
       }
@@ -370,18 +394,20 @@ void mamba1_backward_block(const Mamba1Args& g, const View3& gv, int64_t b, int6
         gd[t][c] = 0.f;
       }
     }
-    for (int t = tn - 1; t >= 0; --t) {
+    for (int j = tn - 1; j >= 0; --j) {
+      const int t = rev ? tn - 1 - j : j;
       for (int64_t n = 0; n < N; ++n) {
         const float bv = Bt[n * T + t], cv = Ct[n * T + t];
-        const float* prev = &S[(t * N + n) * DC];
-        const float* cur = &S[((t + 1) * N + n) * DC];
+        const float* prev = &S[(j * N + n) * DC];
+        const float* cur = &S[((j + 1) * N + n) * DC];
         float* dhn = &dh[n * DC];
         float* dAn = &dAc[n * DC];
         const float* an = &a[n * DC];
+        const float* ej = &E[(j * N + n) * DC];
         float dc = 0.f, db = 0.f;
 #pragma omp simd reduction(+ : dc, db)
         for (int c = 0; c < DC; ++c) {
-          const float e = fexp(dt[t][c] * an[c]);
+          const float e = ej[c];
           const float adj = dhn[c] + gy[t][c] * cv;
           dc += gy[t][c] * cur[c];
           gd[t][c] += adj * (an[c] * e * prev[c] + bv * ut[t][c]);
@@ -390,8 +416,8 @@ void mamba1_backward_block(const Mamba1Args& g, const View3& gv, int64_t b, int6
           gu[t][c] += adj * dt[t][c] * bv;
           dhn[c] = adj * e;
         }
-        dCg[(t0 + t) * N + n] += dc;
-        dBg[(t0 + t) * N + n] += db;
+        dCg[(t0 + t) * N + n] = dc;
+        dBg[(t0 + t) * N + n] = db;
       }
     }
     for (int t = 0; t < tn; ++t) {
@@ -436,30 +462,62 @@ at::Tensor mamba1_scan(at::Tensor u, at::Tensor delta, at::Tensor A, at::Tensor 
   return y;
 }
 
-// Gradients of mamba1_scan (same inputs, plus grad: (batch, d_inner, L) any strides). Returns du, ddelta, dz as
-// (batch, L, d_inner), dA (d_inner, N), dB_parts, dC_parts (batch, blocks, L, N) — partial sums over blocks of 32
-// channels, for the caller to add up — and dD, ddelta_bias (d_inner,).
-std::vector<at::Tensor> mamba1_scan_backward(at::Tensor u, at::Tensor delta, at::Tensor A, at::Tensor B, at::Tensor C,
-                                             at::Tensor D, at::Tensor z, at::Tensor delta_bias, bool delta_softplus,
-                                             at::Tensor grad) {
-  constexpr int DC = 32;
-  const int64_t batch = u.size(0), d_inner = u.size(1), L = u.size(2), N = A.size(1);
-  const int64_t blocks = (d_inner + DC - 1) / DC;
-  const bool has_z = z.numel() > 0;
-  auto f32 = u.options();
-  auto du = at::empty({batch, L, d_inner}, f32), ddelta = at::empty({batch, L, d_inner}, f32);
-  auto dz = has_z ? at::empty({batch, L, d_inner}, f32) : at::zeros({batch, L, d_inner}, f32);
-  auto dA = at::zeros({d_inner, N}, f32), dD = at::zeros({d_inner}, f32), dbias = at::zeros({d_inner}, f32);
-  auto dB = at::zeros({batch, blocks, L, N}, f32), dC = at::zeros({batch, blocks, L, N}, f32);
-  const Mamba1Args g = mamba1_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus, nullptr, false);
-  const View3 gv = view3(grad);
+namespace {
+// The per-block pass of mamba1_scan_backward with DC-channel tasks: fills du, ddelta, dz, dA, dD, dbias and the
+// blocks' parts of dB, dC (batch, blocks, L, N).
+template <int DC>
+void run_mamba1_backward(const Mamba1Args& g, const View3& gv, int64_t batch, at::Tensor& du, at::Tensor& ddelta,
+                         at::Tensor& dz, at::Tensor& dA, at::Tensor& dD, at::Tensor& dbias, at::Tensor& dBp,
+                         at::Tensor& dCp) {
+  const int64_t blocks = (g.d_inner + DC - 1) / DC, LN = g.L * g.N;
   at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
     FlushDenormals ftz;
     for (int64_t i = begin; i < end; ++i) {
       const int64_t b = i / blocks, blk = i % blocks;
       mamba1_backward_block<DC>(g, gv, b, blk * DC, du.data_ptr<float>(), ddelta.data_ptr<float>(), dz.data_ptr<float>(),
                                 dA.data_ptr<float>(), dD.data_ptr<float>(), dbias.data_ptr<float>(),
-                                dB.data_ptr<float>() + i * L * N, dC.data_ptr<float>() + i * L * N);
+                                dBp.data_ptr<float>() + i * LN, dCp.data_ptr<float>() + i * LN);
+    }
+  });
+}
+}  // namespace
+
+// Gradients of mamba1_scan (same inputs, plus grad: (batch, d_inner, L) any strides; reverse as mamba1_scan's).
+// Returns du, ddelta, dz as (batch, L, d_inner), dA (d_inner, N), dB, dC (batch, L, N) and dD, ddelta_bias (d_inner,).
+std::vector<at::Tensor> mamba1_scan_backward(at::Tensor u, at::Tensor delta, at::Tensor A, at::Tensor B, at::Tensor C,
+                                             at::Tensor D, at::Tensor z, at::Tensor delta_bias, bool delta_softplus,
+                                             at::Tensor grad, bool reverse) {
+  // 64-channel tasks (fewer sums over channels per token) when there are enough of them for the threads
+  const int64_t batch = u.size(0), d_inner = u.size(1), L = u.size(2), N = A.size(1);
+  const int DC = batch * ((d_inner + 63) / 64) >= at::get_num_threads() ? 64 : 32;
+  const int64_t blocks = (d_inner + DC - 1) / DC;
+  const bool has_z = z.numel() > 0;
+  auto f32 = u.options();
+  auto du = at::empty({batch, L, d_inner}, f32), ddelta = at::empty({batch, L, d_inner}, f32);
+  auto dz = has_z ? at::empty({batch, L, d_inner}, f32) : at::zeros({batch, L, d_inner}, f32);
+  auto dA = at::zeros({d_inner, N}, f32), dD = at::zeros({d_inner}, f32), dbias = at::zeros({d_inner}, f32);
+  auto dBp = at::empty({batch, blocks, L, N}, f32), dCp = at::empty({batch, blocks, L, N}, f32);  // per block
+  const Mamba1Args g = mamba1_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus, nullptr, reverse);
+  const View3 gv = view3(grad);
+  if (DC == 64) {
+    run_mamba1_backward<64>(g, gv, batch, du, ddelta, dz, dA, dD, dbias, dBp, dCp);
+  } else {
+    run_mamba1_backward<32>(g, gv, batch, du, ddelta, dz, dA, dD, dbias, dBp, dCp);
+  }
+  auto dB = at::empty({batch, L, N}, f32), dC = at::empty({batch, L, N}, f32);
+  const int64_t rows = L * N, chunk = 4096;  // sum the blocks' parts, in block order
+  at::parallel_for(0, batch * ((rows + chunk - 1) / chunk), 1, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t b = i / ((rows + chunk - 1) / chunk), r0 = (i % ((rows + chunk - 1) / chunk)) * chunk;
+      const int64_t r1 = std::min(rows, r0 + chunk);
+      for (auto [parts, out] : {std::pair{&dBp, &dB}, std::pair{&dCp, &dC}}) {
+        const float* src = parts->data_ptr<float>() + b * blocks * rows;
+        float* dst = out->data_ptr<float>() + b * rows;
+        std::copy(src + r0, src + r1, dst + r0);
+        for (int64_t blk = 1; blk < blocks; ++blk)
+#pragma omp simd
+          for (int64_t r = r0; r < r1; ++r) dst[r] += src[blk * rows + r];
+      }
     }
   });
   return {du, ddelta, dz, dA, dB, dC, dD, dbias};
