@@ -192,7 +192,7 @@ def run_embed(args: argparse.Namespace) -> int:
 def add_score_variants(p: argparse.ArgumentParser) -> None:
     "Arguments of `dnallm-nb score-variants`."
     from dnallm_nb.io import OUTPUT_SUFFIXES
-    from dnallm_nb.variants import RC_CHOICES, REF_MISMATCH_CHOICES, SCORE_CHOICES
+    from dnallm_nb.variants import MODE_CHOICES, RC_CHOICES, REF_MISMATCH_CHOICES, SCORE_CHOICES
     add_model(p)
     option(p, "--genome", required=True, help="genome FASTA (plain, gzip or bgzip) the VCF positions refer to (required)")
     option(p, "--vcf", required=True, help="variants: VCF or BCF, plain, gzip or bgzip, any name (required)")
@@ -216,6 +216,9 @@ def add_score_variants(p: argparse.ArgumentParser) -> None:
            "log-probabilities make its score")
     option(p, "--max-length", type=positive_int, default=50, help="longest change scored, in bases of the trimmed REF "
            "or ALT (longer ones: status too_long)")
+    option(p, "--mode", choices=list(MODE_CHOICES), default="masked", help="masked: one masked forward per scored base "
+           "(the LLR's definition); unmasked: one forward per window, read at every base: approximate and faster for "
+           "MNPs, indels and variants that share a window (its agreement with masked is measured in the variants docs)")
     add_runtime(p)
 
 # %% ../nbs/90_cli.ipynb #d12c9698
@@ -235,13 +238,14 @@ def run_score_variants(args: argparse.Namespace) -> int:
     model, tokenizer = load_model_and_tokenizer(args.model, task="mask", device=device, dtype=args.dtype)
     out = score_variants_to(args.out, model, tokenizer, args.vcf, args.genome, window=args.window, rc=args.rc,
                             batch_size=args.batch_size, chunk_size=args.chunk_size, ref_mismatch=args.ref_mismatch,
-                            strict=args.strict, flank=args.flank, max_length=args.max_length, score=args.score, progress=not args.no_progress, out_vcf=args.out_vcf)
+                            strict=args.strict, flank=args.flank, max_length=args.max_length, score=args.score, progress=not args.no_progress, out_vcf=args.out_vcf,
+                            mode=args.mode)
     if env.is_main:
         params = json.loads((parts_folder(out) / "manifest.json").read_text())["params"]
         also = f" and {args.out_vcf}" if args.out_vcf else ""
         processes = f", {env.world_size} processes" if env.world_size > 1 else ""
         print(f"scored {params['input']['n_variants']} variants into {out}{also} (window {params['window']}, rc "
-              f"{params['rc']}{processes})")
+              f"{params['rc']}, {params['mode']} mode{processes})")
     return 0
 
 # %% ../nbs/90_cli.ipynb #6f08d38a

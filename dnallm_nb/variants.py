@@ -32,11 +32,11 @@ from .io import (Genome, add_info_field, as_genome, atomic_write, output_format,
 from .rc import model_complement_map, reverse_complement_ids
 
 # %% auto #0
-__all__ = ['VARIANT_COLUMNS', 'BASES', 'SCORE_COLUMNS', 'REF_MISMATCH_CHOICES', 'STRICT_FIX', 'RC_CHOICES', 'SCORE_CHOICES',
-           'CPU_BATCH_TOKENS', 'LOGO_COLOURS', 'PARTS_FORMAT', 'VCF_FORMATS', 'variants_table',
+__all__ = ['VARIANT_COLUMNS', 'BASES', 'SCORE_COLUMNS', 'REF_MISMATCH_CHOICES', 'STRICT_FIX', 'RC_CHOICES', 'MODE_CHOICES',
+           'SCORE_CHOICES', 'CPU_BATCH_TOKENS', 'LOGO_COLOURS', 'PARTS_FORMAT', 'VCF_FORMATS', 'variants_table',
            'close_chromosome_names', 'variant_window', 'trim_alleles', 'variant_kind', 'check_masked_lm',
-           'resolve_window', 'resolve_batch_size', 'score_variants', 'mutagenesis', 'plot_mutagenesis', 'parts_folder',
-           'score_choice', 'annotate_vcf', 'score_variants_to']
+           'resolve_window', 'resolve_batch_size', 'score_variants', 'window_scores', 'mutagenesis', 'plot_mutagenesis',
+           'parts_folder', 'score_choice', 'annotate_vcf', 'score_variants_to']
 
 # %% ../nbs/14_variants.ipynb #5ee9b439
 VARIANT_COLUMNS: tuple[str, ...] = ("chrom", "pos", "ref", "alt")
@@ -326,6 +326,63 @@ class _Scorer:
         reverse = logits[n + rows, width - 1 - at][:, self.rc_base_ids.to(self.device)].float().log_softmax(-1).cpu()
         return forward, reverse
 
+# %% ../nbs/14_variants.ipynb #a5e10001
+MODE_CHOICES: dict[str, str] = {
+    "masked": "each scored base masked, one forward per base (the definition of the LLR)",
+    "unmasked": "one forward of the unmasked window, every position read from it (approximate, fast)",
+}
+"How `score_variants` reads base probabilities: mode -> what it does."
+
+
+def _check_mode(mode: str) -> str:
+    "`mode`, else a ValueError naming the choices."
+    if mode not in MODE_CHOICES:
+        raise ValueError(f"unknown mode={mode!r}; use 'masked' (the default: one masked forward per scored base) or "
+                         "'unmasked' (one forward per window, approximate; see 'The fast approximate mode').")
+    return mode
+
+
+# %% ../nbs/14_variants.ipynb #a5e10002
+def _window_log_probs(
+    scorer: _Scorer,
+    input_ids: torch.Tensor,  # (B, W) token ids of the windows, unmasked
+) -> tuple[torch.Tensor, torch.Tensor | None]:  # (B, W, 4) forward-strand and (B, W, 4) reverse-strand log-probabilities, or None
+    "Log-probabilities of A, C, G, T (renormalised over the four) at every position of each unmasked window, per strand, in forward-strand bases and positions."
+    n = len(input_ids)
+    ids = input_ids if scorer.complement is None else torch.cat([input_ids, reverse_complement_ids(input_ids, scorer.complement)])
+    logits = scorer.model(input_ids=ids.to(scorer.device)).logits  # (B or 2B, W, V)
+    forward = logits[:n][..., scorer.base_ids.to(scorer.device)].float().log_softmax(-1).cpu()
+    if scorer.complement is None:
+        return forward, None
+    # position i of x is position W-1-i of rc(x); its probability of comp(b) is the probability of b on the forward strand
+    reverse = logits[n:].flip(1)[..., scorer.rc_base_ids.to(scorer.device)].float().log_softmax(-1).cpu()
+    return forward, reverse
+
+
+# %% ../nbs/14_variants.ipynb #a5e10003
+def _fill_unmasked(scorer: _Scorer, texts: list[str], tokens: list[np.ndarray], forwards: list[tuple[int, int]],
+                   lp: np.ndarray, owner: np.ndarray, left: np.ndarray, batch_size: int, bar) -> None:
+    """Fill `lp[strand, forward]` (see `_score_sites`) from one unmasked forward per distinct window text: every
+    (window, index) read of a text shares its forward. `left` (forwards still to run per variant) is counted down."""
+    first: dict[str, int] = {}
+    unique = [first.setdefault(t, k) for k, t in enumerate(texts)]  # each text -> its first copy
+    reads: dict[int, list[tuple[int, int]]] = {}
+    for f, (t, i) in enumerate(forwards):
+        reads.setdefault(unique[t], []).append((f, i))
+    for batch in equal_width_batches(sorted((len(texts[u]), u, 0) for u in reads), batch_size):
+        us = [u for _, u, _ in batch]
+        out = _window_log_probs(scorer, torch.as_tensor(np.stack([tokens[u] for u in us])))
+        fs = []
+        for b, u in enumerate(us):
+            f, i = (np.array(c) for c in zip(*reads[u]))
+            for s in range(lp.shape[0]):
+                lp[s, f] = out[s][b, i].double().numpy()
+            fs += f.tolist()
+        done = np.bincount(owner[fs], minlength=len(left))
+        bar.update(int(np.sum((left > 0) & (left == done))))
+        left -= done
+
+
 # %% ../nbs/14_variants.ipynb #9d0e25ed
 SCORE_CHOICES: dict[str, tuple[str, str]] = {
     "llr": ("LLR", "Zero-shot effect under the masked language model: log p(ALT) - log p(REF) of the masked base for a "
@@ -391,8 +448,9 @@ def _plan(genome: Genome, sites: _Sites, flank: int) -> tuple[list[str], list[tu
     return texts, forwards, reads, snv_forward
 
 # %% ../nbs/14_variants.ipynb #9ccd771e
-def _score_sites(scorer: _Scorer, tokenizer, genome: Genome, sites: _Sites, batch_size: int, bar, flank: int = 16) -> pd.DataFrame:
-    "The score columns of `sites`, masked forwards batched by window length; `bar` advances per variant."
+def _score_sites(scorer: _Scorer, tokenizer, genome: Genome, sites: _Sites, batch_size: int, bar, flank: int = 16,
+                 mode: str = "masked") -> pd.DataFrame:
+    "The score columns of `sites`, masked forwards (or under mode='unmasked' one per distinct window) batched by window length; `bar` advances per variant."
     n = len(sites)
     texts, forwards, reads, snv_forward = _plan(genome, sites, flank)
     tokens = tokenize_bases(tokenizer, texts) if texts else []  # a chunk may hold no scorable row
@@ -403,7 +461,9 @@ def _score_sites(scorer: _Scorer, tokenizer, genome: Genome, sites: _Sites, batc
         owner[f] = j
     left = np.bincount(owner, minlength=n)  # forwards still to run, per variant
     bar.update(int(np.sum(left == 0)))  # rows that are not scored
-    for batch in equal_width_batches(sorted((len(texts[t]), f, 0) for f, (t, _) in enumerate(forwards)), batch_size):
+    if mode == "unmasked":
+        _fill_unmasked(scorer, texts, tokens, forwards, lp, owner, left, batch_size, bar)
+    for batch in [] if mode == "unmasked" else equal_width_batches(sorted((len(texts[t]), f, 0) for f, (t, _) in enumerate(forwards)), batch_size):
         fs = [f for _, f, _ in batch]
         ids = torch.as_tensor(np.stack([tokens[forwards[f][0]] for f in fs]))  # (B, W)
         out = scorer.log_probs(ids, torch.as_tensor([forwards[f][1] for f in fs]))
@@ -472,12 +532,13 @@ def score_variants(
     strict: bool = False,  # raise on any variant that cannot be scored, instead of returning it with llr NaN and its status
     flank: int = 16,  # bases on each side of an indel whose log-probabilities make its score
     max_length: int = 50,  # longest change scored (bases of the trimmed REF or ALT); longer ones get status 'too_long'
+    mode: str = "masked",  # "masked": one masked forward per scored base; "unmasked": one forward per window, approximate (see `window_scores`)
 ) -> pd.DataFrame:  # the input rows (one per ALT allele) plus llr, p_ref, p_alt, entropy, status, kind, ref_matches_genome, [llr_forward, llr_reverse,] genome_base, window_start, mask_index
     "Zero-shot variant effects read from a masked LM, averaged over both strands: SNVs, MNPs and indels scored, every other row returned with its status."
     require_one_process("call score_variants_to(out, ...) (or dnallm-nb score-variants) so the processes share the work "
                         "and write one file; in memory, every process would score everything.")
     window = resolve_window(model, tokenizer, window)
-    batch_size, flank = resolve_batch_size(model, batch_size, window), _positive("flank", flank)
+    batch_size, flank, mode = resolve_batch_size(model, batch_size, window), _positive("flank", flank), _check_mode(mode)
     table = variants_table(variants)
     scorer = _Scorer.make(model, tokenizer, rc)
     genome = as_genome(genome)
@@ -485,10 +546,39 @@ def score_variants(
     bar = tqdm(total=len(table), unit="variant", desc="scoring", disable=not progress)
     try:
         with _inference(model):
-            scores = _score_sites(scorer, tokenizer, genome, sites, batch_size, bar, flank)
+            scores = _score_sites(scorer, tokenizer, genome, sites, batch_size, bar, flank, mode)
     finally:
         bar.close()
     return pd.concat([table, scores.set_axis(table.index)], axis=1)
+
+# %% ../nbs/14_variants.ipynb #a5e10011
+def window_scores(
+    model: torch.nn.Module,  # a Caduceus-family masked LM
+    tokenizer,
+    sequence: str,  # DNA (ACGTN, any case): one window, read whole
+    rc: str = "average",  # "average" (both strands) or "none", as in score_variants
+) -> pd.DataFrame:  # (L, 7) indexed by position: A, C, G, T (LLR of each substitution, 0 at the reference base), ref, p_ref, entropy
+    """Every position of `sequence` scored from one unmasked forward (and one of its reverse complement): the
+    approximate LLR of each substitution, P(ref) and the entropy over A, C, G, T. The LLR columns have the layout of
+    `mutagenesis` (so `plot_mutagenesis` draws them); NaN where the sequence has N."""
+    seq = validate_dna(sequence, name="sequence").upper()
+    scorer = _Scorer.make(model, tokenizer, rc)
+    tokens = torch.as_tensor(tokenize_bases(tokenizer, [seq])[0])[None]  # (1, L)
+    with _inference(model):
+        f, r = _window_log_probs(scorer, tokens)
+    forward, reverse = f[0].double().numpy(), (r[0].double().numpy() if r is not None else None)
+    ref = np.array([BASES.find(c) for c in seq])  # -1 at N
+    known, at, rows = ref >= 0, np.maximum(ref, 0), np.arange(len(seq))
+    mean = forward if reverse is None else (forward + reverse) / 2  # the mean of the strands' LLRs, as in mutagenesis
+    llr = np.where(known[:, None], mean - mean[rows, at][:, None], np.nan)
+    probs = _strand_scores(forward, reverse, at, at)
+    table = pd.DataFrame(llr, index=pd.Index(rows, name="position"), columns=list(BASES))
+    table["ref"] = list(seq)
+    table["p_ref"] = np.where(known, probs["p_ref"], np.nan)
+    table["entropy"] = probs["entropy"]
+    table.attrs["sequence"] = seq
+    return table
+
 
 # %% ../nbs/14_variants.ipynb #25714e53
 def mutagenesis(
@@ -675,6 +765,7 @@ def score_variants_to(
     score: str = "llr",  # the score a VCF output carries: "llr" (INFO/LLR), "p_ref" (INFO/P_REF) or "entropy" (INFO/ENTROPY)
     progress: bool = True,
     out_vcf: str | Path | None = None,  # also write the input VCF with the score's INFO field here (.vcf, .vcf.gz, .vcf.bgz, .bcf)
+    mode: str = "masked",  # "masked" or "unmasked" (one forward per window, approximate), as in score_variants
 ) -> Path:  # `out`
     """`score_variants` to a file, in resumable chunks: each finished chunk is a part file next to `out`, which a rerun
     skips. Under torchrun the processes share the chunks and write the output one process would."""
@@ -684,7 +775,7 @@ def score_variants_to(
         output_format(out_vcf, VCF_FORMATS)
     window = resolve_window(model, tokenizer, window)
     batch_size, _, flank = resolve_batch_size(model, batch_size, window), _positive("chunk_size", chunk_size), _positive("flank", flank)
-    score_choice(score)
+    score_choice(score), _check_mode(mode)
     if vcf_outputs and not isinstance(variants, (str, os.PathLike)):
         raise ValueError("a VCF output copies the input VCF with the score's INFO field added: pass the variants as a VCF path, or write a .tsv.")
     table = variants_table(variants)
@@ -693,7 +784,7 @@ def score_variants_to(
     sites = _locate(table, genome, window, ref_mismatch, strict, max_length)
     digest = hashlib.sha256(table.to_csv(sep="\t", index=False).encode()).hexdigest()
     params = {**model_identity(model, tokenizer), "window": window, "rc": rc, "ref_mismatch": ref_mismatch,
-              "strict": strict, "flank": flank, "max_length": max_length, "score": score, "chunk_size": chunk_size, "input": {"variants_sha256": digest, "n_variants": len(table), "genome": genome.identity}}
+              "strict": strict, "flank": flank, "mode": mode, "max_length": max_length, "score": score, "chunk_size": chunk_size, "input": {"variants_sha256": digest, "n_variants": len(table), "genome": genome.identity}}
     parts = _Parts(out, params)
     job = ShardedJob(init_distributed(next(model.parameters()).device), prepare=parts.prepare, check=parts.check)
     dist = job.dist
@@ -705,11 +796,11 @@ def score_variants_to(
             for k in range(math.ceil(len(table) / chunk_size)):
                 rows = slice(k * chunk_size, min((k + 1) * chunk_size, len(table)))
                 if job.take(k, rows.stop - rows.start):  # unfinished, and this rank's
-                    scores = _score_sites(scorer, tokenizer, genome, sites[rows], batch_size, bar, flank)
+                    scores = _score_sites(scorer, tokenizer, genome, sites[rows], batch_size, bar, flank, mode)
                     parts.write(k, pd.concat([table.iloc[rows].reset_index(drop=True), scores], axis=1))
                 elif k in job.finished:
                     bar.update(rows.stop - rows.start)
     finally:
         bar.close()
-    note = f'model="{getattr(model, "name_or_path", "")}",window={window},rc={rc},flank={flank},score={score}'
+    note = f'model="{getattr(model, "name_or_path", "")}",window={window},rc={rc},flank={flank},mode={mode},score={score}'
     return job.finish(lambda n_chunks: parts.finish(n_chunks, out, fmt, vcf_outputs, variants, note, job.summary, score))
