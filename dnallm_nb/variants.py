@@ -33,10 +33,11 @@ from .rc import model_complement_map, reverse_complement_ids
 
 # %% auto #0
 __all__ = ['VARIANT_COLUMNS', 'BASES', 'SCORE_COLUMNS', 'REF_MISMATCH_CHOICES', 'STRICT_FIX', 'RC_CHOICES', 'MODE_CHOICES',
-           'SCORE_CHOICES', 'CPU_BATCH_TOKENS', 'LOGO_COLOURS', 'PARTS_FORMAT', 'VCF_FORMATS', 'variants_table',
-           'close_chromosome_names', 'variant_window', 'trim_alleles', 'variant_kind', 'check_masked_lm',
-           'resolve_window', 'resolve_batch_size', 'score_variants', 'window_scores', 'mutagenesis', 'plot_mutagenesis',
-           'parts_folder', 'score_choice', 'annotate_vcf', 'score_variants_to']
+           'SCORE_CHOICES', 'CPU_BATCH_TOKENS', 'HEAD_COLUMNS', 'LOGO_COLOURS', 'PARTS_FORMAT', 'VCF_FORMATS',
+           'variants_table', 'close_chromosome_names', 'variant_window', 'trim_alleles', 'variant_kind',
+           'check_masked_lm', 'resolve_window', 'resolve_batch_size', 'check_head', 'head_outputs', 'score_variants',
+           'window_scores', 'mutagenesis', 'plot_mutagenesis', 'parts_folder', 'score_choice', 'annotate_vcf',
+           'score_variants_to']
 
 # %% ../nbs/14_variants.ipynb #5ee9b439
 VARIANT_COLUMNS: tuple[str, ...] = ("chrom", "pos", "ref", "alt")
@@ -518,6 +519,96 @@ def resolve_batch_size(model: torch.nn.Module, batch_size: int | None, window: i
         return max(1, CPU_BATCH_TOKENS // window) if next(model.parameters()).device.type == "cpu" else 32
     return _positive("batch_size", batch_size)
 
+# %% ../nbs/14_variants.ipynb #a6e10001
+HEAD_COLUMNS: tuple[str, ...] = ("head_ref", "head_alt", "head_effect")
+"Columns `score_variants(..., head=)` adds: the head's output on the reference and the alternate window, and their difference."
+
+
+# %% ../nbs/14_variants.ipynb #a6e10002
+def check_head(head, model: torch.nn.Module, tokenizer, window: int) -> None:
+    """Raise unless `head` is a fitted `FinetuneClassifier` / `FinetuneRegressor` whose backbone started from the
+    weights of `model` (the masked LM the variants are scored with) and that was fitted on sequences as long as `window`."""
+    from dnallm_nb.finetune import FinetuneClassifier, FinetuneRegressor  # here: fine-tuning loads peft
+    if not isinstance(head, (FinetuneClassifier, FinetuneRegressor)):
+        raise TypeError(f"head must be a fitted FinetuneClassifier or FinetuneRegressor (dnallm_nb.finetune), got "
+                        f"{type(head).__name__}; fit one on sequences of the window length, or read one with load_finetuned(folder).")
+    if not hasattr(head, "model_"):
+        raise ValueError(f"the {type(head).__name__} is not fitted: call head.fit(sequences, y) first, or read a fitted "
+                         "one with load_finetuned(folder).")
+    fitted_on = getattr(head, "base_weights_sha256_", None)
+    if fitted_on is None:
+        warnings.warn("the head does not record the weights it was fine-tuned from (saved before they were recorded), so "
+                      "it cannot be checked against the model; refit it to get the check.", stacklevel=3)
+    elif fitted_on != (mine := model_identity(model, tokenizer)["model"]["weights_sha256"]):
+        raise ValueError(f"the head was fitted on another model: its backbone started from weights with SHA-256 "
+                         f"{fitted_on[:12]}…, the model's are {mine[:12]}…. Pass the masked LM of the checkpoint it was "
+                         "fine-tuned from (load_model_and_tokenizer(checkpoint, task='mask')), or fit a head on this model.")
+    lengths = getattr(head, "sequence_lengths_", None)
+    if lengths is not None and not lengths[0] <= window <= lengths[1]:
+        fitted = f"{lengths[0]}" if lengths[0] == lengths[1] else f"{lengths[0]}–{lengths[1]}"
+        raise ValueError(f"the head was fitted on sequences of {fitted} bases, but the variants' windows have {window}; "
+                         f"pass window={lengths[1]} (--window), or fit the head on {window}-base windows.")
+
+
+# %% ../nbs/14_variants.ipynb #a6e10003
+def head_outputs(
+    head,  # a fitted FinetuneClassifier or FinetuneRegressor
+    sequences: Sequence[str],
+    head_class=None,  # classifiers: the class whose log-odds are read (default: the last of head.classes_, the positive one of 0/1 labels)
+) -> np.ndarray:  # (n,)
+    """The head's output on each sequence, averaged over the sequence and its reverse complement: the log-odds
+    log p(c) − log(1 − p(c)) of class `head_class` for a classifier, the prediction for a regressor."""
+    from dnallm_nb.dna import reverse_complement
+    seqs = [str(s).upper() for s in sequences]
+    both = seqs + [reverse_complement(s) for s in seqs]
+    if hasattr(head, "classes_"):
+        classes = list(head.classes_)
+        if head_class is None:
+            head_class = classes[-1]
+        if head_class not in classes:
+            raise ValueError(f"head_class={head_class!r} is not one of the head's classes {classes}.")
+        logits = head._logits(both).double()  # (2n, C)
+        c = classes.index(head_class)
+        others = torch.cat([logits[:, :c], logits[:, c + 1 :]], dim=1)
+        g = (logits[:, c] - torch.logsumexp(others, dim=1)).numpy()  # log p(c) - log(1 - p(c))
+    else:
+        if head_class is not None:
+            raise ValueError("head_class is for classifiers; a regressor's output is its prediction, so leave it out.")
+        g = np.asarray(head.predict(both), dtype=float)
+    return (g[: len(seqs)] + g[len(seqs) :]) / 2
+
+
+# %% ../nbs/14_variants.ipynb #a6e10004
+def _haplotypes(genome: Genome, sites: _Sites) -> tuple[list[int], list[str], list[str]]:
+    """(rows, reference windows, alternate windows) of the scorable `sites`: the alternate window starts where the
+    reference one does, holds ALT at the variant's index and continues with the genome after REF, cut to the same
+    length (an indel's alternate haplotype; a deletion at a chromosome's end may leave it shorter)."""
+    rows, refs, alts = [], [], []
+    for j in range(len(sites)):
+        if sites.status[j] != "ok":
+            continue
+        chrom, start, width, index = sites.chrom[j], int(sites.start[j]), int(sites.width[j]), int(sites.mask_index[j])
+        r, a = sites.ref[j], sites.alt[j]
+        ref_text = _read(genome, chrom, start, start + width)
+        after = start + index + len(r)
+        right = _read(genome, chrom, after, min(after + max(0, width - index - len(a)), genome.length(chrom)))
+        rows.append(j)
+        refs.append(ref_text)
+        alts.append((ref_text[:index] + a + right)[:width])
+    return rows, refs, alts
+
+
+# %% ../nbs/14_variants.ipynb #a6e10005
+def _head_scores(head, genome: Genome, sites: _Sites, head_class=None) -> pd.DataFrame:
+    "The `HEAD_COLUMNS` of `sites`: the head's RC-averaged output on each reference and alternate window (NaN for rows not scored)."
+    rows, refs, alts = _haplotypes(genome, sites)
+    out = np.full((len(sites), 2), np.nan)
+    if rows:
+        g = head_outputs(head, refs + alts, head_class)
+        out[rows, 0], out[rows, 1] = g[: len(rows)], g[len(rows) :]
+    return pd.DataFrame({"head_ref": out[:, 0], "head_alt": out[:, 1], "head_effect": out[:, 1] - out[:, 0]})
+
+
 # %% ../nbs/14_variants.ipynb #28f68d98
 def score_variants(
     model: torch.nn.Module,  # a Caduceus-family masked LM, e.g. load_model_and_tokenizer(name, task="mask")
@@ -533,13 +624,19 @@ def score_variants(
     flank: int = 16,  # bases on each side of an indel whose log-probabilities make its score
     max_length: int = 50,  # longest change scored (bases of the trimmed REF or ALT); longer ones get status 'too_long'
     mode: str = "masked",  # "masked": one masked forward per scored base; "unmasked": one forward per window, approximate (see `window_scores`)
+    head=None,  # a fitted FinetuneClassifier / FinetuneRegressor of this model: adds head_ref, head_alt and head_effect (alt − ref, RC-averaged)
+    head_class=None,  # the class whose log-odds a classifier head reads (default: its last class)
 ) -> pd.DataFrame:  # the input rows (one per ALT allele) plus llr, p_ref, p_alt, entropy, status, kind, ref_matches_genome, [llr_forward, llr_reverse,] genome_base, window_start, mask_index
     "Zero-shot variant effects read from a masked LM, averaged over both strands: SNVs, MNPs and indels scored, every other row returned with its status."
     require_one_process("call score_variants_to(out, ...) (or dnallm-nb score-variants) so the processes share the work "
                         "and write one file; in memory, every process would score everything.")
     window = resolve_window(model, tokenizer, window)
     batch_size, flank, mode = resolve_batch_size(model, batch_size, window), _positive("flank", flank), _check_mode(mode)
+    if head is not None:
+        check_head(head, model, tokenizer, window)
     table = variants_table(variants)
+    if head is not None and (clash := [c for c in HEAD_COLUMNS if c in table.columns]):
+        raise ValueError(f"the variant table already has column(s) {clash}, which head= writes; drop them first.")
     scorer = _Scorer.make(model, tokenizer, rc)
     genome = as_genome(genome)
     sites = _locate(table, genome, window, ref_mismatch, strict, max_length)
@@ -549,6 +646,8 @@ def score_variants(
             scores = _score_sites(scorer, tokenizer, genome, sites, batch_size, bar, flank, mode)
     finally:
         bar.close()
+    if head is not None:
+        scores = pd.concat([scores, _head_scores(head, genome, sites, head_class)], axis=1)
     return pd.concat([table, scores.set_axis(table.index)], axis=1)
 
 # %% ../nbs/14_variants.ipynb #a5e10011
