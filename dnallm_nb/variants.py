@@ -393,6 +393,9 @@ SCORE_CHOICES: dict[str, tuple[str, str]] = {
                        "G, T (single-base substitutions; dnallm-nb score-variants)"),
     "entropy": ("ENTROPY", "Entropy in nats of the masked language model's A, C, G, T probabilities at the masked site "
                            "(single-base substitutions; dnallm-nb score-variants)"),
+    "head_effect": ("HEAD_EFFECT", "Change of a fine-tuned head's prediction from the reference to the alternate window, "
+                                   "RC-averaged: log-odds of its class for a classifier, the value for a regressor "
+                                   "(dnallm-nb score-variants --head)"),
 }
 "Score column -> (VCF INFO field, its header description) of the scores a VCF output can carry."
 
@@ -845,6 +848,16 @@ def annotate_vcf(
     field, description = score_choice(score)
     return add_info_field(source, out, field, values, description, [f"##dnallm_nb_score_variants={note}"] if note else [])
 
+# %% ../nbs/14_variants.ipynb #a6e10030
+def _head_identity(head, head_class=None) -> dict | None:
+    "What a parts manifest records of a head: its class, the SHA-256 of its weights and the class read (None without a head)."
+    if head is None:
+        return None
+    from dnallm_nb.embeddings import _sha256_state
+    return {"estimator": type(head).__name__, "weights_sha256": _sha256_state(head.model_), "base_weights_sha256":
+            getattr(head, "base_weights_sha256_", None), "head_class": None if head_class is None else str(head_class)}
+
+
 # %% ../nbs/14_variants.ipynb #c92ba7e5
 def score_variants_to(
     out: str | Path,  # .tsv / .tsv.gz (input columns without the index, then the scores), or .vcf / .vcf.gz / .vcf.bgz / .bcf (VCF input only)
@@ -861,10 +874,12 @@ def score_variants_to(
     strict: bool = False,
     flank: int = 16,
     max_length: int = 50,
-    score: str = "llr",  # the score a VCF output carries: "llr" (INFO/LLR), "p_ref" (INFO/P_REF) or "entropy" (INFO/ENTROPY)
+    score: str = "llr",  # the score a VCF output carries: "llr" (INFO/LLR), "p_ref" (INFO/P_REF), "entropy" (INFO/ENTROPY) or, with a head, "head_effect" (INFO/HEAD_EFFECT)
     progress: bool = True,
     out_vcf: str | Path | None = None,  # also write the input VCF with the score's INFO field here (.vcf, .vcf.gz, .vcf.bgz, .bcf)
     mode: str = "masked",  # "masked" or "unmasked" (one forward per window, approximate), as in score_variants
+    head=None,  # a fitted FinetuneClassifier / FinetuneRegressor: adds the head columns, as in score_variants
+    head_class=None,  # the class whose log-odds a classifier head reads (default: its last class)
 ) -> Path:  # `out`
     """`score_variants` to a file, in resumable chunks: each finished chunk is a part file next to `out`, which a rerun
     skips. Under torchrun the processes share the chunks and write the output one process would."""
@@ -875,6 +890,10 @@ def score_variants_to(
     window = resolve_window(model, tokenizer, window)
     batch_size, _, flank = resolve_batch_size(model, batch_size, window), _positive("chunk_size", chunk_size), _positive("flank", flank)
     score_choice(score), _check_mode(mode)
+    if head is not None:
+        check_head(head, model, tokenizer, window)
+    elif score == "head_effect":
+        raise ValueError("score='head_effect' needs a head: pass head= (--head FOLDER), or choose another score.")
     if vcf_outputs and not isinstance(variants, (str, os.PathLike)):
         raise ValueError("a VCF output copies the input VCF with the score's INFO field added: pass the variants as a VCF path, or write a .tsv.")
     table = variants_table(variants)
@@ -883,7 +902,7 @@ def score_variants_to(
     sites = _locate(table, genome, window, ref_mismatch, strict, max_length)
     digest = hashlib.sha256(table.to_csv(sep="\t", index=False).encode()).hexdigest()
     params = {**model_identity(model, tokenizer), "window": window, "rc": rc, "ref_mismatch": ref_mismatch,
-              "strict": strict, "flank": flank, "mode": mode, "max_length": max_length, "score": score, "chunk_size": chunk_size, "input": {"variants_sha256": digest, "n_variants": len(table), "genome": genome.identity}}
+              "strict": strict, "flank": flank, "mode": mode, "head": _head_identity(head, head_class), "max_length": max_length, "score": score, "chunk_size": chunk_size, "input": {"variants_sha256": digest, "n_variants": len(table), "genome": genome.identity}}
     parts = _Parts(out, params)
     job = ShardedJob(init_distributed(next(model.parameters()).device), prepare=parts.prepare, check=parts.check)
     dist = job.dist
@@ -896,6 +915,8 @@ def score_variants_to(
                 rows = slice(k * chunk_size, min((k + 1) * chunk_size, len(table)))
                 if job.take(k, rows.stop - rows.start):  # unfinished, and this rank's
                     scores = _score_sites(scorer, tokenizer, genome, sites[rows], batch_size, bar, flank, mode)
+                    if head is not None:
+                        scores = pd.concat([scores, _head_scores(head, genome, sites[rows], head_class)], axis=1)
                     parts.write(k, pd.concat([table.iloc[rows].reset_index(drop=True), scores], axis=1))
                 elif k in job.finished:
                     bar.update(rows.stop - rows.start)

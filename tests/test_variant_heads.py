@@ -98,3 +98,37 @@ def test_a_head_of_another_model_or_window_is_refused(task, heads, lm, tmp_path)
     assert (reloaded.base_weights_sha256_, reloaded.sequence_lengths_) == (clf.base_weights_sha256_, (32, 32))
     with pytest.raises(ValueError, match="fitted on another model"):
         check_head(reloaded, ph, ph_tok, 32)
+
+
+def test_head_on_disk_vcf_output_and_cli(task, heads, lm, tmp_path, capsys):
+    from dnallm_nb.cli import main as cli_main
+    from dnallm_nb.variants import parts_folder, score_variants_to
+    import json
+    import pysam
+    model, tok = lm
+    seq = task[0][2]
+    genome = {"chr1": seq}
+    (tmp_path / "g.fa").write_text(f">chr1\n{seq}\n")
+    table = pd.DataFrame([("chr1", p, seq[p - 1], "A" if seq[p - 1] != "A" else "C") for p in (3, 16, 30)], columns=["chrom", "pos", "ref", "alt"])
+    (tmp_path / "v.vcf").write_text("##fileformat=VCFv4.2\n##contig=<ID=chr1>\n#CHROM\tPOS\tID\tREF\tALT\tQUAL\tFILTER\tINFO\n" + "".join(
+        f"{c}\t{p}\t.\t{r}\t{a}\t.\t.\t.\n" for c, p, r, a in table.itertuples(index=False)))
+    clf = heads["clf"]
+    expected = score_variants(model, tok, table, genome, window=32, head=clf, progress=False)
+    out = score_variants_to(tmp_path / "s.tsv", model, tok, tmp_path / "v.vcf", tmp_path / "g.fa", window=32, head=clf,
+                            score="head_effect", out_vcf=tmp_path / "s.vcf", chunk_size=2, progress=False)
+    written = pd.read_csv(out, sep="\t")
+    np.testing.assert_allclose(written.head_effect, expected.head_effect, atol=1e-5)
+    with pysam.VariantFile(str(tmp_path / "s.vcf")) as back:
+        np.testing.assert_allclose([r.info["HEAD_EFFECT"][0] for r in back], expected.head_effect, atol=1e-5)
+    manifest = json.loads((parts_folder(out) / "manifest.json").read_text())
+    assert manifest["params"]["head"]["base_weights_sha256"] == clf.base_weights_sha256_
+    with pytest.raises(ValueError, match="score='head_effect' needs a head"):
+        score_variants_to(tmp_path / "x.tsv", model, tok, table, genome, window=32, score="head_effect", progress=False)
+    folder = clf.save_pretrained(tmp_path / "head")
+    assert cli_main(["score-variants", "--model", str(PS), "--genome", str(tmp_path / "g.fa"), "--vcf", str(tmp_path / "v.vcf"),
+                     "--out", str(tmp_path / "cli.tsv"), "--window", "32", "--head", str(folder), "--no-progress"]) == 0
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "cli.tsv", sep="\t").head_effect, expected.head_effect, atol=1e-5)
+    capsys.readouterr()
+    assert cli_main(["score-variants", "--model", str(PS), "--genome", str(tmp_path / "g.fa"), "--vcf", str(tmp_path / "v.vcf"),
+                     "--out", str(tmp_path / "cli64.tsv"), "--window", "64", "--head", str(folder), "--no-progress"]) != 0
+    assert "the head was fitted on sequences of 32 bases, but the variants' windows have 64" in capsys.readouterr().err
