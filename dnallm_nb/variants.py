@@ -922,5 +922,5 @@ def score_variants_to(
                     bar.update(rows.stop - rows.start)
     finally:
         bar.close()
-    note = f'model="{getattr(model, "name_or_path", "")}",window={window},rc={rc},flank={flank},mode={mode},score={score}'
+    note = f'model="{getattr(model, "name_or_path", "")}",window={window},rc={rc},flank={flank},score={score},mode={mode}'
     return job.finish(lambda n_chunks: parts.finish(n_chunks, out, fmt, vcf_outputs, variants, note, job.summary, score))
