@@ -193,7 +193,7 @@ def run_embed(args: argparse.Namespace) -> int:
 def add_score_variants(p: argparse.ArgumentParser) -> None:
     "Arguments of `dnallm-nb score-variants`."
     from dnallm_nb.io import OUTPUT_SUFFIXES
-    from dnallm_nb.variants import RC_CHOICES, REF_MISMATCH_CHOICES, SCORE_CHOICES
+    from dnallm_nb.variants import MODE_CHOICES, RC_CHOICES, REF_MISMATCH_CHOICES, SCORE_CHOICES
     add_model(p)
     option(p, "--genome", required=True, help="genome FASTA (plain, gzip or bgzip) the VCF positions refer to (required)")
     option(p, "--vcf", required=True, help="variants: VCF or BCF, plain, gzip or bgzip, any name (required)")
@@ -212,11 +212,18 @@ def add_score_variants(p: argparse.ArgumentParser) -> None:
     option(p, "--strict", action="store_true", help="stop on any variant that cannot be scored (symbolic, breakend, "
            "'*', too long, REF mismatch, ...) (default: write it with llr NaN and its status)")
     option(p, "--score", choices=list(SCORE_CHOICES), default="llr", help="the score a VCF output carries: llr (INFO/LLR), "
-           "p_ref (INFO/P_REF, P(reference base) at the masked site) or entropy (INFO/ENTROPY)")
+           "p_ref (INFO/P_REF, P(reference base) at the masked site), entropy (INFO/ENTROPY) or, with --head, head_effect (INFO/HEAD_EFFECT)")
     option(p, "--flank", type=positive_int, default=16, help="bases on each side of an indel whose masked "
            "log-probabilities make its score")
     option(p, "--max-length", type=positive_int, default=50, help="longest change scored, in bases of the trimmed REF "
            "or ALT (longer ones: status too_long)")
+    option(p, "--mode", choices=list(MODE_CHOICES), default="masked", help="masked: one masked forward per scored base "
+           "(the LLR's definition); unmasked: one forward per window, read at every base: approximate and faster for "
+           "MNPs, indels and variants that share a window (its agreement with masked is measured in the variants docs)")
+    option(p, "--head", help="a fine-tuned head, the folder FinetuneClassifier/Regressor.save_pretrained wrote (read with "
+           "load_finetuned): adds head_ref, head_alt and head_effect, the change of its prediction (log-odds of its last "
+           "class, or the value) from the reference to the alternate window; it must be fine-tuned from --model on "
+           "--window-base sequences (default: none)")
     add_runtime(p)
 
 # %% ../nbs/90_cli.ipynb #d12c9698
@@ -234,15 +241,20 @@ def run_score_variants(args: argparse.Namespace) -> int:
         named("--out-vcf", output_format, args.out_vcf, VCF_FORMATS)
     env, device = command_setup(args.threads, args.device)
     model, tokenizer = load_model_and_tokenizer(args.model, task="mask", device=device, dtype=args.dtype)
+    head = None
+    if args.head:
+        from dnallm_nb.finetune import load_finetuned
+        head = named("--head", lambda folder: load_finetuned(folder, device=device), args.head)
     out = score_variants_to(args.out, model, tokenizer, args.vcf, args.genome, window=args.window, rc=args.rc,
                             batch_size=args.batch_size, chunk_size=args.chunk_size, ref_mismatch=args.ref_mismatch,
-                            strict=args.strict, flank=args.flank, max_length=args.max_length, score=args.score, progress=not args.no_progress, out_vcf=args.out_vcf)
+                            strict=args.strict, flank=args.flank, max_length=args.max_length, score=args.score, progress=not args.no_progress, out_vcf=args.out_vcf,
+                            mode=args.mode, head=head)
     if env.is_main:
         params = json.loads((parts_folder(out) / "manifest.json").read_text())["params"]
         also = f" and {args.out_vcf}" if args.out_vcf else ""
         processes = f", {env.world_size} processes" if env.world_size > 1 else ""
         print(f"scored {params['input']['n_variants']} variants into {out}{also} (window {params['window']}, rc "
-              f"{params['rc']}{processes})")
+              f"{params['rc']}, {params['mode']} mode{processes})")
     return 0
 
 # %% ../nbs/90_cli.ipynb #ce6a3084

@@ -22,7 +22,7 @@ from transformers import PretrainedConfig
 from transformers.utils import logging as hf_logging
 
 from .dna import validate_dna
-from .embeddings import tokenize_bases
+from .embeddings import model_identity, tokenize_bases
 from .modeling import (
     CaduceusForMaskedLM, CaduceusForSequenceClassification, CaduceusModel, Mamba1Mixer, Mamba2Mixer, resolve_mixer_type,
     prepare_lora_merge, sequence_classification_loss)
@@ -363,11 +363,14 @@ class _Finetuner(BaseEstimator):
         target = self._encode_targets(_labels(y, len(seqs)))
         groups = rc_groups(seqs) if groups is None else combine_groups(rc_groups(seqs), groups)
         train, valid = self._validation_split(target.numpy(), groups)
+        self.sequence_lengths_ = (min(map(len, seqs)), max(map(len, seqs)))  # what a variant-effect window must match
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.random_state)
             classifier, self.tokenizer_ = sequence_classifier(
                 self.model, self.n_outputs_, self._problem_type, tokenizer=self.tokenizer, pooling=self.pooling,
                 conjoin=self.rc_invariant, device=self.device)
+            # the backbone it starts from, before training: score_variants(..., head=) checks its masked LM against it
+            self.base_weights_sha256_ = model_identity(classifier, self.tokenizer_)["model"]["weights_sha256"]
             self.model_ = trainable_model(classifier, self.method, lora_targets=self.lora_targets, lora_r=self.lora_r,
                                           lora_alpha=self.lora_alpha, lora_dropout=self.lora_dropout)
             self.history_ = train_classifier(
@@ -400,7 +403,8 @@ class _Finetuner(BaseEstimator):
         params = {k: v for k, v in self.get_params().items() if k not in ("model", "tokenizer", "device")}
         base = str(self.model) if isinstance(self.model, (str, Path)) else None
         meta = {"format": FINETUNE_FORMAT, "estimator": type(self).__name__, "params": params, "adapter": adapter,
-                "base_model": base, "base_config": _base_signature(self.model_.config), **self._target_state()}
+                "base_model": base, "base_config": _base_signature(self.model_.config),
+                "base_weights_sha256": self.base_weights_sha256_, "sequence_lengths": list(self.sequence_lengths_), **self._target_state()}
         (folder / "finetune.json").write_text(json.dumps(meta, indent=1) + "\n")
         return folder
 
@@ -497,6 +501,8 @@ def load_finetuned(folder: str | Path, base_model=None, device=None) -> Finetune
                          "(that model, or its checkpoint folder).")
     estimator = ESTIMATOR_CLASSES[meta["estimator"]](base if meta["adapter"] else folder, device=device, **meta["params"])
     estimator._set_target_state(meta)
+    estimator.base_weights_sha256_ = meta.get("base_weights_sha256")  # absent (None) in files written before they were recorded
+    estimator.sequence_lengths_ = tuple(meta["sequence_lengths"]) if meta.get("sequence_lengths") else None
     with torch.random.fork_rng(devices=[]):  # the adapter's base gets a new head first, replaced by the saved one
         if meta["adapter"]:
             tokenizer = None if isinstance(base, (str, Path)) else checkpoint_tokenizer(folder, _backbone(base).config)

@@ -518,7 +518,7 @@ def add_info_field(
     description: str,  # the header's description of the field
     header_lines: Sequence[str] = (),  # extra '##key=value' header lines (how the values were made)
 ) -> Path:
-    "Copy the VCF `source` to `out` (format from its suffix) with the Float INFO `field` (Number=A) set on every record, atomically."
+    "Copy the VCF `source` to `out` (format from its suffix) with the Float INFO `field` (Number=A) set on every record with an ALT allele (a record whose ALT is `.` gets no field), atomically."
     source, out = check_input(source, "vcf", "VCF file"), Path(out)
     fmt, values = output_format(out, ("vcf", "vcf.gz", "bcf")), iter(values)
     tmp = out.with_name(f".{out.name}.tmp")
@@ -531,7 +531,10 @@ def add_info_field(
         with pysam.VariantFile(str(tmp), {"vcf": "w", "vcf.gz": "wz", "bcf": "wb"}[fmt], header=header) as dst:
             for record in vcf:
                 record.translate(dst.header)  # to the output's header, where `field` is ours
-                record.info[field] = _vcf_values(values, len(record.alts or ()), source)
+                if record.alts:
+                    record.info[field] = _vcf_values(values, len(record.alts), source)
+                elif field in record.info:  # no ALT allele (ALT '.'): no value, and no stale one either
+                    del record.info[field]
                 dst.write(record)
     if next(values, None) is not None:
         tmp.unlink()

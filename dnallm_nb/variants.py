@@ -32,11 +32,12 @@ from .io import (Genome, add_info_field, as_genome, atomic_write, output_format,
 from .rc import model_complement_map, reverse_complement_ids
 
 # %% auto #0
-__all__ = ['VARIANT_COLUMNS', 'BASES', 'SCORE_COLUMNS', 'REF_MISMATCH_CHOICES', 'STRICT_FIX', 'RC_CHOICES', 'SCORE_CHOICES',
-           'CPU_BATCH_TOKENS', 'LOGO_COLOURS', 'PARTS_FORMAT', 'VCF_FORMATS', 'variants_table',
-           'close_chromosome_names', 'variant_window', 'trim_alleles', 'variant_kind', 'check_masked_lm',
-           'eval_inference', 'MaskedBaseScorer', 'read_bases', 'resolve_window', 'resolve_batch_size', 'score_variants',
-           'mutagenesis', 'plot_mutagenesis', 'parts_folder', 'score_choice', 'annotate_vcf', 'score_variants_to']
+__all__ = ['VARIANT_COLUMNS', 'BASES', 'SCORE_COLUMNS', 'REF_MISMATCH_CHOICES', 'STRICT_FIX', 'RC_CHOICES', 'MODE_CHOICES',
+           'SCORE_CHOICES', 'CPU_BATCH_TOKENS', 'HEAD_COLUMNS', 'LOGO_COLOURS', 'PARTS_FORMAT', 'VCF_FORMATS',
+           'variants_table', 'close_chromosome_names', 'variant_window', 'trim_alleles', 'variant_kind',
+           'check_masked_lm', 'eval_inference', 'MaskedBaseScorer', 'read_bases', 'resolve_window',
+           'resolve_batch_size', 'check_head', 'head_outputs', 'score_variants', 'window_scores', 'mutagenesis',
+           'plot_mutagenesis', 'parts_folder', 'score_choice', 'annotate_vcf', 'score_variants_to']
 
 # %% ../nbs/14_variants.ipynb #5ee9b439
 VARIANT_COLUMNS: tuple[str, ...] = ("chrom", "pos", "ref", "alt")
@@ -280,7 +281,6 @@ def eval_inference(model: torch.nn.Module):
         model.train(was_training)
 
 
-_inference = eval_inference  # the name the cells below use
 
 # %% ../nbs/14_variants.ipynb #357ba33a
 @dataclass
@@ -332,7 +332,63 @@ class MaskedBaseScorer:
         return forward, reverse
 
 
-_Scorer = MaskedBaseScorer  # the name the cells below use
+
+# %% ../nbs/14_variants.ipynb #a5e10001
+MODE_CHOICES: dict[str, str] = {
+    "masked": "each scored base masked, one forward per base (the definition of the LLR)",
+    "unmasked": "one forward of the unmasked window, every position read from it (approximate, fast)",
+}
+"How `score_variants` reads base probabilities: mode -> what it does."
+
+
+def _check_mode(mode: str) -> str:
+    "`mode`, else a ValueError naming the choices."
+    if mode not in MODE_CHOICES:
+        raise ValueError(f"unknown mode={mode!r}; use 'masked' (the default: one masked forward per scored base) or "
+                         "'unmasked' (one forward per window, approximate; see 'The fast approximate mode').")
+    return mode
+
+
+# %% ../nbs/14_variants.ipynb #a5e10002
+def _window_log_probs(
+    scorer: MaskedBaseScorer,
+    input_ids: torch.Tensor,  # (B, W) token ids of the windows, unmasked
+) -> tuple[torch.Tensor, torch.Tensor | None]:  # (B, W, 4) forward-strand and (B, W, 4) reverse-strand log-probabilities, or None
+    "Log-probabilities of A, C, G, T (renormalised over the four) at every position of each unmasked window, per strand, in forward-strand bases and positions."
+    n = len(input_ids)
+    ids = input_ids if scorer.complement is None else torch.cat([input_ids, reverse_complement_ids(input_ids, scorer.complement)])
+    logits = scorer.model(input_ids=ids.to(scorer.device)).logits  # (B or 2B, W, V)
+    forward = logits[:n][..., scorer.base_ids.to(scorer.device)].float().log_softmax(-1).cpu()
+    if scorer.complement is None:
+        return forward, None
+    # position i of x is position W-1-i of rc(x); its probability of comp(b) is the probability of b on the forward strand
+    reverse = logits[n:].flip(1)[..., scorer.rc_base_ids.to(scorer.device)].float().log_softmax(-1).cpu()
+    return forward, reverse
+
+
+# %% ../nbs/14_variants.ipynb #a5e10003
+def _fill_unmasked(scorer: MaskedBaseScorer, texts: list[str], tokens: list[np.ndarray], forwards: list[tuple[int, int]],
+                   lp: np.ndarray, owner: np.ndarray, left: np.ndarray, batch_size: int, bar) -> None:
+    """Fill `lp[strand, forward]` (see `_score_sites`) from one unmasked forward per distinct window text: every
+    (window, index) read of a text shares its forward. `left` (forwards still to run per variant) is counted down."""
+    first: dict[str, int] = {}
+    unique = [first.setdefault(t, k) for k, t in enumerate(texts)]  # each text -> its first copy
+    reads: dict[int, list[tuple[int, int]]] = {}
+    for f, (t, i) in enumerate(forwards):
+        reads.setdefault(unique[t], []).append((f, i))
+    for batch in equal_width_batches(sorted((len(texts[u]), u, 0) for u in reads), batch_size):
+        us = [u for _, u, _ in batch]
+        out = _window_log_probs(scorer, torch.as_tensor(np.stack([tokens[u] for u in us])))
+        fs = []
+        for b, u in enumerate(us):
+            f, i = (np.array(c) for c in zip(*reads[u]))
+            for s in range(lp.shape[0]):
+                lp[s, f] = out[s][b, i].double().numpy()
+            fs += f.tolist()
+        done = np.bincount(owner[fs], minlength=len(left))
+        bar.update(int(np.sum((left > 0) & (left == done))))
+        left -= done
+
 
 # %% ../nbs/14_variants.ipynb #9d0e25ed
 SCORE_CHOICES: dict[str, tuple[str, str]] = {
@@ -343,6 +399,9 @@ SCORE_CHOICES: dict[str, tuple[str, str]] = {
                        "G, T (single-base substitutions; dnallm-nb score-variants)"),
     "entropy": ("ENTROPY", "Entropy in nats of the masked language model's A, C, G, T probabilities at the masked site "
                            "(single-base substitutions; dnallm-nb score-variants)"),
+    "head_effect": ("HEAD_EFFECT", "Change of a fine-tuned head's prediction from the reference to the alternate window, "
+                                   "RC-averaged: log-odds of its class for a classifier, the value for a regressor "
+                                   "(dnallm-nb score-variants --head)"),
 }
 "Score column -> (VCF INFO field, its header description) of the scores a VCF output can carry."
 
@@ -364,7 +423,6 @@ def read_bases(genome: Genome, chrom: str, start: int, end: int) -> str:
     return validate_dna(text, name=f"genome window {chrom}:{start + 1}-{end}") if text else text
 
 
-_read = read_bases  # the name the cells below use
 
 # %% ../nbs/14_variants.ipynb #44d788ad
 def _plan(genome: Genome, sites: _Sites, flank: int) -> tuple[list[str], list[tuple[int, int]], list[tuple[int, int, int, float]], np.ndarray]:
@@ -379,7 +437,7 @@ def _plan(genome: Genome, sites: _Sites, flank: int) -> tuple[list[str], list[tu
         if sites.status[j] != "ok":
             continue
         start, width, index, r, a = int(sites.start[j]), int(sites.width[j]), int(sites.mask_index[j]), sites.ref[j], sites.alt[j]
-        texts.append(_read(genome, sites.chrom[j], start, start + width))
+        texts.append(read_bases(genome, sites.chrom[j], start, start + width))
         ref_text, t_ref = texts[-1], len(texts) - 1
         if len(r) == len(a):  # SNV, MNP: at each changed base, log p(alt base) - log p(ref base), summed
             for k, (rb, ab) in enumerate(zip(r, a)):
@@ -389,7 +447,7 @@ def _plan(genome: Genome, sites: _Sites, flank: int) -> tuple[list[str], list[tu
             continue
         # indel: the alt haplotype in a window of the same start, then the flank bases, read in both
         after = start + index + len(r)  # genome index of the first base after REF
-        right = _read(genome, sites.chrom[j], after, min(after + max(0, width - index - len(a)), genome.length(sites.chrom[j])))
+        right = read_bases(genome, sites.chrom[j], after, min(after + max(0, width - index - len(a)), genome.length(sites.chrom[j])))
         texts.append((ref_text[:index] + a + right)[:width])
         alt_text, t_alt = texts[-1], len(texts) - 1
         n_right = max(0, min(flank, width - index - len(r), len(alt_text) - index - len(a)))
@@ -402,8 +460,9 @@ def _plan(genome: Genome, sites: _Sites, flank: int) -> tuple[list[str], list[tu
     return texts, forwards, reads, snv_forward
 
 # %% ../nbs/14_variants.ipynb #9ccd771e
-def _score_sites(scorer: _Scorer, tokenizer, genome: Genome, sites: _Sites, batch_size: int, bar, flank: int = 16) -> pd.DataFrame:
-    "The score columns of `sites`, masked forwards batched by window length; `bar` advances per variant."
+def _score_sites(scorer: MaskedBaseScorer, tokenizer, genome: Genome, sites: _Sites, batch_size: int, bar, flank: int = 16,
+                 mode: str = "masked") -> pd.DataFrame:
+    "The score columns of `sites`, masked forwards (or under mode='unmasked' one per distinct window) batched by window length; `bar` advances per variant."
     n = len(sites)
     texts, forwards, reads, snv_forward = _plan(genome, sites, flank)
     tokens = tokenize_bases(tokenizer, texts) if texts else []  # a chunk may hold no scorable row
@@ -414,7 +473,9 @@ def _score_sites(scorer: _Scorer, tokenizer, genome: Genome, sites: _Sites, batc
         owner[f] = j
     left = np.bincount(owner, minlength=n)  # forwards still to run, per variant
     bar.update(int(np.sum(left == 0)))  # rows that are not scored
-    for batch in equal_width_batches(sorted((len(texts[t]), f, 0) for f, (t, _) in enumerate(forwards)), batch_size):
+    if mode == "unmasked":
+        _fill_unmasked(scorer, texts, tokens, forwards, lp, owner, left, batch_size, bar)
+    for batch in [] if mode == "unmasked" else equal_width_batches(sorted((len(texts[t]), f, 0) for f, (t, _) in enumerate(forwards)), batch_size):
         fs = [f for _, f, _ in batch]
         ids = torch.as_tensor(np.stack([tokens[forwards[f][0]] for f in fs]))  # (B, W)
         out = scorer.log_probs(ids, torch.as_tensor([forwards[f][1] for f in fs]))
@@ -469,6 +530,96 @@ def resolve_batch_size(model: torch.nn.Module, batch_size: int | None, window: i
         return max(1, CPU_BATCH_TOKENS // window) if next(model.parameters()).device.type == "cpu" else 32
     return _positive("batch_size", batch_size)
 
+# %% ../nbs/14_variants.ipynb #a6e10001
+HEAD_COLUMNS: tuple[str, ...] = ("head_ref", "head_alt", "head_effect")
+"Columns `score_variants(..., head=)` adds: the head's output on the reference and the alternate window, and their difference."
+
+
+# %% ../nbs/14_variants.ipynb #a6e10002
+def check_head(head, model: torch.nn.Module, tokenizer, window: int) -> None:
+    """Raise unless `head` is a fitted `FinetuneClassifier` / `FinetuneRegressor` whose backbone started from the
+    weights of `model` (the masked LM the variants are scored with) and that was fitted on sequences as long as `window`."""
+    from dnallm_nb.finetune import FinetuneClassifier, FinetuneRegressor  # here: fine-tuning loads peft
+    if not isinstance(head, (FinetuneClassifier, FinetuneRegressor)):
+        raise TypeError(f"head must be a fitted FinetuneClassifier or FinetuneRegressor (dnallm_nb.finetune), got "
+                        f"{type(head).__name__}; fit one on sequences of the window length, or read one with load_finetuned(folder).")
+    if not hasattr(head, "model_"):
+        raise ValueError(f"the {type(head).__name__} is not fitted: call head.fit(sequences, y) first, or read a fitted "
+                         "one with load_finetuned(folder).")
+    fitted_on = getattr(head, "base_weights_sha256_", None)
+    if fitted_on is None:
+        warnings.warn("the head does not record the weights it was fine-tuned from (saved before they were recorded), so "
+                      "it cannot be checked against the model; refit it to get the check.", stacklevel=3)
+    elif fitted_on != (mine := model_identity(model, tokenizer)["model"]["weights_sha256"]):
+        raise ValueError(f"the head was fitted on another model: its backbone started from weights with SHA-256 "
+                         f"{fitted_on[:12]}…, the model's are {mine[:12]}…. Pass the masked LM of the checkpoint it was "
+                         "fine-tuned from (load_model_and_tokenizer(checkpoint, task='mask')), or fit a head on this model.")
+    lengths = getattr(head, "sequence_lengths_", None)
+    if lengths is not None and not lengths[0] <= window <= lengths[1]:
+        fitted = f"{lengths[0]}" if lengths[0] == lengths[1] else f"{lengths[0]}–{lengths[1]}"
+        raise ValueError(f"the head was fitted on sequences of {fitted} bases, but the variants' windows have {window}; "
+                         f"pass window={lengths[1]} (--window), or fit the head on {window}-base windows.")
+
+
+# %% ../nbs/14_variants.ipynb #a6e10003
+def head_outputs(
+    head,  # a fitted FinetuneClassifier or FinetuneRegressor
+    sequences: Sequence[str],
+    head_class=None,  # classifiers: the class whose log-odds are read (default: the last of head.classes_, the positive one of 0/1 labels)
+) -> np.ndarray:  # (n,)
+    """The head's output on each sequence, averaged over the sequence and its reverse complement: the log-odds
+    log p(c) − log(1 − p(c)) of class `head_class` for a classifier, the prediction for a regressor."""
+    from dnallm_nb.dna import reverse_complement
+    seqs = [str(s).upper() for s in sequences]
+    both = seqs + [reverse_complement(s) for s in seqs]
+    if hasattr(head, "classes_"):
+        classes = list(head.classes_)
+        if head_class is None:
+            head_class = classes[-1]
+        if head_class not in classes:
+            raise ValueError(f"head_class={head_class!r} is not one of the head's classes {classes}.")
+        logits = head._logits(both).double()  # (2n, C)
+        c = classes.index(head_class)
+        others = torch.cat([logits[:, :c], logits[:, c + 1 :]], dim=1)
+        g = (logits[:, c] - torch.logsumexp(others, dim=1)).numpy()  # log p(c) - log(1 - p(c))
+    else:
+        if head_class is not None:
+            raise ValueError("head_class is for classifiers; a regressor's output is its prediction, so leave it out.")
+        g = np.asarray(head.predict(both), dtype=float)
+    return (g[: len(seqs)] + g[len(seqs) :]) / 2
+
+
+# %% ../nbs/14_variants.ipynb #a6e10004
+def _haplotypes(genome: Genome, sites: _Sites) -> tuple[list[int], list[str], list[str]]:
+    """(rows, reference windows, alternate windows) of the scorable `sites`: the alternate window starts where the
+    reference one does, holds ALT at the variant's index and continues with the genome after REF, cut to the same
+    length (an indel's alternate haplotype; a deletion at a chromosome's end may leave it shorter)."""
+    rows, refs, alts = [], [], []
+    for j in range(len(sites)):
+        if sites.status[j] != "ok":
+            continue
+        chrom, start, width, index = sites.chrom[j], int(sites.start[j]), int(sites.width[j]), int(sites.mask_index[j])
+        r, a = sites.ref[j], sites.alt[j]
+        ref_text = read_bases(genome, chrom, start, start + width)
+        after = start + index + len(r)
+        right = read_bases(genome, chrom, after, min(after + max(0, width - index - len(a)), genome.length(chrom)))
+        rows.append(j)
+        refs.append(ref_text)
+        alts.append((ref_text[:index] + a + right)[:width])
+    return rows, refs, alts
+
+
+# %% ../nbs/14_variants.ipynb #a6e10005
+def _head_scores(head, genome: Genome, sites: _Sites, head_class=None) -> pd.DataFrame:
+    "The `HEAD_COLUMNS` of `sites`: the head's RC-averaged output on each reference and alternate window (NaN for rows not scored)."
+    rows, refs, alts = _haplotypes(genome, sites)
+    out = np.full((len(sites), 2), np.nan)
+    if rows:
+        g = head_outputs(head, refs + alts, head_class)
+        out[rows, 0], out[rows, 1] = g[: len(rows)], g[len(rows) :]
+    return pd.DataFrame({"head_ref": out[:, 0], "head_alt": out[:, 1], "head_effect": out[:, 1] - out[:, 0]})
+
+
 # %% ../nbs/14_variants.ipynb #28f68d98
 def score_variants(
     model: torch.nn.Module,  # a Caduceus-family masked LM, e.g. load_model_and_tokenizer(name, task="mask")
@@ -483,23 +634,61 @@ def score_variants(
     strict: bool = False,  # raise on any variant that cannot be scored, instead of returning it with llr NaN and its status
     flank: int = 16,  # bases on each side of an indel whose log-probabilities make its score
     max_length: int = 50,  # longest change scored (bases of the trimmed REF or ALT); longer ones get status 'too_long'
+    mode: str = "masked",  # "masked": one masked forward per scored base; "unmasked": one forward per window, approximate (see `window_scores`)
+    head=None,  # a fitted FinetuneClassifier / FinetuneRegressor of this model: adds head_ref, head_alt and head_effect (alt − ref, RC-averaged)
+    head_class=None,  # the class whose log-odds a classifier head reads (default: its last class)
 ) -> pd.DataFrame:  # the input rows (one per ALT allele) plus llr, p_ref, p_alt, entropy, status, kind, ref_matches_genome, [llr_forward, llr_reverse,] genome_base, window_start, mask_index
     "Zero-shot variant effects read from a masked LM, averaged over both strands: SNVs, MNPs and indels scored, every other row returned with its status."
     require_one_process("call score_variants_to(out, ...) (or dnallm-nb score-variants) so the processes share the work "
                         "and write one file; in memory, every process would score everything.")
     window = resolve_window(model, tokenizer, window)
-    batch_size, flank = resolve_batch_size(model, batch_size, window), _positive("flank", flank)
+    batch_size, flank, mode = resolve_batch_size(model, batch_size, window), _positive("flank", flank), _check_mode(mode)
+    if head is not None:
+        check_head(head, model, tokenizer, window)
     table = variants_table(variants)
-    scorer = _Scorer.make(model, tokenizer, rc)
+    if head is not None and (clash := [c for c in HEAD_COLUMNS if c in table.columns]):
+        raise ValueError(f"the variant table already has column(s) {clash}, which head= writes; drop them first.")
+    scorer = MaskedBaseScorer.make(model, tokenizer, rc)
     genome = as_genome(genome)
     sites = _locate(table, genome, window, ref_mismatch, strict, max_length)
     bar = tqdm(total=len(table), unit="variant", desc="scoring", disable=not progress)
     try:
-        with _inference(model):
-            scores = _score_sites(scorer, tokenizer, genome, sites, batch_size, bar, flank)
+        with eval_inference(model):
+            scores = _score_sites(scorer, tokenizer, genome, sites, batch_size, bar, flank, mode)
     finally:
         bar.close()
+    if head is not None:
+        scores = pd.concat([scores, _head_scores(head, genome, sites, head_class)], axis=1)
     return pd.concat([table, scores.set_axis(table.index)], axis=1)
+
+# %% ../nbs/14_variants.ipynb #a5e10011
+def window_scores(
+    model: torch.nn.Module,  # a Caduceus-family masked LM
+    tokenizer,
+    sequence: str,  # DNA (ACGTN, any case): one window, read whole
+    rc: str = "average",  # "average" (both strands) or "none", as in score_variants
+) -> pd.DataFrame:  # (L, 7) indexed by position: A, C, G, T (LLR of each substitution, 0 at the reference base), ref, p_ref, entropy
+    """Every position of `sequence` scored from one unmasked forward (and one of its reverse complement): the
+    approximate LLR of each substitution, P(ref) and the entropy over A, C, G, T. The LLR columns have the layout of
+    `mutagenesis` (so `plot_mutagenesis` draws them); NaN where the sequence has N."""
+    seq = validate_dna(sequence, name="sequence").upper()
+    scorer = MaskedBaseScorer.make(model, tokenizer, rc)
+    tokens = torch.as_tensor(tokenize_bases(tokenizer, [seq])[0])[None]  # (1, L)
+    with eval_inference(model):
+        f, r = _window_log_probs(scorer, tokens)
+    forward, reverse = f[0].double().numpy(), (r[0].double().numpy() if r is not None else None)
+    ref = np.array([BASES.find(c) for c in seq])  # -1 at N
+    known, at, rows = ref >= 0, np.maximum(ref, 0), np.arange(len(seq))
+    mean = forward if reverse is None else (forward + reverse) / 2  # the mean of the strands' LLRs, as in mutagenesis
+    llr = np.where(known[:, None], mean - mean[rows, at][:, None], np.nan)
+    probs = _strand_scores(forward, reverse, at, at)
+    table = pd.DataFrame(llr, index=pd.Index(rows, name="position"), columns=list(BASES))
+    table["ref"] = list(seq)
+    table["p_ref"] = np.where(known, probs["p_ref"], np.nan)
+    table["entropy"] = probs["entropy"]
+    table.attrs["sequence"] = seq
+    return table
+
 
 # %% ../nbs/14_variants.ipynb #25714e53
 def mutagenesis(
@@ -514,7 +703,7 @@ def mutagenesis(
     "LLR of every single-base substitution of `sequence`: 0 at the reference base, NaN where it has N; one masked forward per position."
     _positive("batch_size", batch_size)
     seq = validate_dna(sequence, name="sequence").upper()
-    scorer = _Scorer.make(model, tokenizer, rc)
+    scorer = MaskedBaseScorer.make(model, tokenizer, rc)
     where = np.arange(len(seq)) if positions is None else np.asarray([_position(p) for p in positions], dtype=object)
     if len(where) == 0 or any(p is None or not 0 <= p < len(seq) for p in where):
         raise ValueError(f"positions must be whole numbers in 0..{len(seq) - 1} (0-based, within the sequence), and at least one.")
@@ -522,7 +711,7 @@ def mutagenesis(
     tokens = torch.as_tensor(tokenize_bases(tokenizer, [seq])[0])  # (L,)
     forward = np.empty((len(where), 4))
     reverse = np.empty((len(where), 4)) if scorer.complement is not None else None
-    with _inference(model), tqdm(total=len(where), unit="position", desc="mutagenesis", disable=not progress) as bar:
+    with eval_inference(model), tqdm(total=len(where), unit="position", desc="mutagenesis", disable=not progress) as bar:
         for a in range(0, len(where), batch_size):
             index = torch.as_tensor(where[a : a + batch_size])
             f, r = scorer.log_probs(tokens.repeat(len(index), 1), index)
@@ -667,6 +856,16 @@ def annotate_vcf(
     field, description = score_choice(score)
     return add_info_field(source, out, field, values, description, [f"##dnallm_nb_score_variants={note}"] if note else [])
 
+# %% ../nbs/14_variants.ipynb #a6e10030
+def _head_identity(head, head_class=None) -> dict | None:
+    "What a parts manifest records of a head: its class, the SHA-256 of its weights and the class read (None without a head)."
+    if head is None:
+        return None
+    from dnallm_nb.embeddings import _sha256_state
+    return {"estimator": type(head).__name__, "weights_sha256": _sha256_state(head.model_), "base_weights_sha256":
+            getattr(head, "base_weights_sha256_", None), "head_class": None if head_class is None else str(head_class)}
+
+
 # %% ../nbs/14_variants.ipynb #c92ba7e5
 def score_variants_to(
     out: str | Path,  # .tsv / .tsv.gz (input columns without the index, then the scores), or .vcf / .vcf.gz / .vcf.bgz / .bcf (VCF input only)
@@ -683,9 +882,12 @@ def score_variants_to(
     strict: bool = False,
     flank: int = 16,
     max_length: int = 50,
-    score: str = "llr",  # the score a VCF output carries: "llr" (INFO/LLR), "p_ref" (INFO/P_REF) or "entropy" (INFO/ENTROPY)
+    score: str = "llr",  # the score a VCF output carries: "llr" (INFO/LLR), "p_ref" (INFO/P_REF), "entropy" (INFO/ENTROPY) or, with a head, "head_effect" (INFO/HEAD_EFFECT)
     progress: bool = True,
     out_vcf: str | Path | None = None,  # also write the input VCF with the score's INFO field here (.vcf, .vcf.gz, .vcf.bgz, .bcf)
+    mode: str = "masked",  # "masked" or "unmasked" (one forward per window, approximate), as in score_variants
+    head=None,  # a fitted FinetuneClassifier / FinetuneRegressor: adds the head columns, as in score_variants
+    head_class=None,  # the class whose log-odds a classifier head reads (default: its last class)
 ) -> Path:  # `out`
     """`score_variants` to a file, in resumable chunks: each finished chunk is a part file next to `out`, which a rerun
     skips. Under torchrun the processes share the chunks and write the output one process would."""
@@ -695,16 +897,20 @@ def score_variants_to(
         output_format(out_vcf, VCF_FORMATS)
     window = resolve_window(model, tokenizer, window)
     batch_size, _, flank = resolve_batch_size(model, batch_size, window), _positive("chunk_size", chunk_size), _positive("flank", flank)
-    score_choice(score)
+    score_choice(score), _check_mode(mode)
+    if head is not None:
+        check_head(head, model, tokenizer, window)
+    elif score == "head_effect":
+        raise ValueError("score='head_effect' needs a head: pass head= (--head FOLDER), or choose another score.")
     if vcf_outputs and not isinstance(variants, (str, os.PathLike)):
         raise ValueError("a VCF output copies the input VCF with the score's INFO field added: pass the variants as a VCF path, or write a .tsv.")
     table = variants_table(variants)
-    scorer = _Scorer.make(model, tokenizer, rc)
+    scorer = MaskedBaseScorer.make(model, tokenizer, rc)
     genome = as_genome(genome)
     sites = _locate(table, genome, window, ref_mismatch, strict, max_length)
     digest = hashlib.sha256(table.to_csv(sep="\t", index=False).encode()).hexdigest()
     params = {**model_identity(model, tokenizer), "window": window, "rc": rc, "ref_mismatch": ref_mismatch,
-              "strict": strict, "flank": flank, "max_length": max_length, "score": score, "chunk_size": chunk_size, "input": {"variants_sha256": digest, "n_variants": len(table), "genome": genome.identity}}
+              "strict": strict, "flank": flank, "mode": mode, "head": _head_identity(head, head_class), "max_length": max_length, "score": score, "chunk_size": chunk_size, "input": {"variants_sha256": digest, "n_variants": len(table), "genome": genome.identity}}
     parts = _Parts(out, params)
     job = ShardedJob(init_distributed(next(model.parameters()).device), prepare=parts.prepare, check=parts.check)
     dist = job.dist
@@ -712,15 +918,17 @@ def score_variants_to(
                desc="scoring" + (f" (rank 0 of {dist.world_size})" if dist.world_size > 1 else ""),
                disable=not progress or not dist.is_main)  # several processes: rank 0's own chunks
     try:
-        with _inference(model):
+        with eval_inference(model):
             for k in range(math.ceil(len(table) / chunk_size)):
                 rows = slice(k * chunk_size, min((k + 1) * chunk_size, len(table)))
                 if job.take(k, rows.stop - rows.start):  # unfinished, and this rank's
-                    scores = _score_sites(scorer, tokenizer, genome, sites[rows], batch_size, bar, flank)
+                    scores = _score_sites(scorer, tokenizer, genome, sites[rows], batch_size, bar, flank, mode)
+                    if head is not None:
+                        scores = pd.concat([scores, _head_scores(head, genome, sites[rows], head_class)], axis=1)
                     parts.write(k, pd.concat([table.iloc[rows].reset_index(drop=True), scores], axis=1))
                 elif k in job.finished:
                     bar.update(rows.stop - rows.start)
     finally:
         bar.close()
-    note = f'model="{getattr(model, "name_or_path", "")}",window={window},rc={rc},flank={flank},score={score}'
+    note = f'model="{getattr(model, "name_or_path", "")}",window={window},rc={rc},flank={flank},score={score},mode={mode}'
     return job.finish(lambda n_chunks: parts.finish(n_chunks, out, fmt, vcf_outputs, variants, note, job.summary, score))
