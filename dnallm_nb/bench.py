@@ -31,10 +31,10 @@ from .tokenization import CaduceusTokenizer, PlantTokenizer
 from .variants import score_variants
 
 # %% auto #0
-__all__ = ['CADUCEUS_COMPLEMENT', 'PLANT_COMPLEMENT', 'CASES', 'MALLOC_CACHE_ENV', 'VARIANT_CASES', 'case_config', 'model_flops',
-           'gemm_rate', 'Measurement', 'measure', 'measure_in_subprocess', 'run_worker', 'variant_case',
-           'random_variants', 'measure_variant_scoring', 'run_variant_bench', 'measure_training', 'run_training_bench',
-           'run_bench', 'embed_scaling_worker', 'bench_embed_scaling']
+__all__ = ['CADUCEUS_COMPLEMENT', 'PLANT_COMPLEMENT', 'CASES', 'MALLOC_CACHE_ENV', 'VARIANT_CASES', 'VARIANT_BENCH_KINDS',
+           'case_config', 'model_flops', 'gemm_rate', 'Measurement', 'measure', 'measure_in_subprocess', 'run_worker',
+           'variant_case', 'random_variants', 'measure_variant_scoring', 'run_variant_bench', 'measure_training',
+           'run_training_bench', 'run_bench', 'embed_scaling_worker', 'bench_embed_scaling']
 
 # %% ../nbs/12_bench.ipynb #3131e640
 CADUCEUS_COMPLEMENT = {0: 0, 1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 6, 7: 10, 8: 9, 9: 8, 10: 7, 11: 11}
@@ -217,33 +217,49 @@ def variant_case(case: str) -> tuple[CaduceusForMaskedLM, object]:
     return model, CASES[case]["tokenizer"]()
 
 # %% ../nbs/12_bench.ipynb #eeee49f7
-def random_variants(n: int, window: int, seed: int = 0) -> tuple[dict[str, str], pd.DataFrame]:
-    "A random chromosome 'bench' and `n` single-base substitutions on it (chrom, pos 1-based, ref, alt), each a full window from its ends."
+VARIANT_BENCH_KINDS: tuple[str, ...] = ("snv", "indel")
+"What `--variants` times: single-base substitutions, and indels (alternately a deletion and an insertion of 1-5 bases)."
+
+
+def random_variants(n: int, window: int, seed: int = 0, kind: str = "snv") -> tuple[dict[str, str], pd.DataFrame]:
+    """A random chromosome 'bench' and `n` variants on it (chrom, pos 1-based, ref, alt as in a VCF), each a full window from
+    its ends: single-base substitutions (`kind='snv'`), or alternately deletions and insertions of 1-5 bases ('indel')."""
+    if kind not in VARIANT_BENCH_KINDS: raise ValueError(f"unknown variant kind {kind!r}; choose from {list(VARIANT_BENCH_KINDS)}.")
     rng = np.random.default_rng(seed)
     sequence = "".join(rng.choice(list("ACGT"), 2 * window + 16 * n))
     pos = np.sort(rng.choice(np.arange(window, len(sequence) - window), n, replace=False)) + 1
     ref = [sequence[p - 1] for p in pos]
-    alt = ["ACGT"[("ACGT".index(r) + int(k)) % 4] for r, k in zip(ref, rng.integers(1, 4, n))]
+    if kind == "indel":
+        size = rng.integers(1, 6, n)
+        inserted = ["".join(rng.choice(list("ACGT"), s)) for s in size]
+        alt = [r + inserted[i] if i % 2 else r for i, r in enumerate(ref)]  # odd rows: insertions after the base
+        ref = [r if i % 2 else sequence[p - 1:p + s] for i, (r, p, s) in enumerate(zip(ref, pos, size))]  # even: deletions
+    else:
+        alt = ["ACGT"[("ACGT".index(r) + int(k)) % 4] for r, k in zip(ref, rng.integers(1, 4, n))]
     return {"bench": sequence}, pd.DataFrame({"chrom": "bench", "pos": pos, "ref": ref, "alt": alt})
 
 # %% ../nbs/12_bench.ipynb #c834e43b
-def measure_variant_scoring(case: str, window: int, n_variants: int = 32, batch_size: int = 32, seed: int = 0) -> dict:
-    """Seconds of `score_variants` (RC-averaged) on `n_variants` random substitutions in `window`-base windows, batched and
-    one window per forward, in this process; and of `dnallm_nb.tracks.base_track` over `n_variants` bases (the track row)."""
+def measure_variant_scoring(case: str, window: int, n_variants: int = 32, batch_size: int = 32, seed: int = 0, kind: str = "snv") -> dict:
+    """Seconds of `score_variants` (RC-averaged) on `n_variants` random variants of `kind` ('snv' or 'indel') in `window`-base
+    windows, batched and one window per forward, in this process; for SNVs also of `dnallm_nb.tracks.base_track` over
+    `n_variants` bases (the track row)."""
     from dnallm_nb.tracks import base_track
     model, tokenizer = variant_case(case)
-    genome, variants = random_variants(n_variants, window, seed)
-    run = lambda table, batch: score_variants(model, tokenizer, table, genome=genome, window=window, batch_size=batch, progress=False)
-    run(variants.head(2), 2)  # warm-up
+    genome, variants = random_variants(n_variants, window, seed, kind)
+    run = lambda table, batch, on=genome: score_variants(model, tokenizer, table, genome=on, window=window, batch_size=batch, progress=False, strict=True)
+    warm_genome, warm = random_variants(2, window, seed)
+    run(warm, 2, warm_genome)  # warm-up on two substitutions (an indel costs 64 windows: 16 flank bases a side, 2 haplotypes)
     batched = _seconds(lambda: run(variants, batch_size))
     one_at_a_time = _seconds(lambda: run(variants, 1))
     track = lambda batch: base_track(model, tokenizer, genome, f"bench:{window + 1}-{window + n_variants}", window=window,
                                      batch_size=batch, progress=False)  # one masked forward per base, serving its 3 SNVs
-    track_batched, track_one = _seconds(lambda: track(batch_size)), _seconds(lambda: track(1))
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
-    return dict(case=case, window=window, n_variants=n_variants, batch_size=batch_size, batched_s=batched,
-                one_at_a_time_s=one_at_a_time, track_bases=n_variants, track_batched_s=track_batched,
-                track_one_at_a_time_s=track_one, peak_rss_mb=rss)
+    if kind == "snv":
+        track_batched, track_one = _seconds(lambda: track(batch_size)), _seconds(lambda: track(1))
+    timings = dict(case=case, window=window, kind=kind, n_variants=n_variants, batch_size=batch_size, batched_s=batched,
+                   one_at_a_time_s=one_at_a_time)
+    if kind == "snv":
+        timings.update(track_bases=n_variants, track_batched_s=track_batched, track_one_at_a_time_s=track_one)
+    return timings | dict(peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10))
 
 # %% ../nbs/12_bench.ipynb #1d08fe45
 def run_variant_bench(
@@ -254,30 +270,36 @@ def run_variant_bench(
     threads: int | None = None,  # torch threads (default: PyTorch's)
     malloc_cache: bool = False,  # run the measurements with `MALLOC_CACHE_ENV`
     json_path: str | Path | None = None,  # also write the measurements here
+    n_indels: int | None = None,  # random indels per case and window (default: max(1, n_variants // 16); 0: none)
 ) -> list[dict]:
-    """`dnallm-nb bench --variants N`: time `score_variants` batched and one window per forward; one row per case and
-    window, then a track row: bases/s of `dnallm_nb.tracks.base_track` over N bases."""
+    """`dnallm-nb bench --variants N`: time `score_variants` batched and one window per forward; one row per case, window
+    and kind (SNVs, indels), and after the SNV row a track row: bases/s of `dnallm_nb.tracks.base_track` over N bases."""
     cases = list(cases or ("demo", "ps"))
     unknown = [c for c in cases if c not in VARIANT_CASES]
     if unknown:
         raise ValueError(f"unknown variant-scoring case(s) {unknown}; choose from {list(VARIANT_CASES)}.")
     windows, threads = list(windows or (512, 4096)), threads or torch.get_num_threads()
+    n_indels = max(1, n_variants // 16) if n_indels is None else n_indels
+    if isinstance(n_indels, bool) or not isinstance(n_indels, int) or n_indels < 0:
+        raise ValueError(f"n_indels={n_indels!r} must be a whole number >= 0 (0: time SNVs only).")
+    counts = {"snv": n_variants, "indel": n_indels}
     env = MALLOC_CACHE_ENV if malloc_cache else None
     print(f"dnallm-nb bench --variants {n_variants}: {platform.processor() or platform.machine()}, {threads} torch threads, "
           f"torch {torch.__version__}, float32, rc='average'" + (", glibc malloc cache" if env else ""))
-    print(f"{'model':<34} {'window':>6} {'variants':>8} {'batch':>5} {'batched var/s':>13} {'1-by-1 var/s':>12} "
+    print(f"{'model':<34} {'window':>6} {'kind':>5} {'variants':>8} {'batch':>5} {'batched var/s':>13} {'1-by-1 var/s':>12} "
           f"{'speed-up':>8} {'peak MB':>8}", flush=True)
     results = []
     for case in cases:
-        for window in windows:
-            spec = dict(case=case, window=window, n_variants=n_variants, batch_size=batch, threads=threads, variants=True)
-            r = _run_worker(spec, env, f"variant scoring {case} window {window}")
-            print(f"{VARIANT_CASES[case]:<34} {window:>6,} {r['n_variants']:>8} {batch:>5} {r['n_variants'] / r['batched_s']:>13.3g} "
+        for window, kind in [(w, k) for w in windows for k in VARIANT_BENCH_KINDS if counts[k]]:
+            spec = dict(case=case, window=window, kind=kind, n_variants=counts[kind], batch_size=batch, threads=threads, variants=True)
+            r = _run_worker(spec, env, f"variant scoring {case} window {window} {kind}s")
+            print(f"{VARIANT_CASES[case]:<34} {window:>6,} {kind:>5} {r['n_variants']:>8} {batch:>5} {r['n_variants'] / r['batched_s']:>13.3g} "
                   f"{r['n_variants'] / r['one_at_a_time_s']:>12.3g} {r['one_at_a_time_s'] / r['batched_s']:>7.2f}x "
                   f"{r['peak_rss_mb']:>8,.0f}", flush=True)
-            print(f"{'  track (bases, bases/s)':<34} {window:>6,} {r['track_bases']:>8} {batch:>5} "
-                  f"{r['track_bases'] / r['track_batched_s']:>13.3g} {r['track_bases'] / r['track_one_at_a_time_s']:>12.3g} "
-                  f"{r['track_one_at_a_time_s'] / r['track_batched_s']:>7.2f}x", flush=True)
+            if "track_bases" in r:
+                print(f"{'  track (bases, bases/s)':<34} {window:>6,} {'base':>5} {r['track_bases']:>8} {batch:>5} "
+                      f"{r['track_bases'] / r['track_batched_s']:>13.3g} {r['track_bases'] / r['track_one_at_a_time_s']:>12.3g} "
+                      f"{r['track_one_at_a_time_s'] / r['track_batched_s']:>7.2f}x", flush=True)
             results.append(r)
     if json_path:
         Path(json_path).write_text(json.dumps(results, indent=1))
