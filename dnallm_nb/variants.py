@@ -542,7 +542,8 @@ def check_head(head, model: torch.nn.Module, tokenizer, window: int) -> None:
     from dnallm_nb.finetune import FinetuneClassifier, FinetuneRegressor  # here: fine-tuning loads peft
     if not isinstance(head, (FinetuneClassifier, FinetuneRegressor)):
         raise TypeError(f"head must be a fitted FinetuneClassifier or FinetuneRegressor (dnallm_nb.finetune), got "
-                        f"{type(head).__name__}; fit one on sequences of the window length, or read one with load_finetuned(folder).")
+                        f"{type(head).__name__}; fit one on sequences of the window length (method='head' is a linear probe of "
+                        "the frozen model), or read one with load_finetuned(folder).")
     if not hasattr(head, "model_"):
         raise ValueError(f"the {type(head).__name__} is not fitted: call head.fit(sequences, y) first, or read a fitted "
                          "one with load_finetuned(folder).")
