@@ -209,11 +209,19 @@ def _optional_f32(t: torch.Tensor | None) -> torch.Tensor:
     "t in float32, or an empty tensor standing for None (the kernels' convention)."
     return torch.empty(0) if t is None else t.float()
 
+
+def _kernel_dtype(t: torch.Tensor | None) -> torch.Tensor:
+    """t as the kernels read activations: bfloat16 and float32 as they are (bfloat16 is widened as it is loaded, no
+    copy), anything else in float32; an empty tensor stands for None."""
+    if t is None:
+        return torch.empty(0)
+    return t if t.dtype in (torch.float32, torch.bfloat16) else t.float()
+
 # %% ../nbs/06_fastscan.ipynb #a8da260a
 def _mamba1_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, reverse=False):
-    y = load_kernels().mamba1_scan(u.float(), delta.float(), A.float(), B.float(), C.float(), _optional_f32(D),
-                                   _optional_f32(z), _optional_f32(delta_bias), bool(delta_softplus),
-                                   bool(reverse))  # (batch, L, d_inner)
+    y = load_kernels().mamba1_scan(_kernel_dtype(u), _kernel_dtype(delta), A.float(), _kernel_dtype(B),
+                                   _kernel_dtype(C), _optional_f32(D), _kernel_dtype(z), _optional_f32(delta_bias),
+                                   bool(delta_softplus), bool(reverse))  # (batch, L, d_inner), bfloat16 for bfloat16 u
     return y.transpose(1, 2).to(u.dtype)
 
 # %% ../nbs/06_fastscan.ipynb #62684480
@@ -259,7 +267,8 @@ def selective_scan_cpu(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
     kernel from the last position to the first (no flipped copies).
 
     u, delta, z: (batch, d_inner, L); A: (d_inner, N); B, C: (batch, N, L); D, delta_bias: (d_inner,). Computed in
-    float32, returned in u's dtype as (batch, d_inner, L) with (batch, L, d_inner) memory."""
+    float32, returned in u's dtype as (batch, d_inner, L) with (batch, L, d_inner) memory. bfloat16 inputs are read
+    as they are and a bfloat16 result is written directly (the state, its exp and the sums stay float32)."""
     if u.dim() != 3 or A.dim() != 2:
         raise ValueError(f"u must be (batch, d_inner, L) and A (d_inner, N); got u {tuple(u.shape)}, A {tuple(A.shape)}.")
     (b, d, L), N = u.shape, A.shape[1]
@@ -345,8 +354,8 @@ def ssd_scan_cpu(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
 # %% ../nbs/06_fastscan.ipynb #b1b71ad8
 def _causal_conv1d_forward(x, weight, bias=None, silu=False, reverse=False):
     w = weight.reshape(weight.shape[0], -1).float()
-    y = load_kernels().causal_conv1d(x.float(), w, _optional_f32(bias), bool(silu), bool(reverse))
-    return y.to(x.dtype)
+    y = load_kernels().causal_conv1d(_kernel_dtype(x), w, _optional_f32(bias), bool(silu), bool(reverse))
+    return y.to(x.dtype)  # bfloat16 x: written in bfloat16 by the kernel (sums in float32)
 
 # %% ../nbs/06_fastscan.ipynb #74d1cb81
 def causal_conv1d_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
