@@ -18,4 +18,6 @@ std::vector<at::Tensor> ssd_chunk_inputs(at::Tensor x, at::Tensor dt, at::Tensor
 void ssd_combine(at::Tensor out, at::Tensor Yin, at::Tensor Y, at::Tensor cum, at::Tensor x, at::Tensor D);
 // conv.cpp
 at::Tensor causal_conv1d(at::Tensor x, at::Tensor w, at::Tensor bias, bool silu, bool reverse);
+// norm.cpp
+std::vector<at::Tensor> add_rms_norm(at::Tensor x, at::Tensor residual, at::Tensor w, double eps);
 }  // namespace dnallm
