@@ -24,6 +24,7 @@ import torch
 from .configuration import CaduceusConfig
 from .distributed import fair_threads, init_distributed, torchrun_argv
 from .embeddings import extract_embeddings_to
+from .fastscan import kernel_report
 from .load import DEMO_MODEL_NAME, load_model_and_tokenizer
 from .modeling import BiMamba, CaduceusForMaskedLM, CaduceusModel
 from .scan import ScanBackend
@@ -31,10 +32,11 @@ from .tokenization import CaduceusTokenizer, PlantTokenizer
 from .variants import score_variants
 
 # %% auto #0
-__all__ = ['CADUCEUS_COMPLEMENT', 'PLANT_COMPLEMENT', 'CASES', 'MALLOC_CACHE_ENV', 'VARIANT_CASES', 'VARIANT_BENCH_KINDS',
-           'case_config', 'model_flops', 'gemm_rate', 'Measurement', 'measure', 'measure_in_subprocess', 'run_worker',
-           'variant_case', 'random_variants', 'measure_variant_scoring', 'run_variant_bench', 'measure_training',
-           'run_training_bench', 'run_bench', 'embed_scaling_worker', 'bench_embed_scaling']
+__all__ = ['CADUCEUS_COMPLEMENT', 'PLANT_COMPLEMENT', 'CASES', 'DTYPES', 'MALLOC_CACHE_ENV', 'VARIANT_CASES',
+           'VARIANT_BENCH_KINDS', 'case_config', 'model_flops', 'gemm_rate', 'Measurement', 'measure', 'mamba_passes',
+           'peer_model', 'measure_peer', 'measure_in_subprocess', 'run_worker', 'variant_case', 'random_variants',
+           'measure_variant_scoring', 'run_variant_bench', 'measure_training', 'run_training_bench', 'run_bench',
+           'embed_scaling_worker', 'bench_embed_scaling']
 
 # %% ../nbs/12_bench.ipynb #3131e640
 CADUCEUS_COMPLEMENT = {0: 0, 1: 1, 2: 2, 3: 3, 4: 4, 5: 5, 6: 6, 7: 10, 8: 9, 9: 8, 10: 7, 11: 11}
@@ -140,15 +142,23 @@ class Measurement:
     peak_rss_mb: float
     flops: float = 0.0  # model FLOPs of the forward (full model)
     gemm_flops_per_s: float = 0.0
+    dtype: str = "float32"  # parameters and activations
+    cosine_min: float | None = None  # bfloat16 only: lowest per-token cosine of the last hidden state to float32's
 
     @property
     def tokens_per_s(self) -> float:
         return self.batch * self.length / self.seconds
 
+# %% ../nbs/12_bench.ipynb #cc6e828b
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+"What `measure` and `dnallm-nb bench --dtype` take."
+
 # %% ../nbs/12_bench.ipynb #e8c46935
 def measure(case: str, length: int, backend: str = "cpu", batch: int = 1, n_layer: int | None = None,
-            repeats: int = 1, count_flops: bool = True, seed: int = 0) -> Measurement:
-    "Time `repeats` forwards (after a 256-token warm-up) of the case's model on random tokens, in this process."
+            repeats: int = 1, count_flops: bool = True, seed: int = 0, dtype: str = "float32") -> Measurement:
+    """Time `repeats` forwards (after a 256-token warm-up) of the case's model on random tokens, in this process, with
+    parameters in `dtype` ("float32" or "bfloat16"). A bfloat16 run also compares its last hidden state with the
+    float32 model's on the same tokens (`cosine_min`, one extra float32 forward, not timed)."""
     torch.manual_seed(seed)
     model = CaduceusModel(case_config(case, n_layer)).eval()
     flops = model_flops(model, batch, length) if count_flops else 0.0
@@ -156,11 +166,54 @@ def measure(case: str, length: int, backend: str = "cpu", batch: int = 1, n_laye
     model.scan_backend = backend
     low, high = CASES[case]["tokens"]
     ids = torch.randint(low, high, (batch, length))
+    cosine = None
+    with torch.no_grad():
+        if dtype != "float32":
+            want = model(ids).last_hidden_state  # (batch, L, d)
+            model = model.to(DTYPES[dtype])
+            got = model(ids).last_hidden_state.float()
+            cosine = torch.nn.functional.cosine_similarity(got, want, dim=-1).min().item()
+            del want, got
+        model(ids[:, :256])
+        wall, cpu = min(_timed(lambda: model(ids)) for _ in range(repeats))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
+    return Measurement(case, length, batch, backend, model.config.n_layer, wall, cpu, rss, flops, gemm, dtype, cosine)
+
+# %% ../nbs/12_bench.ipynb #dfd7a1ff
+def mamba_passes(case: str) -> int:
+    "Mamba mixer passes in one layer of a case's model: 2 for a bidirectional layer, twice that with RCPS (both strands)."
+    config = case_config(case)
+    return (2 if config.bidirectional else 1) * (2 if config.rcps else 1)
+
+# %% ../nbs/12_bench.ipynb #3e24ba9b
+def peer_model(case: str, n_layer: int) -> torch.nn.Module:
+    """transformers' `MambaModel` (`Mamba2Model` for a Mamba-2 case) with the case's d_model, d_state, expand,
+    d_conv (and headdim) and `n_layer` one-direction layers, random float32 weights."""
+    config = case_config(case)
+    ssm, d_inner = config.ssm_cfg, config.ssm_cfg.get("expand", 2) * config.d_model
+    common = dict(vocab_size=config.vocab_size, hidden_size=config.d_model, num_hidden_layers=n_layer,
+                  expand=ssm.get("expand", 2), conv_kernel=ssm.get("d_conv", 4), use_cache=False)
+    if config.mixer_type == "mamba2":
+        from transformers import Mamba2Config, Mamba2Model
+        headdim = ssm.get("headdim", 64)
+        return Mamba2Model(Mamba2Config(**common, state_size=ssm.get("d_state", 128), head_dim=headdim,
+                                        num_heads=d_inner // headdim, n_groups=ssm.get("ngroups", 1))).eval()
+    from transformers import MambaConfig, MambaModel
+    return MambaModel(MambaConfig(**common, state_size=ssm.get("d_state", 16), use_mambapy=False)).eval()
+
+# %% ../nbs/12_bench.ipynb #79e440f2
+def measure_peer(case: str, length: int, batch: int = 1, n_layer: int = 2, repeats: int = 1, seed: int = 0) -> Measurement:
+    """Time `repeats` forwards (after a 256-token warm-up) of `peer_model(case, n_layer)` on random tokens, in this
+    process (float32). Its `n_layer` is the peer's; scale by `mamba_passes`, as `run_bench` does."""
+    torch.manual_seed(seed)
+    model = peer_model(case, n_layer)
+    low, high = CASES[case]["tokens"]
+    ids = torch.randint(low, high, (batch, length))
     with torch.no_grad():
         model(ids[:, :256])
         wall, cpu = min(_timed(lambda: model(ids)) for _ in range(repeats))
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)
-    return Measurement(case, length, batch, backend, model.config.n_layer, wall, cpu, rss, flops, gemm)
+    return Measurement(case, length, batch, "transformers", n_layer, wall, cpu, rss)
 
 # %% ../nbs/12_bench.ipynb #aa6456b5
 MALLOC_CACHE_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**32), "MALLOC_TRIM_THRESHOLD_": str(2**36),
@@ -181,12 +234,17 @@ def _run_worker(spec: dict, env: dict | None, what: str) -> dict:
 # %% ../nbs/12_bench.ipynb #6615440f
 def measure_in_subprocess(case: str, length: int, backend: str, batch: int = 1, n_layer: int | None = None,
                           repeats: int = 1, threads: int | None = None, count_flops: bool = True,
-                          env: dict | None = None) -> Measurement:
+                          env: dict | None = None, dtype: str = "float32") -> Measurement:
     """`measure` in a new Python process (so its peak RSS is its own), with `env` added to its environment;
-    raises RuntimeError with the child's error."""
-    spec = dict(case=case, length=length, backend=backend, batch=batch, n_layer=n_layer, repeats=repeats,
-                threads=threads, count_flops=count_flops)
-    return Measurement(**_run_worker(spec, env, f"{case} L={length} ({backend})"))
+    `backend="transformers"` runs `measure_peer` instead (on `n_layer` layers). Raises RuntimeError with the
+    child's error."""
+    if backend == "transformers":
+        spec = dict(case=case, length=length, batch=batch, n_layer=n_layer or 2, repeats=repeats, threads=threads,
+                    peer=True)
+    else:
+        spec = dict(case=case, length=length, backend=backend, batch=batch, n_layer=n_layer, repeats=repeats,
+                    threads=threads, count_flops=count_flops, dtype=dtype)
+    return Measurement(**_run_worker(spec, env, f"{case} L={length} ({backend}, {dtype})"))
 
 # %% ../nbs/12_bench.ipynb #cf9f000c
 def run_worker(spec_json: str) -> None:
@@ -197,6 +255,10 @@ def run_worker(spec_json: str) -> None:
         torch.set_num_threads(threads)
     if spec.pop("variants", False):
         print(json.dumps(measure_variant_scoring(**spec)))
+    elif spec.pop("peer", False):
+        import transformers
+        transformers.logging.set_verbosity_error()  # its note that mamba-ssm is missing: the point of the peer run
+        print(json.dumps(asdict(measure_peer(**spec))))
     else:
         print(json.dumps(asdict(measure(**spec))))
 
@@ -408,7 +470,8 @@ def run_training_bench(
     return r
 
 # %% ../nbs/12_bench.ipynb #055c1f2f
-def _row(m: Measurement, ref: Measurement | None, scale: float) -> str:
+def _row(m: Measurement, ref: Measurement | None, scale: float, bf16: Measurement | None = None,
+         peer: Measurement | None = None, peer_scale: float = 1.0) -> str:
     rate = m.flops / m.seconds
     if ref is None:
         ref_text, speedup = "not run", "-"
@@ -416,8 +479,16 @@ def _row(m: Measurement, ref: Measurement | None, scale: float) -> str:
         ref_tps = ref.tokens_per_s / scale
         mark = "~" if scale != 1 else ""
         ref_text, speedup = f"{mark}{ref_tps:,.0f}", f"{mark}{m.tokens_per_s / ref_tps:.1f}x"
-    return (f"{CASES[m.case]['title']:<17} {m.length:>7,} {m.seconds:>9.2f} {m.cpu_seconds:>7.1f} {m.tokens_per_s:>10,.0f} "
-            f"{m.peak_rss_mb:>9,.0f} {rate / 1e9:>8.1f} {rate / m.gemm_flops_per_s:>6.0%} {ref_text:>10} {speedup:>8}")
+    row = (f"{CASES[m.case]['title']:<17} {m.length:>7,} {m.seconds:>9.2f} {m.cpu_seconds:>7.1f} {m.tokens_per_s:>10,.0f} "
+           f"{m.peak_rss_mb:>9,.0f} {rate / 1e9:>8.1f} {rate / m.gemm_flops_per_s:>6.0%} {ref_text:>10} {speedup:>8}")
+    if bf16 is not None:
+        row += f" {bf16.tokens_per_s:>10,.0f} {bf16.tokens_per_s / m.tokens_per_s:>6.2f}x {bf16.cosine_min:>8.5f}"
+    if peer is not None:
+        peer_tps = peer.tokens_per_s / peer_scale
+        row += f" {peer_tps:>10,.1f} {m.tokens_per_s / peer_tps:>7.1f}x"
+        if bf16 is not None:
+            row += f" {bf16.tokens_per_s / peer_tps:>8.1f}x"
+    return row
 
 # %% ../nbs/12_bench.ipynb #37050999
 def run_bench(
@@ -431,23 +502,39 @@ def run_bench(
     threads: int | None = None,  # torch threads in every measurement (default: PyTorch's)
     malloc_cache: bool = False,  # run the measurements with `MALLOC_CACHE_ENV`
     json_path: str | Path | None = None,  # also write the measurements here
+    dtype: str = "float32",  # "bfloat16": also measure the model in bfloat16 (its own columns)
+    peers: bool = False,  # also time transformers' Mamba at the same compute (see `measure_peer`)
+    peer_layers: int = 2,  # layers the peer runs, its time scaled to the model's Mamba passes
 ) -> list[dict]:
     "`dnallm-nb bench`: measure each case and length in a fresh process and print one table row per case and length."
     cases = list(cases or CASES)
     for c in cases:
         case_config(c)  # validates the name
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}.")
     threads = threads or torch.get_num_threads()
     env = MALLOC_CACHE_ENV if malloc_cache else None
+    bf16 = dtype == "bfloat16"
     print(f"dnallm-nb bench: {platform.processor() or platform.machine()}, {threads} torch threads, "
-          f"torch {torch.__version__}, float32, batch {batch}, backend {backend!r}"
+          f"torch {torch.__version__}, float32{' and bfloat16' if bf16 else ''}, batch {batch}, backend {backend!r}"
           + (", glibc malloc cache" if env else ""))
-    print(f"{'case':<17} {'L':>7} {'s/forward':>9} {'cpu s':>7} {'tokens/s':>10} {'peak MB':>9} {'GFLOP/s':>8} {'%GEMM':>6} "
-          f"{'ref tok/s':>10} {'speed-up':>8}", flush=True)
+    if backend == "cpu":
+        for name in ("float32", "bfloat16") if bf16 else ("float32",):
+            print(f"kernels ({name}): {kernel_report(DTYPES[name])}")
+    header = (f"{'case':<17} {'L':>7} {'s/forward':>9} {'cpu s':>7} {'tokens/s':>10} {'peak MB':>9} {'GFLOP/s':>8} "
+              f"{'%GEMM':>6} {'ref tok/s':>10} {'speed-up':>8}")
+    if bf16:
+        header += f" {'bf16 tok/s':>10} {'vs f32':>7} {'cos min':>8}"
+    if peers:
+        header += f" {'peer tok/s':>10} {'vs peer':>8}" + (f" {'bf16/peer':>9}" if bf16 else "")
+    print(header, flush=True)
     results, notes = [], []
     for case in cases:
         for length in lengths or CASES[case]["lengths"]:
             repeats = repeats if length <= 8192 else 1
             m = measure_in_subprocess(case, length, backend, batch, repeats=repeats, threads=threads, env=env)
+            m16 = measure_in_subprocess(case, length, backend, batch, repeats=repeats, threads=threads, env=env,
+                                        dtype="bfloat16") if bf16 else None
             ref, scale = None, 1.0
             limit = CASES[case]["reference_max_length"] if reference_max_length is None else reference_max_length
             if length <= limit:
@@ -457,8 +544,15 @@ def run_bench(
                 ref = measure_in_subprocess(case, length, "reference", batch, n_layer=reference_layers,
                                             repeats=1, threads=threads, count_flops=False, env=env)
                 scale = m.n_layer / ref.n_layer
-            print(_row(m, ref, scale), flush=True)
-            results.append(dict(fast=asdict(m), reference=asdict(ref) if ref else None, reference_scale=scale))
+            peer, peer_scale = None, 1.0
+            if peers:
+                peer = measure_in_subprocess(case, length, "transformers", batch, n_layer=peer_layers, repeats=1,
+                                             threads=threads, env=env)
+                peer_scale = m.n_layer * mamba_passes(case) / peer.n_layer
+            print(_row(m, ref, scale, m16, peer, peer_scale), flush=True)
+            results.append(dict(fast=asdict(m), reference=asdict(ref) if ref else None, reference_scale=scale,
+                                bfloat16=asdict(m16) if m16 else None, peer=asdict(peer) if peer else None,
+                                peer_scale=peer_scale))
     gemm = [r["fast"]["gemm_flops_per_s"] for r in results]
     if gemm:
         notes.append(f"GEMM rate (2048² float32, measured before each case): {min(gemm) / 1e9:.0f}–{max(gemm) / 1e9:.0f} GFLOP/s.")
@@ -466,6 +560,12 @@ def run_bench(
         notes.append("reference not run on the longer inputs (too slow); --reference-layers K estimates it from K layers.")
     if any(r["reference_scale"] != 1 for r in results):
         notes.append(f"~ = reference timed on {reference_layers} layers and scaled by n_layer / {reference_layers}.")
+    if bf16:
+        notes.append("bf16 = the same model in bfloat16; vs f32 = its tokens/s over float32's; cos min = lowest per-token "
+                     "cosine of its last hidden state to float32's.")
+    if peers:
+        notes.append(f"peer = transformers' Mamba (PyTorch path, float32) timed on {peer_layers} layers, scaled to "
+                     "n_layer × Mamba passes per layer (2 per BiMamba layer, ×2 for RCPS); vs peer = our tokens/s over it.")
     for note in notes:
         print("note:", note)
     if json_path:

@@ -341,6 +341,12 @@ def add_bench(p: argparse.ArgumentParser) -> None:
     option(p, "--malloc-cache", action="store_true", help="keep freed memory in glibc's heap (fewer page faults on long "
            "inputs, higher peak RSS) (default: off)")
     option(p, "--json", help="also write the measurements to this JSON file (default: none)")
+    option(p, "--dtype", choices=["float32", "bfloat16"], default="float32", help="bfloat16: also measure the model "
+           "in bfloat16, with its tokens/s, ratio to float32 and lowest per-token cosine to float32 as columns")
+    option(p, "--peers", action="store_true", help="also time transformers' Mamba (PyTorch path) at the same length "
+           "and compute, and print our ratio to it (default: off)")
+    option(p, "--peer-layers", type=positive_int, default=2, help="layers the peer runs; its time is scaled to the "
+           "model's Mamba passes")
     add_runtime(p, dtype=False, progress=False)
 
 # %% ../nbs/90_cli.ipynb #a3d9d368
@@ -355,7 +361,8 @@ def run_bench(args: argparse.Namespace) -> int:
     else:
         forwards(cases=args.cases, lengths=args.lengths, batch=args.batch or 1, backend=args.backend, repeats=args.repeats,
                  reference_max_length=args.reference_max_length, reference_layers=args.reference_layers,
-                 threads=args.threads, malloc_cache=args.malloc_cache, json_path=args.json)
+                 threads=args.threads, malloc_cache=args.malloc_cache, json_path=args.json,
+                 dtype=args.dtype, peers=args.peers, peer_layers=args.peer_layers)
     return 0
 
 # %% ../nbs/90_cli.ipynb #1e97a713

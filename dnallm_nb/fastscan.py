@@ -27,16 +27,17 @@ logger = logging.getLogger(__name__)
 # %% auto #0
 __all__ = ['logger', 'KERNEL_DIR', 'KERNEL_SOURCES', 'KERNEL_FUNCTIONS', 'KERNEL_CACHE_ENV', 'STALE_BUILD_LOCK_SECONDS',
            'SSD_CHUNK', 'SSD_WINDOW_ELEMENTS', 'FastScanBuildError', 'kernel_build_flags', 'kernel_build_key',
-           'kernel_build_dir', 'build_kernels', 'load_kernels', 'cpu_backend_available', 'reference_gradient',
-           'selective_scan_cpu', 'ssd_scan_cpu', 'causal_conv1d_cpu']
+           'kernel_build_dir', 'build_kernels', 'load_kernels', 'cpu_backend_available', 'cpu_bf16_features',
+           'bf16_preferred', 'kernel_report', 'reference_gradient', 'selective_scan_cpu', 'ssd_scan_cpu',
+           'causal_conv1d_cpu', 'add_rms_norm_cpu']
 
 # %% ../nbs/06_fastscan.ipynb #12530f5b
 KERNEL_DIR = Path(str(resources.files("dnallm_nb") / "csrc"))
 "Folder of the C++ sources, shipped inside the package."
-KERNEL_SOURCES = ("mamba1.cpp", "ssd.cpp", "conv.cpp", "bindings.cpp")
+KERNEL_SOURCES = ("mamba1.cpp", "ssd.cpp", "conv.cpp", "norm.cpp", "bindings.cpp")
 "The files compiled into the extension (they include `common.h` and `kernels.h` from the same folder)."
 KERNEL_FUNCTIONS = ("mamba1_scan", "mamba1_scan_backward", "ssd_decay_mask", "ssd_chunk_states", "ssd_chunk_inputs",
-                    "ssd_combine", "causal_conv1d", "causal_conv1d_backward")
+                    "ssd_combine", "causal_conv1d", "causal_conv1d_backward", "add_rms_norm")
 "What the compiled module offers (bindings.cpp)."
 
 # %% ../nbs/06_fastscan.ipynb #f25a2097
@@ -167,6 +168,34 @@ def cpu_backend_available(device: torch.device | str = "cpu") -> bool:
         return False
     return True
 
+# %% ../nbs/06_fastscan.ipynb #8edf5c99
+def _cpu_flags() -> set[str]:
+    "The CPU's feature flags (/proc/cpuinfo; empty where there is none)."
+    return {f for line in _cpu_features() if line.startswith(("flags", "Features")) for f in line.split(":", 1)[-1].split()}
+
+# %% ../nbs/06_fastscan.ipynb #9c35ba8a
+def cpu_bf16_features() -> list[str]:
+    "This CPU's bfloat16 instructions among `amx_bf16` (matrix tiles) and `avx512_bf16` (vector dot products)."
+    return [f for f in ("amx_bf16", "avx512_bf16") if f in _cpu_flags()]
+
+# %% ../nbs/06_fastscan.ipynb #2986165c
+def bf16_preferred() -> bool:
+    """Whether bfloat16 is the faster choice on this CPU: it has AMX-BF16 or AVX512_BF16 and oneDNN runs bfloat16
+    matrix products with them."""
+    return bool(cpu_bf16_features()) and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+# %% ../nbs/06_fastscan.ipynb #309adcd6
+def kernel_report(dtype: torch.dtype = torch.float32) -> str:
+    "Which kernels a forward with parameters in `dtype` runs on this machine's CPU, in words."
+    flags = _cpu_flags()
+    isa = "AVX-512" if {"avx512f", "avx512dq"} <= flags else "auto-vectorised"
+    scan = f"scan and conv: C++ {isa}"
+    if dtype == torch.bfloat16:
+        native = cpu_bf16_features()
+        mm = f"oneDNN bfloat16 ({', '.join(native)})" if native else "bfloat16 emulated (no AMX/AVX512_BF16: slower than float32)"
+        return f"{scan}, bfloat16 in and out, float32 inside; matrix products: {mm}; norms: float32 inside"
+    return f"{scan}, float32; matrix products: float32 ({torch.backends.cpu.get_cpu_capability()})"
+
 # %% ../nbs/06_fastscan.ipynb #bc313db7
 class _ReferenceGradient(torch.autograd.Function):
     @staticmethod
@@ -209,11 +238,19 @@ def _optional_f32(t: torch.Tensor | None) -> torch.Tensor:
     "t in float32, or an empty tensor standing for None (the kernels' convention)."
     return torch.empty(0) if t is None else t.float()
 
+
+def _kernel_dtype(t: torch.Tensor | None) -> torch.Tensor:
+    """t as the kernels read activations: bfloat16 and float32 as they are (bfloat16 is widened as it is loaded, no
+    copy), anything else in float32; an empty tensor stands for None."""
+    if t is None:
+        return torch.empty(0)
+    return t if t.dtype in (torch.float32, torch.bfloat16) else t.float()
+
 # %% ../nbs/06_fastscan.ipynb #a8da260a
 def _mamba1_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False, reverse=False):
-    y = load_kernels().mamba1_scan(u.float(), delta.float(), A.float(), B.float(), C.float(), _optional_f32(D),
-                                   _optional_f32(z), _optional_f32(delta_bias), bool(delta_softplus),
-                                   bool(reverse))  # (batch, L, d_inner)
+    y = load_kernels().mamba1_scan(_kernel_dtype(u), _kernel_dtype(delta), A.float(), _kernel_dtype(B),
+                                   _kernel_dtype(C), _optional_f32(D), _kernel_dtype(z), _optional_f32(delta_bias),
+                                   bool(delta_softplus), bool(reverse))  # (batch, L, d_inner), bfloat16 for bfloat16 u
     return y.transpose(1, 2).to(u.dtype)
 
 # %% ../nbs/06_fastscan.ipynb #933b525b
@@ -250,7 +287,8 @@ def selective_scan_cpu(u: torch.Tensor, delta: torch.Tensor, A: torch.Tensor, B:
     kernel from the last position to the first (no flipped copies).
 
     u, delta, z: (batch, d_inner, L); A: (d_inner, N); B, C: (batch, N, L); D, delta_bias: (d_inner,). Computed in
-    float32, returned in u's dtype as (batch, d_inner, L) with (batch, L, d_inner) memory."""
+    float32, returned in u's dtype as (batch, d_inner, L) with (batch, L, d_inner) memory. bfloat16 inputs are read
+    as they are and a bfloat16 result is written directly (the state, its exp and the sums stay float32)."""
     if u.dim() != 3 or A.dim() != 2:
         raise ValueError(f"u must be (batch, d_inner, L) and A (d_inner, N); got u {tuple(u.shape)}, A {tuple(A.shape)}.")
     (b, d, L), N = u.shape, A.shape[1]
@@ -336,8 +374,8 @@ def ssd_scan_cpu(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Te
 # %% ../nbs/06_fastscan.ipynb #b1b71ad8
 def _causal_conv1d_forward(x, weight, bias=None, silu=False, reverse=False):
     w = weight.reshape(weight.shape[0], -1).float()
-    y = load_kernels().causal_conv1d(x.float(), w, _optional_f32(bias), bool(silu), bool(reverse))
-    return y.to(x.dtype)
+    y = load_kernels().causal_conv1d(_kernel_dtype(x), w, _optional_f32(bias), bool(silu), bool(reverse))
+    return y.to(x.dtype)  # bfloat16 x: written in bfloat16 by the kernel (sums in float32)
 
 # %% ../nbs/06_fastscan.ipynb #74d8fd45
 class _CausalConv1d(torch.autograd.Function):
@@ -371,6 +409,18 @@ def causal_conv1d_cpu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor 
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
         return _CausalConv1d.apply(x, weight, bias, bool(silu), bool(reverse))
     return _causal_conv1d_forward(x, weight, bias, silu, reverse)
+
+# %% ../nbs/06_fastscan.ipynb #71d2390d
+def add_rms_norm_cpu(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor,
+                     eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(RMSNorm(x + residual) in x's dtype, x + residual in float32) in one pass (C++), computed in float32.
+
+    x: (..., d) float32 or bfloat16; residual: float32 of x's shape, or None; weight: (d,). No gradient."""
+    if residual is not None and residual.shape != x.shape:
+        raise ValueError(f"residual has shape {tuple(residual.shape)}, expected x's {tuple(x.shape)}.")
+    res = torch.empty(0) if residual is None else residual.float().contiguous()
+    normed, stream = load_kernels().add_rms_norm(_kernel_dtype(x).contiguous(), res, weight.float().contiguous(), float(eps))
+    return normed.to(x.dtype), stream
 
 # %% ../nbs/06_fastscan.ipynb #704a7ac9
 register_scan_backend("cpu", selective_scan_cpu, ssd_scan_cpu, cpu_backend_available, causal_conv1d_cpu)

@@ -95,11 +95,34 @@ def make_norm(config: CaduceusConfig) -> nn.Module:
     "The block norm the config asks for: RMSNorm or LayerNorm over d_model."
     return (RMSNorm if config.rms_norm else LayerNorm)(config.d_model, eps=config.norm_epsilon)
 
+# %% ../nbs/04_modeling.ipynb #24de214c
+def _fused_add_norm(h: torch.Tensor, residual: torch.Tensor | None, norm: nn.Module,
+                    swap: bool) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """A bfloat16 stream's add and RMSNorm in one pass of the CPU kernel (`add_rms_norm_cpu`: float32 inside, the
+    same numbers as the unfused ops up to float32 summation order), or None where it does not apply: another dtype
+    or norm, a non-CPU tensor, a gradient to compute, or no compiled kernels."""
+    if h.dtype != torch.bfloat16 or type(norm) is not RMSNorm or h.device.type != "cpu":
+        return None
+    tensors = (h, residual, norm.weight)
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        return None
+    from .fastscan import add_rms_norm_cpu, cpu_backend_available
+    if not cpu_backend_available(h.device):
+        return None
+    residual = None if residual is None else residual.float()
+    if swap:  # the swap is a permutation: swapping both terms before the add is the same as swapping the sum
+        h, residual = swap_strands(h), None if residual is None else swap_strands(residual)
+    return add_rms_norm_cpu(h, residual, norm.weight, norm.eps)
+
 # %% ../nbs/04_modeling.ipynb #97a605f4
 def add_norm(h: torch.Tensor, residual: torch.Tensor | None, norm: nn.Module, residual_in_fp32: bool,
              swap: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Add h to the residual stream (h alone at the first layer) and normalise the sum: (normed in h's dtype, new
     residual). `swap`: the released RCPS quirk, `swap_strands` on the sum (h and residual are strand batches)."""
+    fused = _fused_add_norm(h, residual, norm, swap)
+    if fused is not None:
+        normed, stream = fused
+        return normed, (stream if residual_in_fp32 else stream.to(h.dtype))
     stream = h.float() if residual is None else h.float() + residual.float()
     if swap:
         stream = swap_strands(stream)

@@ -12,4 +12,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("ssd_combine", &dnallm::ssd_combine, "SSD output of one window (ssd.cpp)");
   m.def("causal_conv1d", &dnallm::causal_conv1d, "Depthwise causal convolution and SiLU (conv.cpp)");
   m.def("causal_conv1d_backward", &dnallm::causal_conv1d_backward, "Gradients of causal_conv1d (conv.cpp)");
+  m.def("add_rms_norm", &dnallm::add_rms_norm, "Residual add and RMSNorm in float32, bfloat16 out (norm.cpp)");
 }

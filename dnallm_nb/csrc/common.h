@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
@@ -39,6 +40,26 @@ inline float bits_to_float(int32_t i) { float f; std::memcpy(&f, &i, 4); return 
 inline int32_t float_to_bits(float f) { int32_t i; std::memcpy(&i, &f, 4); return i; }
 
 constexpr float kLog2e = 1.44269504088896341f;
+
+// bfloat16 storage: the upper half of a float32. Loads widen exactly; stores round to nearest even (NaN stays NaN),
+// as torch's conversion does. The kernels compute in float32 between a bfloat16 load and a bfloat16 store.
+inline float bf16_to_float(uint16_t h) { return bits_to_float((int32_t)((uint32_t)h << 16)); }
+inline uint16_t float_to_bf16(float f) {
+  const uint32_t b = (uint32_t)float_to_bits(f);
+  const uint32_t rounded = (b + 0x7fffu + ((b >> 16) & 1u)) >> 16;
+  return (b & 0x7fffffffu) > 0x7f800000u ? (uint16_t)((b >> 16) | 0x40u) : (uint16_t)rounded;
+}
+inline float to_float(float x) { return x; }
+inline float to_float(uint16_t h) { return bf16_to_float(h); }
+inline void store_float(float* dst, float x) { *dst = x; }
+inline void store_float(uint16_t* dst, float x) { *dst = float_to_bf16(x); }
+
+// True for a bfloat16 tensor, false for float32; anything else is an error naming `what`.
+inline bool is_bf16(const at::Tensor& t, const char* what) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16, what,
+              " must be float32 or bfloat16, got ", t.scalar_type());
+  return t.scalar_type() == at::kBFloat16;
+}
 
 // 2^r for r in [-1/2, 1/2], times 2^k (integer k in [-126, 127]): a degree-6 polynomial fitted to 2^r (relative
 // error 1e-7 in float32), scaled through the exponent bits.

@@ -3,14 +3,14 @@
 #include "kernels.h"
 
 namespace dnallm {
-// Causal depthwise convolution along time, optionally followed by SiLU: y[b, t, c] = act(bias[c] +
-// sum_k w[c, k] * x[b, t - K + 1 + k, c]) with x = 0 before the start. x: (batch, L, C) any strides; w: (C, K);
-// bias: (C,) or empty. Returns y as (batch, L, C) contiguous float32. reverse: anti-causal, x[b, t + K - 1 - k, c]
-// with x = 0 after the end (the convolution of the time-reversed input, reversed).
-at::Tensor causal_conv1d(at::Tensor x, at::Tensor w, at::Tensor bias, bool silu, bool reverse) {
+namespace {
+// The convolution for input elements In and output elements Out (float, or uint16_t holding bfloat16): taps, bias and
+// sums in float32; a bfloat16 row is summed in a float32 buffer and rounded once when stored.
+template <typename In, typename Out>
+void causal_conv1d_impl(const at::Tensor& x, const at::Tensor& w, const at::Tensor& bias, bool silu, bool reverse,
+                        at::Tensor& y) {
   const int64_t batch = x.size(0), L = x.size(1), Cn = x.size(2), K = w.size(1);
-  auto y = at::empty({batch, L, Cn}, x.options());
-  const float* xp = x.data_ptr<float>();
+  const In* xp = reinterpret_cast<const In*>(x.data_ptr());
   const int64_t sb = x.stride(0), st = x.stride(1), sc = x.stride(2);
   std::vector<float> wt(K * Cn), bv(Cn, 0.f);  // taps transposed to (K, C): vector loads along channels
   const float* wp = w.data_ptr<float>();
@@ -19,35 +19,56 @@ at::Tensor causal_conv1d(at::Tensor x, at::Tensor w, at::Tensor bias, bool silu,
     if (bias.numel()) bv[c] = bias.data_ptr<float>()[c * bias.stride(0)];
   }
   constexpr int64_t TB = 256;  // time steps per task
+  constexpr bool kFloatOut = std::is_same<Out, float>::value;
   const int64_t blocks = (L + TB - 1) / TB;
-  float* yp = y.data_ptr<float>();
+  Out* yp = reinterpret_cast<Out*>(y.data_ptr());
   at::parallel_for(0, batch * blocks, 1, [&](int64_t begin, int64_t end) {
     FlushDenormals ftz;
     std::vector<float> row(Cn);
     for (int64_t i = begin; i < end; ++i) {
       const int64_t b = i / blocks, t0 = (i % blocks) * TB, t1 = std::min(L, t0 + TB);
       for (int64_t t = t0; t < t1; ++t) {
-        float* out = yp + (b * L + t) * Cn;
+        Out* dst = yp + (b * L + t) * Cn;
+        float* out = kFloatOut ? reinterpret_cast<float*>(dst) : row.data();
         std::copy(bv.begin(), bv.end(), out);
         for (int64_t k = 0; k < K; ++k) {
           const int64_t s = reverse ? t + K - 1 - k : t - K + 1 + k;
           if (s < 0 || s >= L) continue;
-          const float* in = xp + b * sb + s * st;
+          const In* in = xp + b * sb + s * st;
           const float* wk = wt.data() + k * Cn;
           if (sc == 1) {
 #pragma omp simd
-            for (int64_t c = 0; c < Cn; ++c) out[c] += wk[c] * in[c];
+            for (int64_t c = 0; c < Cn; ++c) out[c] += wk[c] * to_float(in[c]);
           } else {
-            for (int64_t c = 0; c < Cn; ++c) out[c] += wk[c] * in[c * sc];
+            for (int64_t c = 0; c < Cn; ++c) out[c] += wk[c] * to_float(in[c * sc]);
           }
         }
         if (silu) {
 #pragma omp simd
           for (int64_t c = 0; c < Cn; ++c) out[c] = fsilu(out[c]);
         }
+        if (!kFloatOut) {
+#pragma omp simd
+          for (int64_t c = 0; c < Cn; ++c) store_float(dst + c, out[c]);
+        }
       }
     }
   });
+}
+}  // namespace
+
+// Causal depthwise convolution along time, optionally followed by SiLU: y[b, t, c] = act(bias[c] +
+// sum_k w[c, k] * x[b, t - K + 1 + k, c]) with x = 0 before the start. x: (batch, L, C) any strides, float32 or
+// bfloat16; w: (C, K) and bias: (C,) or empty, float32. Returns y as (batch, L, C) contiguous in x's dtype.
+// reverse: anti-causal, x[b, t + K - 1 - k, c] with x = 0 after the end (the convolution of the time-reversed input,
+// reversed).
+at::Tensor causal_conv1d(at::Tensor x, at::Tensor w, at::Tensor bias, bool silu, bool reverse) {
+  auto y = at::empty({x.size(0), x.size(1), x.size(2)}, x.options());
+  if (is_bf16(x, "causal_conv1d's x")) {
+    causal_conv1d_impl<uint16_t, uint16_t>(x, w, bias, silu, reverse, y);
+  } else {
+    causal_conv1d_impl<float, float>(x, w, bias, silu, reverse, y);
+  }
   return y;
 }
 }  // namespace dnallm

@@ -20,4 +20,6 @@ void ssd_combine(at::Tensor out, at::Tensor Yin, at::Tensor Y, at::Tensor cum, a
 at::Tensor causal_conv1d(at::Tensor x, at::Tensor w, at::Tensor bias, bool silu, bool reverse);
 std::vector<at::Tensor> causal_conv1d_backward(at::Tensor x, at::Tensor w, at::Tensor bias, bool silu, bool reverse,
                                                at::Tensor grad);
+// norm.cpp
+std::vector<at::Tensor> add_rms_norm(at::Tensor x, at::Tensor residual, at::Tensor w, double eps);
 }  // namespace dnallm

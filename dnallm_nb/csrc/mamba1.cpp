@@ -6,11 +6,16 @@ namespace dnallm {
 namespace {
 constexpr int T = 64;  // time steps per tile of the Mamba-1 scan
 
-struct View3 {  // a float (batch, channel, time) tensor, any strides
+struct View3 {  // a float32 (p) or bfloat16 (h) (batch, channel, time) tensor, any strides
   const float* p;
   int64_t sb, sc, st;
+  const uint16_t* h = nullptr;  // set (and p null) for bfloat16
 };
-View3 view3(const at::Tensor& t) { return {t.data_ptr<float>(), t.stride(0), t.stride(1), t.stride(2)}; }
+View3 view3(const at::Tensor& t) {
+  if (is_bf16(t, "mamba1_scan's inputs u, delta, z, B, C"))
+    return {nullptr, t.stride(0), t.stride(1), t.stride(2), reinterpret_cast<const uint16_t*>(t.data_ptr())};
+  return {t.data_ptr<float>(), t.stride(0), t.stride(1), t.stride(2)};
+}
 
 #if DNALLM_AVX512
 // dst[t * ld + c] = src[c * ls + t] for c, t < 16: a 16 x 16 transpose in registers (unpacks, then 128-bit shuffles).
@@ -44,8 +49,27 @@ inline void transpose16(const float* __restrict src, int64_t ls, float* __restri
 #endif
 
 // tile[t][c] = v[b, c0 + c, t0 + t] for c < cn (zero for cn <= c < DC), t < tn.
+// load_tile of a bfloat16 view: widened to float32 as it is copied.
+template <int DC>
+inline void load_tile_bf16(const View3& v, int64_t b, int64_t c0, int cn, int64_t t0, int tn, float (&tile)[T][DC]) {
+  const uint16_t* p = v.h + b * v.sb + c0 * v.sc + t0 * v.st;
+  if (v.sc == 1 && cn == DC) {
+    for (int t = 0; t < tn; ++t) {
+      const uint16_t* q = p + t * v.st;
+#pragma omp simd
+      for (int c = 0; c < DC; ++c) tile[t][c] = bf16_to_float(q[c]);
+    }
+    return;
+  }
+  for (int t = 0; t < tn; ++t)
+    for (int c = cn; c < DC; ++c) tile[t][c] = 0.f;
+  for (int c = 0; c < cn; ++c)
+    for (int t = 0; t < tn; ++t) tile[t][c] = bf16_to_float(p[c * v.sc + t * v.st]);
+}
+
 template <int DC>
 inline void load_tile(const View3& v, int64_t b, int64_t c0, int cn, int64_t t0, int tn, float (&tile)[T][DC]) {
+  if (v.h) return load_tile_bf16(v, b, c0, cn, t0, tn, tile);
   const float* p = v.p + b * v.sb + c0 * v.sc + t0 * v.st;
   if (v.sc == 1 && cn == DC) {  // channels contiguous: vector copies
     for (int t = 0; t < tn; ++t) {
@@ -72,17 +96,24 @@ inline void load_tile(const View3& v, int64_t b, int64_t c0, int cn, int64_t t0,
 // A tile's rows lie far apart (one per channel or per token), a pattern the hardware prefetchers do not follow: without
 // this the scan waits on memory for each tile it loads.
 inline void prefetch_tile(const View3& v, int64_t b, int64_t c0, int cn, int64_t t0, int tn) {
-  const char* p = reinterpret_cast<const char*>(v.p + b * v.sb + c0 * v.sc + t0 * v.st);
+  const int64_t offset = b * v.sb + c0 * v.sc + t0 * v.st, size = v.h ? 2 : 4;
+  const char* p = v.h ? reinterpret_cast<const char*>(v.h + offset) : reinterpret_cast<const char*>(v.p + offset);
   const bool channels_contiguous = v.sc == 1;
   if (!channels_contiguous && v.st != 1) return;
-  const int rows = channels_contiguous ? tn : cn, bytes = 4 * (channels_contiguous ? cn : tn);
-  const int64_t stride = 4 * (channels_contiguous ? v.st : v.sc);
+  const int rows = channels_contiguous ? tn : cn, bytes = size * (channels_contiguous ? cn : tn);
+  const int64_t stride = size * (channels_contiguous ? v.st : v.sc);
   for (int r = 0; r < rows; ++r)
     for (int off = 0; off < bytes; off += 64) __builtin_prefetch(p + r * stride + off, 0, 2);
 }
 
 // dst[n * T + t] = v[b, n, t0 + t] (B or C of one tile, state-major), reading along the contiguous axis.
 inline void load_states(const View3& v, int64_t b, int64_t N, int64_t t0, int tn, float* __restrict dst) {
+  if (v.h) {  // bfloat16: widened as it is copied
+    const uint16_t* p = v.h + b * v.sb + t0 * v.st;
+    for (int t = 0; t < tn; ++t)
+      for (int64_t n = 0; n < N; ++n) dst[n * T + t] = bf16_to_float(p[t * v.st + n * v.sc]);
+    return;
+  }
   const float* p = v.p + b * v.sb + t0 * v.st;
   if (v.sc == 1) {
 #if DNALLM_AVX512
@@ -103,6 +134,7 @@ inline void load_states(const View3& v, int64_t b, int64_t N, int64_t t0, int tn
 struct Mamba1Args {
   View3 u, delta, z, B, C;
   float* y;  // (batch, L, d_inner) contiguous
+  uint16_t* yh;  // the same in bfloat16 (then y is null)
   const float *A, *D, *bias;
   int64_t sA0, sA1, sD, sbias, L, N, d_inner;
   bool has_z, softplus, reverse;
@@ -111,9 +143,9 @@ struct Mamba1Args {
 // The kernels' view of mamba1_scan's arguments (empty D, z, delta_bias stand for None).
 Mamba1Args mamba1_args(const at::Tensor& u, const at::Tensor& delta, const at::Tensor& A, const at::Tensor& B,
                        const at::Tensor& C, const at::Tensor& D, const at::Tensor& z,
-                       const at::Tensor& delta_bias, bool softplus, float* y, bool reverse) {
+                       const at::Tensor& delta_bias, bool softplus, float* y, bool reverse, uint16_t* yh = nullptr) {
   const bool has_z = z.numel() > 0, has_D = D.numel() > 0, has_bias = delta_bias.numel() > 0;
-  return {view3(u), view3(delta), has_z ? view3(z) : view3(u), view3(B), view3(C), y, A.data_ptr<float>(),
+  return {view3(u), view3(delta), has_z ? view3(z) : view3(u), view3(B), view3(C), y, yh, A.data_ptr<float>(),
           has_D ? D.data_ptr<float>() : nullptr, has_bias ? delta_bias.data_ptr<float>() : nullptr, A.stride(0),
           A.stride(1), has_D ? D.stride(0) : 0, has_bias ? delta_bias.stride(0) : 0, u.size(2), A.size(1), u.size(1),
           has_z, softplus, reverse};
@@ -244,7 +276,7 @@ void mamba1_block(const Mamba1Args& g, int64_t b, int64_t c0) {
     for (; n0 < N; ++n0)
       scan_states<DC, 1, REV>(s.data() + n0 * DC, a.data() + n0 * DC, dt, du, Bt.data() + n0 * T, Ct.data() + n0 * T, yt, tn);
     for (int t = 0; t < tn; ++t) {
-      float* out = g.y + (b * g.L + t0 + t) * g.d_inner + c0;
+      const int64_t row = (b * g.L + t0 + t) * g.d_inner + c0;
       if (g.has_z) {
 #if DNALLM_AVX512
         for (int c = 0; c < DC; c += 16) {
@@ -260,6 +292,17 @@ void mamba1_block(const Mamba1Args& g, int64_t b, int64_t c0) {
 #pragma omp simd
         for (int c = 0; c < DC; ++c) yt[t][c] += Dv[c] * ut[t][c];
       }
+      if (g.yh) {  // bfloat16 out: rounded once, from the float32 sum
+        uint16_t* out = g.yh + row;
+        if (cn == DC) {
+#pragma omp simd
+          for (int c = 0; c < DC; ++c) out[c] = float_to_bf16(yt[t][c]);
+        } else {
+          for (int c = 0; c < cn; ++c) out[c] = float_to_bf16(yt[t][c]);
+        }
+        continue;
+      }
+      float* out = g.y + row;
       if (cn == DC) {
 #pragma omp simd
         for (int c = 0; c < DC; ++c) out[c] = yt[t][c];
@@ -445,14 +488,18 @@ void mamba1_backward_block(const Mamba1Args& g, const View3& gv, int64_t b, int6
 }
 }  // namespace
 
-// Mamba-1 selective scan, float32. u, delta, z: (batch, d_inner, L) any strides; A: (d_inner, N);
-// B, C: (batch, N, L); D, delta_bias: (d_inner,); empty tensors stand for None. Returns y as (batch, L, d_inner).
+// Mamba-1 selective scan. u, delta, z: (batch, d_inner, L) any strides; A: (d_inner, N); B, C: (batch, N, L);
+// D, delta_bias: (d_inner,); empty tensors stand for None. Returns y as (batch, L, d_inner) in u's dtype. u, delta, z,
+// B, C may each be float32 or bfloat16 (A, D, delta_bias float32): the state, exp and sums stay float32.
 // reverse: the recurrence runs from the last position to the first (the scan of the time-reversed input, reversed).
 at::Tensor mamba1_scan(at::Tensor u, at::Tensor delta, at::Tensor A, at::Tensor B, at::Tensor C, at::Tensor D,
                        at::Tensor z, at::Tensor delta_bias, bool delta_softplus, bool reverse) {
   const int64_t batch = u.size(0), d_inner = u.size(1), L = u.size(2);
   auto y = at::empty({batch, L, d_inner}, u.options());
-  const Mamba1Args g = mamba1_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus, y.data_ptr<float>(), reverse);
+  const bool bf16_out = is_bf16(u, "mamba1_scan's u");
+  const Mamba1Args g = mamba1_args(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                                   bf16_out ? nullptr : y.data_ptr<float>(), reverse,
+                                   bf16_out ? reinterpret_cast<uint16_t*>(y.data_ptr()) : nullptr);
   // 64-channel tasks read longer contiguous rows (faster); 32-channel tasks when 64 would leave threads idle.
   if (batch * ((d_inner + 63) / 64) >= at::get_num_threads()) {
     run_mamba1<64, 2>(g, batch);
