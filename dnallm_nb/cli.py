@@ -326,8 +326,9 @@ def add_bench(p: argparse.ArgumentParser) -> None:
            "with --variants the windows (default: 512,4096)")
     option(p, "--batch", type=positive_int, help="sequences per forward (default: 1); with --variants, windows per "
            "forward of the batched run (default: 32)")
-    option(p, "--variants", type=positive_int, metavar="N", help="time score_variants on N random substitutions per "
-           "case and window instead of forwards (default: time forwards)")
+    option(p, "--variants", type=positive_int, metavar="N", help="time score_variants on N random substitutions (and "
+           "N // 16 indels, at least 1) per case and window, and a per-base track over N bases, instead of forwards "
+           "(default: time forwards)")
     option(p, "--training", action="store_true", help="time training steps of the bundled demo model instead of "
            "forwards: a masked-LM step (forward + backward) against a no-grad forward, and their ratio; the demo's LoRA "
            "step; a pretrain step. --batch and the first of --lengths size the first two, --repeats rounds of all, the best "
