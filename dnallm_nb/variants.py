@@ -36,8 +36,9 @@ __all__ = ['VARIANT_COLUMNS', 'BASES', 'SCORE_COLUMNS', 'REF_MISMATCH_CHOICES', 
            'SCORE_CHOICES', 'CPU_BATCH_TOKENS', 'HEAD_COLUMNS', 'LOGO_COLOURS', 'PARTS_FORMAT', 'VCF_FORMATS',
            'variants_table', 'close_chromosome_names', 'variant_window', 'trim_alleles', 'variant_kind',
            'check_masked_lm', 'eval_inference', 'MaskedBaseScorer', 'read_bases', 'resolve_window',
-           'resolve_batch_size', 'check_head', 'head_outputs', 'score_variants', 'window_scores', 'mutagenesis',
-           'plot_mutagenesis', 'parts_folder', 'score_choice', 'annotate_vcf', 'score_variants_to']
+           'resolve_batch_size', 'check_head', 'head_outputs', 'score_variants', 'indel_flank_profile',
+           'plot_flank_profile', 'window_scores', 'mutagenesis', 'plot_mutagenesis', 'parts_folder', 'score_choice',
+           'annotate_vcf', 'score_variants_to']
 
 # %% ../nbs/14_variants.ipynb #5ee9b439
 VARIANT_COLUMNS: tuple[str, ...] = ("chrom", "pos", "ref", "alt")
@@ -661,6 +662,63 @@ def score_variants(
     if head is not None:
         scores = pd.concat([scores, _head_scores(head, genome, sites, head_class)], axis=1)
     return pd.concat([table, scores.set_axis(table.index)], axis=1)
+
+# %% ../nbs/14_variants.ipynb #ab207b3c
+def indel_flank_profile(
+    model: torch.nn.Module,  # a Caduceus-family masked LM
+    tokenizer,  # its tokenizer
+    variant: tuple[str, int, str, str],  # (chrom, pos, ref, alt) of one insertion, deletion or complex change, as in a VCF
+    genome: str | Path | Genome | Mapping[str, str],  # FASTA path, Genome or dict
+    window: int | None = None,  # bases per window; default: the checkpoint's trained context
+    flank: int = 16,  # bases on each side of the change
+    rc: str = "average",  # "average": both strands; "none": forward strand only
+    batch_size: int | None = None,  # masked windows per forward pass (default as in score_variants)
+) -> pd.DataFrame:  # one row per flank base: pos, side, base, log_p_ref, log_p_alt, delta (= log_p_alt - log_p_ref)
+    "The per-base terms of an indel's flank effect: their `delta` column averages to the indel's `llr` in `score_variants`."
+    window, flank = resolve_window(model, tokenizer, window), _positive("flank", flank)
+    table, genome = variants_table([variant]), as_genome(genome)
+    sites = _locate(table, genome, window, "error", strict=True)
+    if len(sites.ref[0]) == len(sites.alt[0]):
+        raise ValueError(f"{_describe(table, 0)} is a substitution, which has no flank profile; score it with score_variants.")
+    texts, forwards, reads, _ = _plan(genome, sites, flank)
+    tokens, scorer = tokenize_bases(tokenizer, texts), MaskedBaseScorer.make(model, tokenizer, rc)
+    log_p = np.zeros((len(forwards), 4))  # (forward, base), strand-averaged
+    with eval_inference(model):
+        for batch in equal_width_batches(sorted((len(texts[t]), f, 0) for f, (t, _) in enumerate(forwards)),
+                                         resolve_batch_size(model, batch_size, window)):
+            fs = [f for _, f, _ in batch]
+            strands = [s for s in scorer.log_probs(torch.as_tensor(np.stack([tokens[forwards[f][0]] for f in fs])),
+                                                   torch.as_tensor([forwards[f][1] for f in fs])) if s is not None]
+            log_p[fs] = torch.stack(strands).double().mean(0).numpy()
+    start, index = int(sites.start[0]), int(sites.mask_index[0])
+    ref_reads, alt_reads = reads[0::2], reads[1::2]  # _plan reads each flank base in the reference, then the alternate haplotype
+    at = [forwards[f][1] for _, f, _, _ in ref_reads]
+    return pd.DataFrame({"pos": [start + i + 1 for i in at], "side": ["left" if i < index else "right" for i in at],
+                         "base": [BASES[b] for _, _, b, _ in ref_reads],
+                         "log_p_ref": [log_p[f, b] for _, f, b, _ in ref_reads],
+                         "log_p_alt": [log_p[f, b] for _, f, b, _ in alt_reads]}).eval("delta = log_p_alt - log_p_ref")
+
+# %% ../nbs/14_variants.ipynb #c4912be8
+def plot_flank_profile(
+    profile: pd.DataFrame,  # from indel_flank_profile
+    title: str | None = None,
+    ax=None,  # a matplotlib Axes to draw on (default: a new figure)
+):
+    "Bars of each flank base's change in log-probability, alternate minus reference haplotype, around the change; returns the figure."
+    import matplotlib.pyplot as plt
+    if ax is None:
+        _, ax = plt.subplots(figsize=(8, 2.8), layout="constrained")
+    colours = np.where(profile.delta < 0, "#B2182B", "#2166AC")
+    ax.bar(profile.pos, profile.delta, width=0.8, color=colours)
+    left, right = profile.pos[profile.side == "left"], profile.pos[profile.side == "right"]
+    if len(left) and len(right):
+        ax.axvspan(left.max() + 0.5, right.min() - 0.5, color="grey", alpha=0.25, lw=0, label="the change")
+        ax.legend(loc="upper right", frameon=False)
+    ax.axhline(0, color="grey", lw=0.6)
+    ax.axhline(profile.delta.mean(), color="black", lw=0.8, ls="--")
+    ax.set(xlabel="position (1-based)", ylabel="Δ log p (alt − ref)",
+           title=title or f"flank effect {profile.delta.mean():.3f} (dashed: the mean of {len(profile)} bases)")
+    return ax.figure
 
 # %% ../nbs/14_variants.ipynb #a5e10011
 def window_scores(
