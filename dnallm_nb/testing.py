@@ -11,7 +11,7 @@ from pathlib import Path
 import dnallm_nb
 
 # %% auto #0
-__all__ = ['golden_path', 'raises', 'error_of']
+__all__ = ['golden_path', 'raises', 'error_of', 'masked_base_log_probs']
 
 # %% ../nbs/18_testing.ipynb #643addcd
 def golden_path(name: str = "") -> Path:
@@ -42,3 +42,14 @@ def raises(fn: Callable[[], object], *fragments: str, exc: type[BaseException] =
 def error_of(fn: Callable, *args, exc: type[BaseException] = Exception, **kwargs) -> str:
     "The message of the `exc` that `fn(*args, **kwargs)` raises; AssertionError when it raises none."
     return raises(lambda: fn(*args, **kwargs), exc=exc)
+
+# %% ../nbs/18_testing.ipynb #2139af76
+def masked_base_log_probs(model, tokenizer, text: str, index: int):
+    "log p(A, C, G, T), renormalised over the four, at `index` of `text` masked there, straight from the model's logits: a (4,) array."
+    import torch
+    ids = tokenizer(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    ids[0, index] = tokenizer.mask_token_id
+    with torch.no_grad():
+        logits = model(input_ids=ids).logits[0, index]
+    base_ids = [tokenizer.convert_tokens_to_ids(b if b in tokenizer.get_vocab() else b.lower()) for b in "ACGT"]
+    return torch.log_softmax(logits[base_ids].double(), -1).numpy()

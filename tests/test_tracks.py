@@ -4,7 +4,6 @@ the in-memory track, bad regions fail with one clear line, and 2 torchrun proces
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from dnallm_nb.cli import main as cli_main
 from dnallm_nb.distributed import torchrun_argv
 from dnallm_nb.dna import reverse_complement
 from dnallm_nb.load import load_model_and_tokenizer
-from dnallm_nb.testing import golden_path, raises
+from dnallm_nb.testing import golden_path, masked_base_log_probs, raises
 from dnallm_nb.tracks import TRACK_VALUES, base_track, track_regions, track_to
 from dnallm_nb.variants import parts_folder, score_variants, variant_window
 
@@ -45,16 +44,6 @@ def write_fasta(path: Path, genome: dict) -> Path:
     return path
 
 
-def hand_log_probs(model, tok, text: str, index: int) -> np.ndarray:
-    "log p(A, C, G, T) renormalised over the four at `index` of `text`, masked there, from the model's logits."
-    ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    ids[0, index] = tok.mask_token_id
-    with torch.no_grad():
-        logits = model(input_ids=ids).logits[0, index]
-    base_ids = [tok.convert_tokens_to_ids(b if b in tok.get_vocab() else b.lower()) for b in "ACGT"]
-    return torch.log_softmax(logits[base_ids].double(), -1).numpy()
-
-
 @pytest.mark.parametrize("name", ["caduceus-ps-tiny", "plantcaduceus-tiny"])
 @pytest.mark.parametrize("rc", ["average", "none"])
 def test_values_equal_hand_computation_from_logits(genome, name, rc):
@@ -67,10 +56,10 @@ def test_values_equal_hand_computation_from_logits(genome, name, rc):
             continue
         start, index = variant_window(row.pos, len(seq), 32)
         text, r = seq[start : start + 32], "ACGT".index(row.ref)
-        lp = hand_log_probs(model, tok, text, index)
+        lp = masked_base_log_probs(model, tok, text, index)
         llr = lp - lp[r]
         if rc == "average":
-            minus = hand_log_probs(model, tok, reverse_complement(text), len(text) - 1 - index)[::-1]
+            minus = masked_base_log_probs(model, tok, reverse_complement(text), len(text) - 1 - index)[::-1]
             llr, lp = (llr + (minus - minus[r])) / 2, (lp + minus) / 2
         alts = np.delete(llr, r)
         np.testing.assert_allclose([row.p_ref, row.llr_min, row.llr_mean], [softmax(lp)[r], alts.min(), alts.mean()], atol=1e-5)

