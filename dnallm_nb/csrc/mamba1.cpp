@@ -299,6 +299,16 @@ inline void decay_row(const float* __restrict dt, const float* __restrict a2, fl
 }
 
 #if DNALLM_AVX512
+// 1 / (1 + exp(-x)) for 16 lanes, the division as a reciprocal estimate and one Newton step (as silu_x16).
+inline __m512 sigmoid_x16(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.f);
+  const __m512 d = _mm512_add_ps(
+      one, exp_x16(_mm512_max_ps(_mm512_min_ps(_mm512_sub_ps(_mm512_setzero_ps(), x), _mm512_set1_ps(87.3f)),
+                                 _mm512_set1_ps(-87.3f))));
+  const __m512 r = _mm512_rcp14_ps(d);
+  return _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
+}
+
 // lane i of the result = the sum of r[i]'s 16 lanes: 16 horizontal sums in 45 instructions (unpacks, 128-bit
 // shuffles and adds, a transpose that adds as it goes) instead of ~8 each.
 inline __m512 sum16_x16(__m512 (&r)[16]) {
@@ -348,13 +358,13 @@ inline void bwd_advance(float* __restrict s, const float* __restrict a2, const f
 }
 
 // Pass 2's recomputation of NBV states n0 .. n0 + NBV - 1 over one tile from its checkpoint s: adds <C_t, h_t> to
-// y0, keeps the decays e and e·h_(t-1) of step `step` at E, EP[(step · N + n) · DC] for the adjoint pass, and
+// y0, keeps the decays e and e·h_(t-1) of step `step` at E, EP[(step · NBV + j) · DC] for the adjoint pass, and
 // leaves Σ over this tile's channels of gy·h_t, 16 lanes to sum, at Pc[(t · N + n) · 16] (dC).
 template <int DC, int NBV, bool REV>
 inline void bwd_recompute(const float* __restrict s, const float* __restrict a2, const float (&dt)[T][DC],
                           const float (&du)[T][DC], const float (&gy)[T][DC], const float* __restrict Bt,
                           const float* __restrict Ct, float (&y0)[T][DC], float* __restrict E, float* __restrict EP,
-                          float* __restrict Pc, int64_t N, int tn) {
+                          float* __restrict Pc, int64_t N, int tn) {  // E, EP rows: NBV states per step
   constexpr int V = DC / 16;
   __m512 sr[NBV][V];
 #pragma GCC unroll 16
@@ -370,8 +380,8 @@ inline void bwd_recompute(const float* __restrict s, const float* __restrict a2,
       cv[j] = _mm512_set1_ps(Ct[j * T + t]);
       dc[j] = _mm512_setzero_ps();
     }
-    float* e_row = E + step * N * DC;
-    float* ep_row = EP + step * N * DC;
+    float* e_row = E + step * NBV * DC;
+    float* ep_row = EP + step * NBV * DC;
 #pragma GCC unroll 16
     for (int v = 0; v < V; ++v) {
       const __m512 d = _mm512_load_ps(&dt[t][v * 16]), u = _mm512_load_ps(&du[t][v * 16]);
@@ -422,8 +432,8 @@ inline void bwd_adjoint(float* __restrict dh, float* __restrict dA, const float*
       cv[j] = _mm512_set1_ps(Ct[j * T + t]);
       db[j] = _mm512_setzero_ps();
     }
-    const float* e_row = E + step * N * DC;
-    const float* ep_row = EP + step * N * DC;
+    const float* e_row = E + step * NBV * DC;
+    const float* ep_row = EP + step * NBV * DC;
 #pragma GCC unroll 16
     for (int v = 0; v < V; ++v) {
       const __m512 g = _mm512_load_ps(&gy[t][v * 16]), u = _mm512_load_ps(&du[t][v * 16]);
@@ -456,10 +466,10 @@ inline void bwd_adjoint(float* __restrict dh, float* __restrict dA, const float*
 
 // Backward pass of mamba1_scan for channels [c0, c0 + DC) of sequence b, AVX-512. Pass 1 runs the scan (states in
 // registers, as the forward kernel) keeping only the state entering each time tile; pass 2 walks the tiles
-// backwards: it recomputes a tile's states from its checkpoint (keeping each step's decays e and e·h_(t-1), and
-// summing gy·h over channels for dC), then carries the adjoint state dh backwards in time with dh and the dA sums in
-// registers. The sums over channels for dB and dC are left as 16-lane vectors per (token, state) and reduced 16
-// states at a time (sum16_x16). This block's dB, dC go to dBg, dCg (L x N), every element written once.
+// backwards: per register block of states, it recomputes the tile's states from its checkpoint (keeping each step's
+// decays e and e·h_(t-1), and summing gy·h over channels for dC), then carries the adjoint state dh backwards in time
+// with dh and the dA sums in registers (the kept decays, T x NB x DC, stay in the near caches). The sums over
+// channels for dB and dC are left as 16-lane vectors per (token, state) and reduced 16 states at a time (sum16_x16). This block's dB, dC go to dBg, dCg (L x N), every element written once.
 template <int DC>
 void mamba1_backward_block(const Mamba1Args& g, const View3& gv, int64_t b, int64_t c0, float* du_out, float* ddelta_out,
                            float* dz_out, float* dA, float* dD, float* dbias, float* dBg, float* dCg) {
@@ -467,7 +477,7 @@ void mamba1_backward_block(const Mamba1Args& g, const View3& gv, int64_t b, int6
   const int cn = (int)std::min<int64_t>(DC, g.d_inner - c0);
   const int64_t N = g.N, tiles = (g.L + T - 1) / T;
   std::vector<float> a(N * DC, 0.f), s(N * DC, 0.f), dh(N * DC, 0.f), dAc(N * DC, 0.f), ck(tiles * N * DC);
-  std::vector<float> E(T * N * DC), EP(T * N * DC), Pb(T * N * 16), Pc(T * N * 16), a2(N * DC), Bt(N * T), Ct(N * T);
+  std::vector<float> E(T * NB * DC), EP(T * NB * DC), Pb(T * N * 16), Pc(T * N * 16), a2(N * DC), Bt(N * T), Ct(N * T);
   alignas(64) float Dv[DC] = {0}, bias[DC] = {0}, dDc[DC] = {0}, dbc[DC] = {0};
   for (int c = 0; c < cn; ++c) {
     for (int64_t n = 0; n < N; ++n) a[n * DC + c] = g.A[(c0 + c) * g.sA0 + n * g.sA1];
@@ -490,9 +500,7 @@ void mamba1_backward_block(const Mamba1Args& g, const View3& gv, int64_t b, int6
         _mm512_store_ps(&dt[t][c], d);
         _mm512_store_ps(&du[t][c], _mm512_mul_ps(d, _mm512_load_ps(&ut[t][c])));
         if (need_sg)
-          _mm512_store_ps(&sg[t][c], g.softplus ? _mm512_div_ps(one, _mm512_add_ps(one, exp_x16(_mm512_max_ps(_mm512_min_ps(
-                                                      _mm512_sub_ps(_mm512_setzero_ps(), raw), _mm512_set1_ps(87.3f)), _mm512_set1_ps(-87.3f)))))
-                                                : one);
+          _mm512_store_ps(&sg[t][c], g.softplus ? sigmoid_x16(raw) : one);
       }
     load_states(g.B, b, N, t0, tn, Bt.data());
   };
@@ -528,28 +536,32 @@ void mamba1_backward_block(const Mamba1Args& g, const View3& gv, int64_t b, int6
         _mm512_store_ps(&w[t][c], _mm512_setzero_ps());
         _mm512_store_ps(&ga[t][c], _mm512_setzero_ps());
       }
+    // per register block of states: its recomputation, then its adjoint pass, while its decays are in cache
     const float* ckk = &ck[k * N * DC];
-    int64_t n0 = 0;
-    for (; n0 + NB <= N; n0 += NB)
-      rev ? bwd_recompute<DC, NB, true>(ckk + n0 * DC, &a2[n0 * DC], dt, du, gy, &Bt[n0 * T], &Ct[n0 * T], y0,
-                                        &E[n0 * DC], &EP[n0 * DC], &Pc[n0 * 16], N, tn)
-          : bwd_recompute<DC, NB, false>(ckk + n0 * DC, &a2[n0 * DC], dt, du, gy, &Bt[n0 * T], &Ct[n0 * T], y0,
-                                         &E[n0 * DC], &EP[n0 * DC], &Pc[n0 * 16], N, tn);
-    for (; n0 < N; ++n0)
-      rev ? bwd_recompute<DC, 1, true>(ckk + n0 * DC, &a2[n0 * DC], dt, du, gy, &Bt[n0 * T], &Ct[n0 * T], y0,
-                                       &E[n0 * DC], &EP[n0 * DC], &Pc[n0 * 16], N, tn)
-          : bwd_recompute<DC, 1, false>(ckk + n0 * DC, &a2[n0 * DC], dt, du, gy, &Bt[n0 * T], &Ct[n0 * T], y0,
-                                        &E[n0 * DC], &EP[n0 * DC], &Pc[n0 * 16], N, tn);
-    for (n0 = 0; n0 + NB <= N; n0 += NB)
-      rev ? bwd_adjoint<DC, NB, true>(&dh[n0 * DC], &dAc[n0 * DC], &a[n0 * DC], dt, du, gy, &Bt[n0 * T], &Ct[n0 * T],
-                                      &E[n0 * DC], &EP[n0 * DC], w, ga, &Pb[n0 * 16], N, tn)
-          : bwd_adjoint<DC, NB, false>(&dh[n0 * DC], &dAc[n0 * DC], &a[n0 * DC], dt, du, gy, &Bt[n0 * T], &Ct[n0 * T],
-                                       &E[n0 * DC], &EP[n0 * DC], w, ga, &Pb[n0 * 16], N, tn);
-    for (; n0 < N; ++n0)
-      rev ? bwd_adjoint<DC, 1, true>(&dh[n0 * DC], &dAc[n0 * DC], &a[n0 * DC], dt, du, gy, &Bt[n0 * T], &Ct[n0 * T],
-                                     &E[n0 * DC], &EP[n0 * DC], w, ga, &Pb[n0 * 16], N, tn)
-          : bwd_adjoint<DC, 1, false>(&dh[n0 * DC], &dAc[n0 * DC], &a[n0 * DC], dt, du, gy, &Bt[n0 * T], &Ct[n0 * T],
-                                      &E[n0 * DC], &EP[n0 * DC], w, ga, &Pb[n0 * 16], N, tn);
+    for (int64_t n0 = 0; n0 < N;) {
+      const float* ck0 = ckk + n0 * DC;
+      float *dh0 = &dh[n0 * DC], *dA0 = &dAc[n0 * DC];
+      const float *a0 = &a[n0 * DC], *a20 = &a2[n0 * DC], *B0 = &Bt[n0 * T], *C0 = &Ct[n0 * T];
+      if (n0 + NB <= N) {
+        if (rev) {
+          bwd_recompute<DC, NB, true>(ck0, a20, dt, du, gy, B0, C0, y0, E.data(), EP.data(), &Pc[n0 * 16], N, tn);
+          bwd_adjoint<DC, NB, true>(dh0, dA0, a0, dt, du, gy, B0, C0, E.data(), EP.data(), w, ga, &Pb[n0 * 16], N, tn);
+        } else {
+          bwd_recompute<DC, NB, false>(ck0, a20, dt, du, gy, B0, C0, y0, E.data(), EP.data(), &Pc[n0 * 16], N, tn);
+          bwd_adjoint<DC, NB, false>(dh0, dA0, a0, dt, du, gy, B0, C0, E.data(), EP.data(), w, ga, &Pb[n0 * 16], N, tn);
+        }
+        n0 += NB;
+      } else {
+        if (rev) {
+          bwd_recompute<DC, 1, true>(ck0, a20, dt, du, gy, B0, C0, y0, E.data(), EP.data(), &Pc[n0 * 16], N, tn);
+          bwd_adjoint<DC, 1, true>(dh0, dA0, a0, dt, du, gy, B0, C0, E.data(), EP.data(), w, ga, &Pb[n0 * 16], N, tn);
+        } else {
+          bwd_recompute<DC, 1, false>(ck0, a20, dt, du, gy, B0, C0, y0, E.data(), EP.data(), &Pc[n0 * 16], N, tn);
+          bwd_adjoint<DC, 1, false>(dh0, dA0, a0, dt, du, gy, B0, C0, E.data(), EP.data(), w, ga, &Pb[n0 * 16], N, tn);
+        }
+        n0 += 1;
+      }
+    }
     for (int t = 0; t < tn; ++t) {
       const int64_t row = (b * g.L + t0 + t) * g.d_inner + c0;
       alignas(64) float gu_row[DC], dd_row[DC], dz_row[DC];
@@ -564,17 +576,24 @@ void mamba1_backward_block(const Mamba1Args& g, const View3& gv, int64_t b, int6
         _mm512_store_ps(&dd_row[c], draw);
         if (g.has_z) {  // dz = g · y0 · silu'(z), silu'(z) = sg(z) · (1 + z · (1 - sg(z)))
           const __m512 zz = _mm512_load_ps(&zt[t][c]), one = _mm512_set1_ps(1.f);
-          const __m512 sgz = _mm512_div_ps(one, _mm512_add_ps(one, exp_x16(_mm512_max_ps(_mm512_min_ps(
-                                                                  _mm512_sub_ps(_mm512_setzero_ps(), zz), _mm512_set1_ps(87.3f)), _mm512_set1_ps(-87.3f)))));
+          const __m512 sgz = sigmoid_x16(zz);
           const __m512 dsilu = _mm512_mul_ps(sgz, _mm512_fmadd_ps(zz, _mm512_sub_ps(one, sgz), one));
           _mm512_store_ps(&dz_row[c], _mm512_mul_ps(_mm512_mul_ps(_mm512_load_ps(&gt[t][c]), _mm512_load_ps(&y0[t][c])),
                                                     dsilu));
         }
       }
-      for (int c = 0; c < cn; ++c) {
-        du_out[row + c] = gu_row[c];
-        ddelta_out[row + c] = dd_row[c];
-        if (g.has_z) dz_out[row + c] = dz_row[c];
+      if (cn == DC) {
+        for (int c = 0; c < DC; c += 16) {
+          _mm512_storeu_ps(du_out + row + c, _mm512_load_ps(&gu_row[c]));
+          _mm512_storeu_ps(ddelta_out + row + c, _mm512_load_ps(&dd_row[c]));
+          if (g.has_z) _mm512_storeu_ps(dz_out + row + c, _mm512_load_ps(&dz_row[c]));
+        }
+      } else {
+        for (int c = 0; c < cn; ++c) {
+          du_out[row + c] = gu_row[c];
+          ddelta_out[row + c] = dd_row[c];
+          if (g.has_z) dz_out[row + c] = dz_row[c];
+        }
       }
       float* dBrow = dBg + (t0 + t) * N;
       float* dCrow = dCg + (t0 + t) * N;
