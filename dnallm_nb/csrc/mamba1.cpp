@@ -341,6 +341,334 @@ inline void decay_row(const float* __restrict dt, const float* __restrict a2, fl
 #endif
 }
 
+#if DNALLM_AVX512
+// 1 / (1 + exp(-x)) for 16 lanes, the division as a reciprocal estimate and one Newton step (as silu_x16).
+inline __m512 sigmoid_x16(__m512 x) {
+  const __m512 one = _mm512_set1_ps(1.f);
+  const __m512 d = _mm512_add_ps(
+      one, exp_x16(_mm512_max_ps(_mm512_min_ps(_mm512_sub_ps(_mm512_setzero_ps(), x), _mm512_set1_ps(87.3f)),
+                                 _mm512_set1_ps(-87.3f))));
+  const __m512 r = _mm512_rcp14_ps(d);
+  return _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
+}
+
+// lane i of the result = the sum of r[i]'s 16 lanes: 16 horizontal sums in 45 instructions (unpacks, 128-bit
+// shuffles and adds, a transpose that adds as it goes) instead of ~8 each.
+inline __m512 sum16_x16(__m512 (&r)[16]) {
+  __m512 a[8], b[4], c[2];
+  for (int i = 0; i < 8; ++i)
+    a[i] = _mm512_add_ps(_mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]), _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]));
+  for (int i = 0; i < 4; ++i) {
+    const __m512d x = _mm512_castps_pd(a[2 * i]), y = _mm512_castps_pd(a[2 * i + 1]);
+    b[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(x, y)), _mm512_castpd_ps(_mm512_unpackhi_pd(x, y)));
+  }
+  for (int i = 0; i < 2; ++i)
+    c[i] = _mm512_add_ps(_mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0x88),
+                         _mm512_shuffle_f32x4(b[2 * i], b[2 * i + 1], 0xdd));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(c[0], c[1], 0x88), _mm512_shuffle_f32x4(c[0], c[1], 0xdd));
+}
+
+// Pass 1 of the backward: advance NBV states (rows of DC channels, in registers) over one tile, as the forward
+// scan does, without the output.
+template <int DC, int NBV, bool REV>
+inline void bwd_advance(float* __restrict s, const float* __restrict a2, const float (&dt)[T][DC],
+                        const float (&du)[T][DC], const float* __restrict Bt, int tn) {
+  constexpr int V = DC / 16;
+  __m512 sr[NBV][V];
+#pragma GCC unroll 16
+  for (int j = 0; j < NBV; ++j)
+#pragma GCC unroll 16
+    for (int v = 0; v < V; ++v) sr[j][v] = _mm512_loadu_ps(s + j * DC + v * 16);
+  for (int step = 0; step < tn; ++step) {
+    const int t = REV ? tn - 1 - step : step;
+    __m512 bv[NBV];
+#pragma GCC unroll 16
+    for (int j = 0; j < NBV; ++j) bv[j] = _mm512_set1_ps(Bt[j * T + t]);
+#pragma GCC unroll 16
+    for (int v = 0; v < V; ++v) {
+      const __m512 d = _mm512_load_ps(&dt[t][v * 16]), u = _mm512_load_ps(&du[t][v * 16]);
+#pragma GCC unroll 16
+      for (int j = 0; j < NBV; ++j) {
+        const __m512 e = pow2_x16(_mm512_mul_ps(d, _mm512_loadu_ps(a2 + j * DC + v * 16)));
+        sr[j][v] = _mm512_fmadd_ps(e, sr[j][v], _mm512_mul_ps(u, bv[j]));
+      }
+    }
+  }
+#pragma GCC unroll 16
+  for (int j = 0; j < NBV; ++j)
+#pragma GCC unroll 16
+    for (int v = 0; v < V; ++v) _mm512_storeu_ps(s + j * DC + v * 16, sr[j][v]);
+}
+
+// Pass 2's recomputation of NBV states n0 .. n0 + NBV - 1 over one tile from its checkpoint s: adds <C_t, h_t> to
+// y0, keeps the decays e and e·h_(t-1) of step `step` at E, EP[(step · NBV + j) · DC] for the adjoint pass, and
+// leaves Σ over this tile's channels of gy·h_t, 16 lanes to sum, at Pc[(t · N + n) · 16] (dC).
+template <int DC, int NBV, bool REV>
+inline void bwd_recompute(const float* __restrict s, const float* __restrict a2, const float (&dt)[T][DC],
+                          const float (&du)[T][DC], const float (&gy)[T][DC], const float* __restrict Bt,
+                          const float* __restrict Ct, float (&y0)[T][DC], float* __restrict E, float* __restrict EP,
+                          float* __restrict Pc, int64_t N, int tn) {  // E, EP rows: NBV states per step
+  constexpr int V = DC / 16;
+  __m512 sr[NBV][V];
+#pragma GCC unroll 16
+  for (int j = 0; j < NBV; ++j)
+#pragma GCC unroll 16
+    for (int v = 0; v < V; ++v) sr[j][v] = _mm512_loadu_ps(s + j * DC + v * 16);
+  for (int step = 0; step < tn; ++step) {
+    const int t = REV ? tn - 1 - step : step;
+    __m512 bv[NBV], cv[NBV], dc[NBV];
+#pragma GCC unroll 16
+    for (int j = 0; j < NBV; ++j) {
+      bv[j] = _mm512_set1_ps(Bt[j * T + t]);
+      cv[j] = _mm512_set1_ps(Ct[j * T + t]);
+      dc[j] = _mm512_setzero_ps();
+    }
+    float* e_row = E + step * NBV * DC;
+    float* ep_row = EP + step * NBV * DC;
+#pragma GCC unroll 16
+    for (int v = 0; v < V; ++v) {
+      const __m512 d = _mm512_load_ps(&dt[t][v * 16]), u = _mm512_load_ps(&du[t][v * 16]);
+      const __m512 g = _mm512_load_ps(&gy[t][v * 16]);
+      __m512 y = _mm512_load_ps(&y0[t][v * 16]);
+#pragma GCC unroll 16
+      for (int j = 0; j < NBV; ++j) {
+        const __m512 e = pow2_x16(_mm512_mul_ps(d, _mm512_loadu_ps(a2 + j * DC + v * 16)));
+        const __m512 ep = _mm512_mul_ps(e, sr[j][v]);
+        _mm512_storeu_ps(e_row + j * DC + v * 16, e);
+        _mm512_storeu_ps(ep_row + j * DC + v * 16, ep);
+        sr[j][v] = _mm512_fmadd_ps(u, bv[j], ep);
+        y = _mm512_fmadd_ps(sr[j][v], cv[j], y);
+        dc[j] = _mm512_fmadd_ps(g, sr[j][v], dc[j]);
+      }
+      _mm512_store_ps(&y0[t][v * 16], y);
+    }
+#pragma GCC unroll 16
+    for (int j = 0; j < NBV; ++j) _mm512_storeu_ps(Pc + (t * N + j) * 16, dc[j]);
+  }
+}
+
+// The adjoint pass over one tile for NBV states (their adjoints dh and dA sums in registers), backwards in the
+// recurrence's order. Per token it adds Σ_n adj·B_n to w and Σ_n adj·A_n·e·h_(t-1) to ga (ddelta = ga + u·w and
+// du = dt·w are formed after all states), and leaves Σ over channels of adj·Δu, 16 lanes to sum, at Pb (dB).
+// 7 vector instructions per (16 channels × 1 state) update.
+template <int DC, int NBV, bool REV>
+inline void bwd_adjoint(float* __restrict dh, float* __restrict dA, const float* __restrict a,
+                        const float (&dt)[T][DC], const float (&du)[T][DC], const float (&gy)[T][DC],
+                        const float* __restrict Bt, const float* __restrict Ct, const float* __restrict E,
+                        const float* __restrict EP, float (&w)[T][DC], float (&ga)[T][DC], float* __restrict Pb,
+                        int64_t N, int tn) {
+  constexpr int V = DC / 16;
+  __m512 hr[NBV][V], ar[NBV][V];
+#pragma GCC unroll 16
+  for (int j = 0; j < NBV; ++j)
+#pragma GCC unroll 16
+    for (int v = 0; v < V; ++v) {
+      hr[j][v] = _mm512_loadu_ps(dh + j * DC + v * 16);
+      ar[j][v] = _mm512_loadu_ps(dA + j * DC + v * 16);
+    }
+  for (int step = tn - 1; step >= 0; --step) {
+    const int t = REV ? tn - 1 - step : step;
+    __m512 bv[NBV], cv[NBV], db[NBV];
+#pragma GCC unroll 16
+    for (int j = 0; j < NBV; ++j) {
+      bv[j] = _mm512_set1_ps(Bt[j * T + t]);
+      cv[j] = _mm512_set1_ps(Ct[j * T + t]);
+      db[j] = _mm512_setzero_ps();
+    }
+    const float* e_row = E + step * NBV * DC;
+    const float* ep_row = EP + step * NBV * DC;
+#pragma GCC unroll 16
+    for (int v = 0; v < V; ++v) {
+      const __m512 g = _mm512_load_ps(&gy[t][v * 16]), u = _mm512_load_ps(&du[t][v * 16]);
+      const __m512 d = _mm512_load_ps(&dt[t][v * 16]);
+      __m512 wv = _mm512_load_ps(&w[t][v * 16]), gv = _mm512_load_ps(&ga[t][v * 16]);
+#pragma GCC unroll 16
+      for (int j = 0; j < NBV; ++j) {
+        const __m512 adj = _mm512_fmadd_ps(g, cv[j], hr[j][v]);
+        const __m512 x = _mm512_mul_ps(adj, _mm512_loadu_ps(ep_row + j * DC + v * 16));
+        wv = _mm512_fmadd_ps(adj, bv[j], wv);
+        gv = _mm512_fmadd_ps(x, _mm512_loadu_ps(a + j * DC + v * 16), gv);
+        ar[j][v] = _mm512_fmadd_ps(x, d, ar[j][v]);
+        db[j] = _mm512_fmadd_ps(adj, u, db[j]);
+        hr[j][v] = _mm512_mul_ps(adj, _mm512_loadu_ps(e_row + j * DC + v * 16));
+      }
+      _mm512_store_ps(&w[t][v * 16], wv);
+      _mm512_store_ps(&ga[t][v * 16], gv);
+    }
+#pragma GCC unroll 16
+    for (int j = 0; j < NBV; ++j) _mm512_storeu_ps(Pb + (t * N + j) * 16, db[j]);
+  }
+#pragma GCC unroll 16
+  for (int j = 0; j < NBV; ++j)
+#pragma GCC unroll 16
+    for (int v = 0; v < V; ++v) {
+      _mm512_storeu_ps(dh + j * DC + v * 16, hr[j][v]);
+      _mm512_storeu_ps(dA + j * DC + v * 16, ar[j][v]);
+    }
+}
+
+// Backward pass of mamba1_scan for channels [c0, c0 + DC) of sequence b, AVX-512. Pass 1 runs the scan (states in
+// registers, as the forward kernel) keeping only the state entering each time tile; pass 2 walks the tiles
+// backwards: per register block of states, it recomputes the tile's states from its checkpoint (keeping each step's
+// decays e and e·h_(t-1), and summing gy·h over channels for dC), then carries the adjoint state dh backwards in time
+// with dh and the dA sums in registers (the kept decays, T x NB x DC, stay in the near caches). The sums over
+// channels for dB and dC are left as 16-lane vectors per (token, state) and reduced 16 states at a time (sum16_x16). This block's dB, dC go to dBg, dCg (L x N), every element written once.
+template <int DC>
+void mamba1_backward_block(const Mamba1Args& g, const View3& gv, int64_t b, int64_t c0, float* du_out, float* ddelta_out,
+                           float* dz_out, float* dA, float* dD, float* dbias, float* dBg, float* dCg) {
+  constexpr int NB = DC == 64 ? 2 : 4;  // states per register block, as the forward
+  const int cn = (int)std::min<int64_t>(DC, g.d_inner - c0);
+  const int64_t N = g.N, tiles = (g.L + T - 1) / T;
+  std::vector<float> a(N * DC, 0.f), s(N * DC, 0.f), dh(N * DC, 0.f), dAc(N * DC, 0.f), ck(tiles * N * DC);
+  std::vector<float> E(T * NB * DC), EP(T * NB * DC), Pb(T * N * 16), Pc(T * N * 16), a2(N * DC), Bt(N * T), Ct(N * T);
+  alignas(64) float Dv[DC] = {0}, bias[DC] = {0}, dDc[DC] = {0}, dbc[DC] = {0};
+  for (int c = 0; c < cn; ++c) {
+    for (int64_t n = 0; n < N; ++n) a[n * DC + c] = g.A[(c0 + c) * g.sA0 + n * g.sA1];
+    if (g.D) Dv[c] = g.D[(c0 + c) * g.sD];
+    if (g.bias) bias[c] = g.bias[(c0 + c) * g.sbias];
+  }
+  for (int64_t i = 0; i < N * DC; ++i) a2[i] = a[i] * kLog2e;
+  alignas(64) float ut[T][DC], dt[T][DC], sg[T][DC], du[T][DC], zt[T][DC], gt[T][DC], gy[T][DC], w[T][DC], ga[T][DC];
+  alignas(64) float y0[T][DC];
+  // dt = softplus(delta + bias) (or delta + bias), sg = d dt / d delta, du = dt * u; padded channels stay zero
+  auto load_steps = [&](int64_t t0, int tn, bool need_sg) {
+    load_tile(g.u, b, c0, cn, t0, tn, ut);
+    load_tile(g.delta, b, c0, cn, t0, tn, dt);
+    const __m512 one = _mm512_set1_ps(1.f);
+    for (int t = 0; t < tn; ++t)
+      for (int c = 0; c < DC; c += 16) {
+        const __mmask16 real = c + 16 <= cn ? (__mmask16)0xffff : (__mmask16)((1u << std::max(0, cn - c)) - 1);
+        const __m512 raw = _mm512_add_ps(_mm512_load_ps(&dt[t][c]), _mm512_load_ps(&bias[c]));
+        const __m512 d = _mm512_maskz_mov_ps(real, g.softplus ? softplus_x16(raw) : raw);
+        _mm512_store_ps(&dt[t][c], d);
+        _mm512_store_ps(&du[t][c], _mm512_mul_ps(d, _mm512_load_ps(&ut[t][c])));
+        if (need_sg)
+          _mm512_store_ps(&sg[t][c], g.softplus ? sigmoid_x16(raw) : one);
+      }
+    load_states(g.B, b, N, t0, tn, Bt.data());
+  };
+  const bool rev = g.reverse;
+  for (int64_t kk = 0; kk < tiles; ++kk) {  // pass 1: the state entering every tile
+    const int64_t k = rev ? tiles - 1 - kk : kk, t0 = k * T;
+    const int tn = (int)std::min<int64_t>(T, g.L - t0);
+    std::copy(s.begin(), s.end(), ck.begin() + k * N * DC);
+    if (kk + 1 == tiles) break;  // the state after the last tile is not needed
+    load_steps(t0, tn, false);
+    int64_t n0 = 0;
+    for (; n0 + NB <= N; n0 += NB)
+      rev ? bwd_advance<DC, NB, true>(&s[n0 * DC], &a2[n0 * DC], dt, du, &Bt[n0 * T], tn)
+          : bwd_advance<DC, NB, false>(&s[n0 * DC], &a2[n0 * DC], dt, du, &Bt[n0 * T], tn);
+    for (; n0 < N; ++n0)
+      rev ? bwd_advance<DC, 1, true>(&s[n0 * DC], &a2[n0 * DC], dt, du, &Bt[n0 * T], tn)
+          : bwd_advance<DC, 1, false>(&s[n0 * DC], &a2[n0 * DC], dt, du, &Bt[n0 * T], tn);
+  }
+  for (int64_t kk = tiles - 1; kk >= 0; --kk) {  // pass 2: backwards over tiles
+    const int64_t k = rev ? tiles - 1 - kk : kk, t0 = k * T;
+    const int tn = (int)std::min<int64_t>(T, g.L - t0);
+    load_steps(t0, tn, true);
+    load_states(g.C, b, N, t0, tn, Ct.data());
+    load_tile(gv, b, c0, cn, t0, tn, gt);
+    if (g.has_z) load_tile(g.z, b, c0, cn, t0, tn, zt);
+    for (int t = 0; t < tn; ++t)  // the gate y = y0 · silu(z): gy = dL/dy0 (before y0 is known)
+      for (int c = 0; c < DC; c += 16) {
+        const __mmask16 real = c + 16 <= cn ? (__mmask16)0xffff : (__mmask16)((1u << std::max(0, cn - c)) - 1);
+        __m512 gyv = _mm512_maskz_mov_ps(real, _mm512_load_ps(&gt[t][c]));
+        if (g.has_z) gyv = _mm512_mul_ps(gyv, silu_x16(_mm512_load_ps(&zt[t][c])));
+        _mm512_store_ps(&gy[t][c], gyv);
+        _mm512_store_ps(&y0[t][c], _mm512_mul_ps(_mm512_load_ps(&Dv[c]), _mm512_load_ps(&ut[t][c])));
+        _mm512_store_ps(&w[t][c], _mm512_setzero_ps());
+        _mm512_store_ps(&ga[t][c], _mm512_setzero_ps());
+      }
+    // per register block of states: its recomputation, then its adjoint pass, while its decays are in cache
+    const float* ckk = &ck[k * N * DC];
+    for (int64_t n0 = 0; n0 < N;) {
+      const float* ck0 = ckk + n0 * DC;
+      float *dh0 = &dh[n0 * DC], *dA0 = &dAc[n0 * DC];
+      const float *a0 = &a[n0 * DC], *a20 = &a2[n0 * DC], *B0 = &Bt[n0 * T], *C0 = &Ct[n0 * T];
+      if (n0 + NB <= N) {
+        if (rev) {
+          bwd_recompute<DC, NB, true>(ck0, a20, dt, du, gy, B0, C0, y0, E.data(), EP.data(), &Pc[n0 * 16], N, tn);
+          bwd_adjoint<DC, NB, true>(dh0, dA0, a0, dt, du, gy, B0, C0, E.data(), EP.data(), w, ga, &Pb[n0 * 16], N, tn);
+        } else {
+          bwd_recompute<DC, NB, false>(ck0, a20, dt, du, gy, B0, C0, y0, E.data(), EP.data(), &Pc[n0 * 16], N, tn);
+          bwd_adjoint<DC, NB, false>(dh0, dA0, a0, dt, du, gy, B0, C0, E.data(), EP.data(), w, ga, &Pb[n0 * 16], N, tn);
+        }
+        n0 += NB;
+      } else {
+        if (rev) {
+          bwd_recompute<DC, 1, true>(ck0, a20, dt, du, gy, B0, C0, y0, E.data(), EP.data(), &Pc[n0 * 16], N, tn);
+          bwd_adjoint<DC, 1, true>(dh0, dA0, a0, dt, du, gy, B0, C0, E.data(), EP.data(), w, ga, &Pb[n0 * 16], N, tn);
+        } else {
+          bwd_recompute<DC, 1, false>(ck0, a20, dt, du, gy, B0, C0, y0, E.data(), EP.data(), &Pc[n0 * 16], N, tn);
+          bwd_adjoint<DC, 1, false>(dh0, dA0, a0, dt, du, gy, B0, C0, E.data(), EP.data(), w, ga, &Pb[n0 * 16], N, tn);
+        }
+        n0 += 1;
+      }
+    }
+    for (int t = 0; t < tn; ++t) {
+      const int64_t row = (b * g.L + t0 + t) * g.d_inner + c0;
+      alignas(64) float gu_row[DC], dd_row[DC], dz_row[DC];
+      for (int c = 0; c < DC; c += 16) {
+        const __m512 gyv = _mm512_load_ps(&gy[t][c]), uv = _mm512_load_ps(&ut[t][c]), wv = _mm512_load_ps(&w[t][c]);
+        _mm512_store_ps(&dDc[c], _mm512_fmadd_ps(gyv, uv, _mm512_load_ps(&dDc[c])));
+        _mm512_store_ps(&gu_row[c], _mm512_fmadd_ps(_mm512_load_ps(&dt[t][c]), wv,
+                                                    _mm512_mul_ps(gyv, _mm512_load_ps(&Dv[c]))));
+        const __m512 draw = _mm512_mul_ps(_mm512_fmadd_ps(uv, wv, _mm512_load_ps(&ga[t][c])),
+                                          _mm512_load_ps(&sg[t][c]));
+        _mm512_store_ps(&dbc[c], _mm512_add_ps(_mm512_load_ps(&dbc[c]), draw));
+        _mm512_store_ps(&dd_row[c], draw);
+        if (g.has_z) {  // dz = g · y0 · silu'(z), silu'(z) = sg(z) · (1 + z · (1 - sg(z)))
+          const __m512 zz = _mm512_load_ps(&zt[t][c]), one = _mm512_set1_ps(1.f);
+          const __m512 sgz = sigmoid_x16(zz);
+          const __m512 dsilu = _mm512_mul_ps(sgz, _mm512_fmadd_ps(zz, _mm512_sub_ps(one, sgz), one));
+          _mm512_store_ps(&dz_row[c], _mm512_mul_ps(_mm512_mul_ps(_mm512_load_ps(&gt[t][c]), _mm512_load_ps(&y0[t][c])),
+                                                    dsilu));
+        }
+      }
+      if (cn == DC) {
+        for (int c = 0; c < DC; c += 16) {
+          _mm512_storeu_ps(du_out + row + c, _mm512_load_ps(&gu_row[c]));
+          _mm512_storeu_ps(ddelta_out + row + c, _mm512_load_ps(&dd_row[c]));
+          if (g.has_z) _mm512_storeu_ps(dz_out + row + c, _mm512_load_ps(&dz_row[c]));
+        }
+      } else {
+        for (int c = 0; c < cn; ++c) {
+          du_out[row + c] = gu_row[c];
+          ddelta_out[row + c] = dd_row[c];
+          if (g.has_z) dz_out[row + c] = dz_row[c];
+        }
+      }
+      float* dBrow = dBg + (t0 + t) * N;
+      float* dCrow = dCg + (t0 + t) * N;
+      int64_t n = 0;
+      for (; n + 16 <= N; n += 16) {  // 16 states' sums over channels at once
+        __m512 rb[16], rc[16];
+        for (int i = 0; i < 16; ++i) {
+          rb[i] = _mm512_loadu_ps(&Pb[(t * N + n + i) * 16]);
+          rc[i] = _mm512_loadu_ps(&Pc[(t * N + n + i) * 16]);
+        }
+        _mm512_storeu_ps(dBrow + n, sum16_x16(rb));
+        _mm512_storeu_ps(dCrow + n, sum16_x16(rc));
+      }
+      for (; n < N; ++n) {
+        dBrow[n] = _mm512_reduce_add_ps(_mm512_loadu_ps(&Pb[(t * N + n) * 16]));
+        dCrow[n] = _mm512_reduce_add_ps(_mm512_loadu_ps(&Pc[(t * N + n) * 16]));
+      }
+    }
+  }
+  // dA, dD, ddelta_bias sum over the batch, whose other elements other tasks handle: add atomically
+  for (int c = 0; c < cn; ++c) {
+    for (int64_t n = 0; n < N; ++n) {
+#pragma omp atomic
+      dA[(c0 + c) * N + n] += dAc[n * DC + c];
+    }
+#pragma omp atomic
+    dD[c0 + c] += dDc[c];
+#pragma omp atomic
+    dbias[c0 + c] += dbc[c];
+  }
+}
+#else
 // Backward pass of mamba1_scan for channels [c0, c0 + DC) of sequence b. Pass 1 runs the scan keeping only the state
 // entering each time tile; pass 2 walks the tiles backwards, recomputes a tile's states from its checkpoint and
 // carries the adjoint state dh backwards in time. Channels are the SIMD axis, as in the forward kernel. dB and dC
@@ -486,6 +814,7 @@ void mamba1_backward_block(const Mamba1Args& g, const View3& gv, int64_t b, int6
     dbias[c0 + c] += dbc[c];
   }
 }
+#endif
 }  // namespace
 
 // Mamba-1 selective scan. u, delta, z: (batch, d_inner, L) any strides; A: (d_inner, N); B, C: (batch, N, L);
