@@ -341,6 +341,22 @@ inline void decay_row(const float* __restrict dt, const float* __restrict a2, fl
 #endif
 }
 
+// dA, dD, ddelta_bias sum over the batch, whose other elements other tasks handle: a block adds its sums atomically.
+template <int DC>
+void add_block_sums(float* dA, float* dD, float* dbias, const float* dAc, const float* dDc, const float* dbc, int64_t c0,
+                    int cn, int64_t N) {
+  for (int c = 0; c < cn; ++c) {
+    for (int64_t n = 0; n < N; ++n) {
+#pragma omp atomic
+      dA[(c0 + c) * N + n] += dAc[n * DC + c];
+    }
+#pragma omp atomic
+    dD[c0 + c] += dDc[c];
+#pragma omp atomic
+    dbias[c0 + c] += dbc[c];
+  }
+}
+
 #if DNALLM_AVX512
 // 1 / (1 + exp(-x)) for 16 lanes, the division as a reciprocal estimate and one Newton step (as silu_x16).
 inline __m512 sigmoid_x16(__m512 x) {
@@ -656,17 +672,7 @@ void mamba1_backward_block(const Mamba1Args& g, const View3& gv, int64_t b, int6
       }
     }
   }
-  // dA, dD, ddelta_bias sum over the batch, whose other elements other tasks handle: add atomically
-  for (int c = 0; c < cn; ++c) {
-    for (int64_t n = 0; n < N; ++n) {
-#pragma omp atomic
-      dA[(c0 + c) * N + n] += dAc[n * DC + c];
-    }
-#pragma omp atomic
-    dD[c0 + c] += dDc[c];
-#pragma omp atomic
-    dbias[c0 + c] += dbc[c];
-  }
+  add_block_sums<DC>(dA, dD, dbias, dAc.data(), dDc, dbc, c0, cn, N);
 }
 #else
 // Backward pass of mamba1_scan for channels [c0, c0 + DC) of sequence b. Pass 1 runs the scan keeping only the state
@@ -802,17 +808,7 @@ void mamba1_backward_block(const Mamba1Args& g, const View3& gv, int64_t b, int6
       }
     }
   }
-  // dA, dD, ddelta_bias sum over the batch, whose other elements other tasks handle: add atomically
-  for (int c = 0; c < cn; ++c) {
-    for (int64_t n = 0; n < N; ++n) {
-#pragma omp atomic
-      dA[(c0 + c) * N + n] += dAc[n * DC + c];
-    }
-#pragma omp atomic
-    dD[c0 + c] += dDc[c];
-#pragma omp atomic
-    dbias[c0 + c] += dbc[c];
-  }
+  add_block_sums<DC>(dA, dD, dbias, dAc.data(), dDc, dbc, c0, cn, N);
 }
 #endif
 }  // namespace
